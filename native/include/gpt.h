@@ -1,0 +1,105 @@
+/*
+ * gpt.h: the one C ABI of the native library (libgpt), implemented by the CPU
+ * backend (native/cpu, C + BLAS) and the Apple GPU backend (native/mps, MPSGraph).
+ * TypeScript reaches it through bun:ffi (src/backend/native.ts).
+ *
+ * Model: GPT-2 as in nanoGPT, bias on, dropout 0, GELU (tanh approximation),
+ * LayerNorm eps 1e-5, LM head tied to the token embedding.
+ *
+ * Parameters live in ONE flat float32 buffer in the order of nanoGPT's state dict
+ * (the TypeScript layout, src/model/layout.ts, names them; both sides compute the
+ * same offsets):
+ *   wte (V,C), wpe (T,C),
+ *   for each layer l in 0..L-1:
+ *     ln_1.weight (C), ln_1.bias (C),
+ *     attn.c_attn.weight (3C,C), attn.c_attn.bias (3C),
+ *     attn.c_proj.weight (C,C),  attn.c_proj.bias (C),
+ *     ln_2.weight (C), ln_2.bias (C),
+ *     mlp.c_fc.weight (d_ff,C),  mlp.c_fc.bias (d_ff),
+ *     mlp.c_proj.weight (C,d_ff), mlp.c_proj.bias (C),
+ *   ln_f.weight (C), ln_f.bias (C)
+ * Linear weights are (out, in) as torch nn.Linear: y = x W^T + b.
+ * AdamW moments m, v use the same layout. Weight decay applies to 2-D tensors only.
+ *
+ * Token buffers are int32, B*T each, row-major (b, t). A target of -100 is ignored;
+ * the loss is the mean cross-entropy over the counted targets.
+ *
+ * Every function that can fail returns 0 on success and nonzero on failure, with a
+ * message from gpt_last_error(). Nothing here aborts the process on bad input.
+ * No allocation happens inside gpt_train_step / gpt_eval_loss.
+ */
+#ifndef GPT_H
+#define GPT_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct gpt gpt_t;
+
+typedef struct {
+    int32_t V, T, C, L, H, d_ff;   /* vocab, context, width, layers, heads, MLP width */
+} gpt_cfg;
+
+typedef struct {
+    float lr;            /* learning rate of this step */
+    float weight_decay;  /* decoupled (AdamW), 2-D tensors only */
+    float beta1, beta2, eps;
+    float grad_clip;     /* max global L2 norm; <= 0 disables clipping */
+} gpt_hparams;
+
+enum { GPT_DEVICE_CPU = 0, GPT_DEVICE_MPS = 1 };
+
+/* Results of one training step. */
+typedef struct {
+    float loss;          /* mean CE over counted targets, before the update */
+    float grad_norm;     /* global L2 norm of the gradient, before clipping */
+    int32_t applied;     /* 1 if the update was applied; 0 if loss or grad_norm was
+                            not finite (weights and optimizer state left untouched) */
+    int32_t n_targets;   /* number of counted (non -100) targets */
+} gpt_step_result;
+
+/* 1 if the device can be used in this process, else 0. */
+int32_t gpt_device_available(int32_t device);
+
+/* Number of floats in the flat parameter buffer for cfg (or -1 if cfg is invalid). */
+int64_t gpt_num_params(const gpt_cfg* cfg);
+
+/* Create a model for batches of B rows. Parameters start at zero: set them with
+ * gpt_set_params. On failure returns NULL and writes a message into err. */
+gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, char* err, int32_t errlen);
+void   gpt_free(gpt_t* g);
+const char* gpt_last_error(const gpt_t* g);
+
+/* Number of worker threads for this model's kernels (CPU backend; >=1). */
+int32_t gpt_set_threads(gpt_t* g, int32_t n);
+
+int32_t gpt_set_params(gpt_t* g, const float* src);
+int32_t gpt_get_params(const gpt_t* g, float* dst);
+/* AdamW state: first and second moments (flat layout) and the step count t
+ * (number of updates applied so far). m and v NULL with step 0 resets it. */
+int32_t gpt_set_opt_state(gpt_t* g, const float* m, const float* v, int64_t step);
+int32_t gpt_get_opt_state(const gpt_t* g, float* m, float* v, int64_t* step);
+
+/* forward + backward + global-norm clip + AdamW update, all natively. */
+int32_t gpt_train_step(gpt_t* g, const int32_t* x, const int32_t* y,
+                       const gpt_hparams* h, gpt_step_result* out);
+
+/* Forward only: mean CE over counted targets. */
+int32_t gpt_eval_loss(gpt_t* g, const int32_t* x, const int32_t* y, float* loss);
+
+/* forward + backward without update; gradients (unclipped) copied to grads if not NULL. */
+int32_t gpt_compute_grads(gpt_t* g, const int32_t* x, const int32_t* y,
+                          float* loss, float* grads);
+
+/* Per-op time breakdown of the steps run since the last call (CPU backend), as
+ * "name seconds\n" lines into buf; enabled when env GPT_PROFILE=1 at create time.
+ * Returns the number of bytes written (0 when profiling is off). */
+int32_t gpt_profile_report(gpt_t* g, char* buf, int32_t buflen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GPT_H */
