@@ -1,0 +1,189 @@
+/**
+ * The bun:ffi binding of the native library (native/include/gpt.h).
+ * NativeModel owns one gpt_t handle; every failing call throws NativeError with the
+ * library's own message.
+ */
+import { dlopen, FFIType, type Pointer } from "bun:ffi";
+import { join } from "node:path";
+import type { ModelCfg } from "../model/config.ts";
+
+export type Device = "cpu" | "mps";
+
+export interface HParams {
+  lr: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  gradClip: number; // <= 0 disables clipping
+}
+
+export interface StepResult {
+  loss: number;
+  gradNorm: number; // before clipping
+  applied: boolean; // false: loss or grad norm not finite, nothing was updated
+  nTargets: number;
+}
+
+export class NativeError extends Error {
+  override name = "NativeError";
+}
+
+const { ptr, i32, i64, f32, cstring, void: none } = FFIType;
+
+const SYMBOLS = {
+  gpt_device_available: { args: [i32], returns: i32 },
+  gpt_num_params: { args: [ptr], returns: i64 },
+  gpt_create: { args: [ptr, i32, i32, ptr, i32], returns: ptr },
+  gpt_free: { args: [ptr], returns: none },
+  gpt_last_error: { args: [ptr], returns: cstring },
+  gpt_set_threads: { args: [ptr, i32], returns: i32 },
+  gpt_set_params: { args: [ptr, ptr], returns: i32 },
+  gpt_get_params: { args: [ptr, ptr], returns: i32 },
+  gpt_set_opt_state: { args: [ptr, ptr, ptr, i64], returns: i32 },
+  gpt_get_opt_state: { args: [ptr, ptr, ptr, ptr], returns: i32 },
+  gpt_train_step: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
+  gpt_eval_loss: { args: [ptr, ptr, ptr, ptr], returns: i32 },
+  gpt_compute_grads: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
+  gpt_profile_report: { args: [ptr, ptr, i32], returns: i32 },
+} as const;
+
+export type NativeLibrary = ReturnType<typeof dlopen<typeof SYMBOLS>>["symbols"];
+
+/** Where `bun scripts/build-native.ts` puts the library in a checkout. */
+export function defaultLibraryPath(): string {
+  const file = process.platform === "darwin" ? "libgpt.dylib" : "libgpt.so";
+  return join(import.meta.dir, "..", "..", "native", "build", file);
+}
+
+export function openLibrary(path: string = defaultLibraryPath()): NativeLibrary {
+  try {
+    return dlopen(path, SYMBOLS).symbols;
+  } catch (e) {
+    throw new NativeError(
+      `cannot load the native library ${path}: ${(e as Error).message} (build it with: bun scripts/build-native.ts)`,
+    );
+  }
+}
+
+export function deviceAvailable(device: Device, lib: NativeLibrary = openLibrary()): boolean {
+  return lib.gpt_device_available(device === "mps" ? 1 : 0) === 1;
+}
+
+function cfgStruct(cfg: ModelCfg): Int32Array {
+  return Int32Array.of(cfg.V, cfg.T, cfg.C, cfg.L, cfg.H, cfg.d_ff);
+}
+
+export class NativeModel {
+  readonly numParams: number;
+  private handle: Pointer | null;
+  // Reused argument buffers: no allocation per step on the TS side either.
+  private readonly hparams = new Float32Array(6);
+  private readonly result = new ArrayBuffer(16);
+  private readonly resultBytes = new Uint8Array(this.result);
+  private readonly resultF32 = new Float32Array(this.result, 0, 2);
+  private readonly resultI32 = new Int32Array(this.result, 8, 2);
+  private readonly scalar = new Float32Array(1);
+
+  private constructor(
+    private readonly lib: NativeLibrary,
+    handle: Pointer,
+    readonly cfg: ModelCfg,
+    readonly batchSize: number,
+  ) {
+    this.handle = handle;
+    this.numParams = Number(lib.gpt_num_params(cfgStruct(cfg)));
+  }
+
+  static open(cfg: ModelCfg, batchSize: number, device: Device = "cpu", lib: NativeLibrary = openLibrary()): NativeModel {
+    const err = new Uint8Array(1024);
+    const handle = lib.gpt_create(cfgStruct(cfg), batchSize, device === "mps" ? 1 : 0, err, err.length);
+    if (!handle || typeof handle === "bigint") {
+      const end = err.indexOf(0);
+      throw new NativeError(new TextDecoder().decode(err.subarray(0, end < 0 ? err.length : end)) || "gpt_create failed");
+    }
+    return new NativeModel(lib, handle, cfg, batchSize);
+  }
+
+  private get h(): Pointer {
+    if (this.handle === null) throw new NativeError("the native model was already closed");
+    return this.handle;
+  }
+
+  private check(status: number): void {
+    if (status !== 0) throw new NativeError(String(this.lib.gpt_last_error(this.h)));
+  }
+
+  private checkTokens(x: Int32Array, y?: Int32Array): void {
+    const n = this.batchSize * this.cfg.T;
+    if (x.length !== n || (y !== undefined && y.length !== n)) {
+      throw new NativeError(`token buffers must hold B*T = ${n} ids, got ${x.length} and ${y?.length}`);
+    }
+  }
+
+  setThreads(n: number): void {
+    this.check(this.lib.gpt_set_threads(this.h, n));
+  }
+
+  setParams(params: Float32Array): void {
+    if (params.length !== this.numParams) throw new NativeError(`expected ${this.numParams} parameters, got ${params.length}`);
+    this.check(this.lib.gpt_set_params(this.h, params));
+  }
+
+  getParams(out: Float32Array = new Float32Array(this.numParams)): Float32Array {
+    this.check(this.lib.gpt_get_params(this.h, out));
+    return out;
+  }
+
+  /** m and v null with step 0: a fresh optimizer. */
+  setOptState(m: Float32Array | null, v: Float32Array | null, step: number): void {
+    for (const a of [m, v]) {
+      if (a !== null && a.length !== this.numParams) throw new NativeError(`optimizer state must hold ${this.numParams} floats, got ${a.length}`);
+    }
+    this.check(this.lib.gpt_set_opt_state(this.h, m, v, step));
+  }
+
+  getOptState(): { m: Float32Array; v: Float32Array; step: number } {
+    const m = new Float32Array(this.numParams);
+    const v = new Float32Array(this.numParams);
+    const step = new BigInt64Array(1);
+    this.check(this.lib.gpt_get_opt_state(this.h, m, v, step));
+    return { m, v, step: Number(step[0]) };
+  }
+
+  trainStep(x: Int32Array, y: Int32Array, h: HParams): StepResult {
+    this.checkTokens(x, y);
+    this.hparams.set([h.lr, h.weightDecay, h.beta1, h.beta2, h.eps, h.gradClip]);
+    this.check(this.lib.gpt_train_step(this.h, x, y, this.hparams, this.resultBytes));
+    return {
+      loss: this.resultF32[0]!,
+      gradNorm: this.resultF32[1]!,
+      applied: this.resultI32[0] === 1,
+      nTargets: this.resultI32[1]!,
+    };
+  }
+
+  evalLoss(x: Int32Array, y: Int32Array): number {
+    this.checkTokens(x, y);
+    this.check(this.lib.gpt_eval_loss(this.h, x, y, this.scalar));
+    return this.scalar[0]!;
+  }
+
+  computeGrads(x: Int32Array, y: Int32Array): { loss: number; grads: Float32Array } {
+    this.checkTokens(x, y);
+    const grads = new Float32Array(this.numParams);
+    this.check(this.lib.gpt_compute_grads(this.h, x, y, this.scalar, grads));
+    return { loss: this.scalar[0]!, grads };
+  }
+
+  profileReport(): string {
+    const buf = new Uint8Array(1 << 16);
+    const n = this.lib.gpt_profile_report(this.h, buf, buf.length);
+    return new TextDecoder().decode(buf.subarray(0, Math.max(0, n)));
+  }
+
+  close(): void {
+    if (this.handle !== null) this.lib.gpt_free(this.handle);
+    this.handle = null;
+  }
+}
