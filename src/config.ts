@@ -8,10 +8,11 @@ import { Value } from "@sinclair/typebox/value";
 import { parse as parseJsonc, printParseErrorCode, type ParseError } from "jsonc-parser";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { InputError } from "./errors.ts";
 import { modelCfgProblems, type ModelCfg } from "./model/config.ts";
 
 /** A problem with the user's input: the CLI prints the message and exits 2. */
-export class ConfigError extends Error {
+export class ConfigError extends InputError {
   override name = "ConfigError";
 }
 
