@@ -4,7 +4,9 @@
  * library's own message.
  */
 import { dlopen, FFIType, type Pointer } from "bun:ffi";
-import { join } from "node:path";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { basename, join } from "node:path";
 import type { ModelCfg } from "../model/config.ts";
 
 export type Device = "cpu" | "mps";
@@ -56,14 +58,41 @@ export function defaultLibraryPath(): string {
   return join(import.meta.dir, "..", "..", "native", "build", file);
 }
 
+/**
+ * Opens the library. An embedded copy (a /$bunfs path inside the compiled executable) is
+ * extracted by Bun to its temp folder; if that fails (a noexec /tmp, say), we copy it
+ * into a cache folder of our own, named by content hash, and open that.
+ */
 export function openLibrary(path: string = defaultLibraryPath()): NativeLibrary {
   try {
     return dlopen(path, SYMBOLS).symbols;
   } catch (e) {
+    if (path.startsWith("/$bunfs/") || path.startsWith("B:/~BUN/")) {
+      try {
+        return dlopen(cachedCopy(path), SYMBOLS).symbols;
+      } catch (e2) {
+        e = e2;
+      }
+    }
     throw new NativeError(
       `cannot load the native library ${path}: ${(e as Error).message} (build it with: bun scripts/build-native.ts)`,
     );
   }
+}
+
+function cachedCopy(embedded: string): string {
+  const bytes = readFileSync(embedded);
+  const base =
+    process.env.XDG_CACHE_HOME ?? join(homedir(), process.platform === "darwin" ? "Library/Caches" : ".cache");
+  const dir = join(base, "train");
+  const file = join(dir, `${Bun.hash(bytes).toString(16)}-${basename(embedded)}`);
+  if (!existsSync(file)) {
+    mkdirSync(dir, { recursive: true });
+    const tmp = `${file}.${process.pid}.tmp`;
+    writeFileSync(tmp, bytes, { mode: 0o755 });
+    renameSync(tmp, file);
+  }
+  return file;
 }
 
 export function deviceAvailable(device: Device, lib: NativeLibrary = openLibrary()): boolean {
