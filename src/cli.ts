@@ -52,7 +52,12 @@ function parseRequest(argv: string[]): RunRequest {
   };
 }
 
-export async function main(argv: string[]): Promise<number> {
+export interface MainOptions {
+  /** The compiled executable's embedded copy of the native library. */
+  embeddedLibrary?: string;
+}
+
+export async function main(argv: string[], options: MainOptions = {}): Promise<number> {
   if (argv.includes("--help") || argv.includes("-h")) {
     console.log(await renderUsage(command));
     return 0;
@@ -66,7 +71,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   try {
-    return await runTraining(request, { repoRoot: process.cwd(), out: process.stdout });
+    return await runTraining(request, { repoRoot: process.cwd(), out: process.stdout, libraryPath: options.embeddedLibrary });
   } catch (e) {
     const code = exitCodeOf(e);
     const err = e as Error;

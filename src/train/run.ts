@@ -1,0 +1,93 @@
+/**
+ * `train --phase pretrain|sft|pipeline`: resolves configs, device and checkpoint folders,
+ * then runs the phases. Folders (under REPO_ROOT, the folder train runs from):
+ *   pretrain alone:  checkpoints/            sft alone: checkpoints/
+ *   pipeline:        checkpoints/pretrain/ then checkpoints/ (best.pt = the SFT model)
+ * metrics.jsonl and loss.svg live in checkpoints/ for every phase.
+ */
+import { join } from "node:path";
+import { deviceAvailable, openLibrary, type Device } from "../backend/native.ts";
+import { phaseOfCheckpointFile } from "../checkpoint/checkpoint.ts";
+import { loadPhaseConfig, loadPipelineConfig, type SftConfig } from "../config.ts";
+import { InputError } from "../errors.ts";
+import { runPhase, type PhaseOutcome, type ResumeRequest } from "./phase.ts";
+import type { ProgressStream } from "./progress.ts";
+import { StopOnSignals } from "./stop.ts";
+
+export interface RunRequest {
+  phase: "pretrain" | "sft" | "pipeline";
+  configPath: string;
+  device: Device | "auto";
+  resume: ResumeRequest;
+}
+
+export interface RunEnvironment {
+  repoRoot: string;
+  out: ProgressStream;
+  /** The native library's path (the compiled executable passes its embedded copy). */
+  libraryPath?: string;
+}
+
+export async function runTraining(req: RunRequest, env: RunEnvironment): Promise<number> {
+  const checkpoints = join(env.repoRoot, "checkpoints");
+  // Configs first: a config error must not wait for (or depend on) the native library.
+  const configs =
+    req.phase === "pipeline"
+      ? loadPipelineConfig(req.configPath, env.repoRoot)
+      : { single: loadPhaseConfig(req.configPath, req.phase, env.repoRoot) };
+
+  const library = openLibrary(env.libraryPath);
+  const mpsAvailable = deviceAvailable("mps", library);
+  if (req.device === "mps" && !mpsAvailable) {
+    throw new InputError(`--device mps: no Metal device ${process.platform === "darwin" ? "was found" : `on ${process.platform} (mps needs an Apple GPU)`}; use --device cpu`);
+  }
+  const device: Device = req.device === "auto" ? (mpsAvailable ? "mps" : "cpu") : req.device;
+  const out = env.out;
+  const stop = new StopOnSignals((m) => out.write(`\n${m}\n`));
+  const common = { repoRoot: env.repoRoot, runDir: checkpoints, device, library, out, stop };
+  try {
+    if ("single" in configs) {
+      const config = configs.single;
+      await runPhase({
+        ...common,
+        config,
+        checkpointDir: checkpoints,
+        resume: req.resume,
+        initFrom: config.phase === "sft" ? (config as SftConfig).initFrom : null,
+      });
+      return 0;
+    }
+    const pretrainDir = join(checkpoints, "pretrain");
+    // An explicit --resume applies to the phase its checkpoint belongs to (runPhase checks).
+    const resumePhase = req.resume.kind === "path" ? phaseOfCheckpointFile(join(env.repoRoot, req.resume.path)) : null;
+    let pre: PhaseOutcome | null = null;
+    if (resumePhase !== "sft") {
+      pre = await runPhase({
+        ...common,
+        config: configs.pretrain,
+        checkpointDir: pretrainDir,
+        resume: req.resume,
+        initFrom: null,
+      });
+    }
+    const sft = await runPhase({
+      ...common,
+      config: configs.sft,
+      checkpointDir: checkpoints,
+      resume: resumePhase === "sft" ? req.resume : req.resume.kind === "none" ? { kind: "none" } : { kind: "auto" },
+      initFrom: join(pretrainDir, "best.pt"),
+      pretrainEnd: configs.pretrain.train.total_steps,
+    });
+    out.write(
+      `pipeline done: pretrain best val loss ${fmt(pre?.bestValLoss)} (${join("checkpoints", "pretrain", "best.pt")}), ` +
+        `sft best val loss ${fmt(sft.bestValLoss)}; the SFT model is ${join("checkpoints", "best.pt")}\n`,
+    );
+    return 0;
+  } finally {
+    stop.dispose();
+  }
+}
+
+function fmt(v: number | null | undefined): string {
+  return v === null || v === undefined ? "n/a" : v.toFixed(4);
+}
