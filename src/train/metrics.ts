@@ -1,0 +1,316 @@
+/**
+ * metrics.jsonl: one JSON object per line, one line per logged train step and per eval.
+ *
+ *   {"phase":"pretrain","kind":"train","step":50,"lr":0.000075,"train_loss":6.21,"val_loss":null,
+ *    "tokens_per_s":11834.2,"wall_time_s":41.3,"time":"2025-01-01T10:00:41.300Z"}
+ *
+ * Every key is always present. A record carries only its own measurement, the rest is null:
+ *   train: lr, train_loss (window mean, see progress.ts), tokens_per_s; val_loss null.
+ *   eval:  lr (of that step), val_loss; train_loss and tokens_per_s null.
+ * A non-finite loss (divergence) is stored as null. `wall_time_s` counts seconds since the run's
+ * first start and continues across resumes (time between a crash and the resume is not counted).
+ * One file may hold several phases (a pipeline writes pretrain, then sft): `phase` tells them
+ * apart and steps are per phase.
+ *
+ * Resume without duplicated or missing steps: `MetricsLog.open(path, { phase, resumeStep })`
+ *  - drops the records of `phase` with step > resumeStep (written after the checkpoint the run
+ *    resumes from), or all of them when resumeStep is null (fresh start), and all records of
+ *    the phases in `dropPhases` (a pipeline restarting pretrain makes old sft records stale);
+ *  - drops a torn last line (a crash in the middle of an append);
+ *  - if anything was dropped, rewrites the file atomically (temp file, fsync, rename, fsync dir).
+ * Then `append*` adds lines; steps must increase per (phase, kind), so a loop bug that would
+ * log a step twice throws instead of corrupting the file.
+ * Contract for the loop: append a step's records (train line, eval) BEFORE saving that step's
+ * checkpoint, so that every record with step <= checkpoint step is on disk when it is written.
+ *
+ * Usage:
+ *   const m = MetricsLog.open(join(dir, "metrics.jsonl"), { phase, resumeStep: resumed ? step : null });
+ *   const last = m.lastEval(phase);           // show last val loss on resume
+ *   ... m.appendTrain(log) / m.appendEval({ step, lr, val_loss }) ...
+ *   writeLossSvg(join(dir, "loss.svg"), m.records());
+ * Reading alone (for the SVG or tools): readMetrics(path).
+ */
+
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { dirname, basename, join } from "node:path";
+import { InputError } from "../errors";
+
+export type MetricsPhase = "pretrain" | "sft";
+export const METRICS_PHASES: readonly MetricsPhase[] = ["pretrain", "sft"];
+
+export interface MetricsRecord {
+  phase: MetricsPhase;
+  kind: "train" | "eval";
+  step: number;
+  lr: number | null;
+  train_loss: number | null;
+  val_loss: number | null;
+  tokens_per_s: number | null;
+  wall_time_s: number;
+  time: string;
+}
+
+export interface OpenOptions {
+  /** Phase this session writes. */
+  phase: MetricsPhase;
+  /** Step of the checkpoint resumed from, or null for a fresh start. */
+  resumeStep: number | null;
+  /** Phases whose records are all dropped (stale because an earlier phase restarts). */
+  dropPhases?: MetricsPhase[];
+  /** Monotonic clock, ms (wall_time_s). Default performance.now. */
+  now?: () => number;
+  /** Calendar clock, ms since the epoch (the "time" field). Default Date.now. */
+  epochMs?: () => number;
+}
+
+export interface TrainRecordInput {
+  step: number;
+  lr: number;
+  train_loss: number;
+  tokens_per_s: number;
+}
+
+export interface EvalRecordInput {
+  step: number;
+  lr: number | null;
+  val_loss: number;
+}
+
+const KEYS = ["phase", "kind", "step", "lr", "train_loss", "val_loss", "tokens_per_s", "wall_time_s", "time"] as const;
+
+function numOrNull(v: number | null | undefined): number | null {
+  return v === null || v === undefined || !Number.isFinite(v) ? null : v;
+}
+
+/** Validate one parsed line; returns an error text or the record. */
+function toRecord(v: unknown): MetricsRecord | string {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return "expected a JSON object";
+  const o = v as Record<string, unknown>;
+  for (const k of KEYS) if (!(k in o)) return `missing key "${k}"`;
+  if (!METRICS_PHASES.includes(o.phase as MetricsPhase)) return `phase must be one of ${METRICS_PHASES.join(", ")}, got ${JSON.stringify(o.phase)}`;
+  if (o.kind !== "train" && o.kind !== "eval") return `kind must be "train" or "eval", got ${JSON.stringify(o.kind)}`;
+  if (typeof o.step !== "number" || !Number.isInteger(o.step) || o.step < 0) return `step must be an integer >= 0, got ${JSON.stringify(o.step)}`;
+  for (const k of ["lr", "train_loss", "val_loss", "tokens_per_s"] as const) {
+    if (o[k] !== null && typeof o[k] !== "number") return `${k} must be a number or null, got ${JSON.stringify(o[k])}`;
+  }
+  if (typeof o.wall_time_s !== "number" || !(o.wall_time_s >= 0)) return `wall_time_s must be a number >= 0, got ${JSON.stringify(o.wall_time_s)}`;
+  if (typeof o.time !== "string") return `time must be an ISO date string, got ${JSON.stringify(o.time)}`;
+  return {
+    phase: o.phase as MetricsPhase,
+    kind: o.kind,
+    step: o.step,
+    lr: o.lr as number | null,
+    train_loss: o.train_loss as number | null,
+    val_loss: o.val_loss as number | null,
+    tokens_per_s: o.tokens_per_s as number | null,
+    wall_time_s: o.wall_time_s,
+    time: o.time,
+  };
+}
+
+interface Parsed {
+  records: MetricsRecord[];
+  /** The last line was torn (unparseable) and left out. */
+  tornTail: boolean;
+  /** The file does not end with a newline (even if its last line was whole). */
+  unterminated: boolean;
+}
+
+/** Parse file text. Only the LAST line may be torn; a bad line elsewhere is an error. */
+function parseText(path: string, text: string): Parsed {
+  const lines = text.split("\n");
+  const unterminated = text.length > 0 && !text.endsWith("\n");
+  if (!unterminated) lines.pop(); // the empty string after the final "\n"
+  const records: MetricsRecord[] = [];
+  let tornTail = false;
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    const last = i === lines.length - 1;
+    if (line.trim() === "") {
+      if (last) continue;
+      throw new InputError(`${path}:${i + 1}: empty line in metrics file; expected one JSON record per line`);
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(line);
+    } catch (e) {
+      if (last) {
+        tornTail = true; // a crash during the last append
+        continue;
+      }
+      throw new InputError(`${path}:${i + 1}: not valid JSON (${(e as Error).message}); expected one metrics record per line`);
+    }
+    const r = toRecord(parsed);
+    if (typeof r === "string") {
+      if (last && unterminated) {
+        tornTail = true;
+        continue;
+      }
+      throw new InputError(`${path}:${i + 1}: bad metrics record: ${r}`);
+    }
+    records.push(r);
+  }
+  return { records, tornTail, unterminated };
+}
+
+/** Read and validate a metrics file; a missing file is an empty list; a torn last line is skipped. */
+export function readMetrics(path: string): MetricsRecord[] {
+  if (!existsSync(path)) return [];
+  return parseText(path, readFileSync(path, "utf8")).records;
+}
+
+function serialize(r: MetricsRecord): string {
+  const o: MetricsRecord = {
+    phase: r.phase,
+    kind: r.kind,
+    step: r.step,
+    lr: numOrNull(r.lr),
+    train_loss: numOrNull(r.train_loss),
+    val_loss: numOrNull(r.val_loss),
+    tokens_per_s: numOrNull(r.tokens_per_s),
+    wall_time_s: Math.round(r.wall_time_s * 1000) / 1000,
+    time: r.time,
+  };
+  return JSON.stringify(o) + "\n";
+}
+
+/** Write `data` to `path` atomically: temp file in the same directory, fsync, rename, fsync dir. */
+export function writeFileAtomic(path: string, data: string): void {
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+  const fd = openSync(tmp, "w");
+  try {
+    writeSync(fd, data);
+    fsyncSync(fd);
+  } catch (e) {
+    closeSync(fd);
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* already gone */
+    }
+    throw e;
+  }
+  closeSync(fd);
+  renameSync(tmp, path);
+  try {
+    const dfd = openSync(dirname(path), "r");
+    try {
+      fsyncSync(dfd);
+    } finally {
+      closeSync(dfd);
+    }
+  } catch {
+    /* some platforms cannot fsync a directory; the rename itself is still atomic */
+  }
+}
+
+/** Best (lowest) val loss of a phase and the step of that eval; the earliest on ties. */
+export function bestEval(records: readonly MetricsRecord[], phase: MetricsPhase): MetricsRecord | null {
+  let best: MetricsRecord | null = null;
+  for (const r of records) {
+    if (r.phase !== phase || r.kind !== "eval" || r.val_loss === null) continue;
+    if (best === null || r.val_loss < best.val_loss!) best = r;
+  }
+  return best;
+}
+
+export class MetricsLog {
+  private readonly recs: MetricsRecord[];
+  private readonly wallOffset: number;
+  private readonly t0: number;
+  private readonly now: () => number;
+  private readonly epochMs: () => number;
+
+  private constructor(readonly path: string, readonly phase: MetricsPhase, recs: MetricsRecord[], o: OpenOptions) {
+    this.recs = recs;
+    this.now = o.now ?? (() => performance.now());
+    this.epochMs = o.epochMs ?? (() => Date.now());
+    this.t0 = this.now();
+    this.wallOffset = recs.reduce((m, r) => Math.max(m, r.wall_time_s), 0);
+  }
+
+  /** Open for appending, after dropping what a resume at `resumeStep` makes stale (see top). */
+  static open(path: string, o: OpenOptions): MetricsLog {
+    if (o.resumeStep !== null && (!Number.isInteger(o.resumeStep) || o.resumeStep < 0)) {
+      throw new Error(`metrics: resumeStep must be an integer >= 0 or null, got ${o.resumeStep}`);
+    }
+    let kept: MetricsRecord[] = [];
+    mkdirSync(dirname(path), { recursive: true });
+    if (existsSync(path)) {
+      const p = parseText(path, readFileSync(path, "utf8"));
+      const drop = new Set<MetricsPhase>(o.dropPhases ?? []);
+      kept = p.records.filter(
+        (r) => !drop.has(r.phase) && !(r.phase === o.phase && (o.resumeStep === null || r.step > o.resumeStep)),
+      );
+      if (kept.length !== p.records.length || p.tornTail || p.unterminated) {
+        writeFileAtomic(path, kept.map(serialize).join(""));
+      }
+    }
+    return new MetricsLog(path, o.phase, kept, o);
+  }
+
+  /** All records in file order (after the resume clean-up and this session's appends). */
+  records(): MetricsRecord[] {
+    return this.recs.slice();
+  }
+
+  /** Seconds since the run's first start (continues across resumes). */
+  wallTimeS(): number {
+    return this.wallOffset + (this.now() - this.t0) / 1000;
+  }
+
+  /** The most recent eval record of a phase, or null. */
+  lastEval(phase: MetricsPhase = this.phase): MetricsRecord | null {
+    for (let i = this.recs.length - 1; i >= 0; i--) {
+      const r = this.recs[i]!;
+      if (r.phase === phase && r.kind === "eval") return r;
+    }
+    return null;
+  }
+
+  appendTrain(t: TrainRecordInput): MetricsRecord {
+    return this.append("train", { lr: t.lr, train_loss: t.train_loss, val_loss: null, tokens_per_s: t.tokens_per_s }, t.step);
+  }
+
+  appendEval(e: EvalRecordInput): MetricsRecord {
+    return this.append("eval", { lr: e.lr, train_loss: null, val_loss: e.val_loss, tokens_per_s: null }, e.step);
+  }
+
+  private append(
+    kind: "train" | "eval",
+    v: Pick<MetricsRecord, "lr" | "train_loss" | "val_loss" | "tokens_per_s">,
+    step: number,
+  ): MetricsRecord {
+    if (!Number.isInteger(step) || step < 0) throw new Error(`metrics: step must be an integer >= 0, got ${step}`);
+    for (let i = this.recs.length - 1; i >= 0; i--) {
+      const r = this.recs[i]!;
+      if (r.phase === this.phase && r.kind === kind) {
+        if (step <= r.step) {
+          throw new Error(`metrics: ${this.phase} ${kind} record for step ${step} after step ${r.step} in ${this.path}; steps must increase`);
+        }
+        break;
+      }
+    }
+    const rec: MetricsRecord = {
+      phase: this.phase,
+      kind,
+      step,
+      lr: numOrNull(v.lr),
+      train_loss: numOrNull(v.train_loss),
+      val_loss: numOrNull(v.val_loss),
+      tokens_per_s: numOrNull(v.tokens_per_s),
+      wall_time_s: Math.round(this.wallTimeS() * 1000) / 1000,
+      time: new Date(this.epochMs()).toISOString(),
+    };
+    // fsync: a checkpoint saved after this append must never survive a crash that this line does not.
+    const fd = openSync(this.path, "a");
+    try {
+      writeSync(fd, serialize(rec));
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    this.recs.push(rec);
+    return rec;
+  }
+}

@@ -1,0 +1,207 @@
+import { describe, expect, test } from "bun:test";
+import { ProgressReporter, fmtDuration, type ProgressStream } from "../src/train/progress";
+
+/** A stream that records everything written; a terminal or not. */
+class FakeStream implements ProgressStream {
+  chunks: string[] = [];
+  constructor(
+    readonly isTTY: boolean,
+    readonly columns = 120,
+  ) {}
+  write(s: string): boolean {
+    this.chunks.push(s);
+    return true;
+  }
+  get text(): string {
+    return this.chunks.join("");
+  }
+}
+
+/**
+ * What a terminal shows after this output: "\r" returns to column 0, ESC[K erases to the end
+ * of the line, "\n" moves to a new line. Any other escape sequence fails the test.
+ */
+function screen(out: string): string[] {
+  const lines: string[] = [""];
+  let col = 0;
+  for (let i = 0; i < out.length; i++) {
+    const ch = out[i]!;
+    const row = lines.length - 1;
+    if (ch === "\r") col = 0;
+    else if (ch === "\n") {
+      lines.push("");
+      col = 0;
+    } else if (ch === "\x1b") {
+      expect(out.slice(i, i + 3)).toBe("\x1b[K");
+      lines[row] = lines[row]!.slice(0, col);
+      i += 2;
+    } else {
+      const l = lines[row]!;
+      lines[row] = l.slice(0, col) + ch + l.slice(col + 1);
+      col++;
+    }
+  }
+  return lines;
+}
+
+/** A clock the test moves by hand. */
+function clock(): { now: () => number; advance: (ms: number) => void } {
+  let t = 1000;
+  return { now: () => t, advance: (ms) => (t += ms) };
+}
+
+/** Drive a reporter through steps (startStep, endStep], 100 ms and 512 tokens per step. */
+function run(rep: ProgressReporter, c: ReturnType<typeof clock>, from: number, to: number, loss: (s: number) => number) {
+  const logs = [];
+  for (let s = from + 1; s <= to; s++) {
+    c.advance(100);
+    const log = rep.step({ step: s, loss: loss(s), lr: 3e-4, tokens: 512 });
+    if (log) logs.push(log);
+  }
+  return logs;
+}
+
+const loss = (s: number): number => 10 / Math.sqrt(s);
+
+describe("ProgressReporter", () => {
+  test("terminal: live line redrawn in place, throttled; plain lines never garbled", () => {
+    const out = new FakeStream(true);
+    const c = clock();
+    const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 120, startStep: 0, out, env: { TERM: "xterm" }, now: c.now, redrawMs: 250 });
+    expect(rep.live).toBe(true);
+    run(rep, c, 0, 100, loss);
+    c.advance(3000);
+    rep.eval({ step: 100, valLoss: 1.2345, best: 1.2345, improved: true, seconds: 3 });
+    c.advance(500);
+    rep.checkpoint({ step: 100, paths: ["checkpoints/step_0000100.pt", "checkpoints/latest.pt"] });
+    run(rep, c, 100, 120, loss);
+    rep.finish();
+
+    const text = out.text;
+    // Redraws: one step every 100 ms, at most one redraw per 250 ms (plus the redraws that
+    // follow each plain line), far fewer than the 120 steps.
+    const redraws = text.split("\r").length - 1;
+    expect(redraws).toBeGreaterThan(20);
+    expect(redraws).toBeLessThan(70);
+    // A live line is shown and redrawn in place (no newline between two live states).
+    expect(text).toContain("\r\x1b[K[pretrain] [");
+    expect(text).toMatch(/tok\/s \| loss \d\.\d{4} \| lr 3\.00e-4/);
+
+    // After finish(), the terminal shows exactly the plain lines, in order, intact.
+    const shown = screen(text).filter((l) => l !== "");
+    expect(shown).toHaveLength(5);
+    expect(shown[0]).toMatch(/^\[pretrain\] step  50\/120 \| lr 3\.00e-4 \| train_loss \d\.\d{4} \| tokens\/s 5120 \| elapsed 5s \| eta 7s$/);
+    expect(shown[1]).toMatch(/^\[pretrain\] step 100\/120 \| /);
+    expect(shown[2]).toBe("[pretrain] eval step 100/120 | val_loss 1.2345 | best 1.2345 (new best) | 3.0s");
+    expect(shown[3]).toBe("[pretrain] checkpoint step 100/120 -> checkpoints/step_0000100.pt, checkpoints/latest.pt");
+    expect(shown[4]).toMatch(/^\[pretrain\] step 120\/120 \| .*last_val_loss 1\.2345 \| tokens\/s 5120 \| elapsed \d+s$/);
+  });
+
+  test("not a terminal: no live output at all, the same plain lines", () => {
+    const out = new FakeStream(false);
+    const c = clock();
+    const rep = new ProgressReporter({ phase: "sft", totalSteps: 120, startStep: 0, out, env: { TERM: "xterm" }, now: c.now });
+    expect(rep.live).toBe(false);
+    run(rep, c, 0, 100, loss);
+    rep.eval({ step: 100, valLoss: 2.5, best: 2.25, improved: false });
+    rep.activity("saving");
+    rep.checkpoint({ step: 100, paths: ["checkpoints/latest.pt"] });
+    run(rep, c, 100, 120, loss);
+    rep.finish();
+    const text = out.text;
+    expect(text).not.toContain("\r");
+    expect(text).not.toContain("\x1b");
+    const lines = text.split("\n");
+    expect(lines.pop()).toBe("");
+    expect(lines.map((l) => l.split(" | ")[0])).toEqual([
+      "[sft] step  50/120",
+      "[sft] step 100/120",
+      "[sft] eval step 100/120",
+      "[sft] checkpoint step 100/120 -> checkpoints/latest.pt",
+      "[sft] step 120/120",
+    ]);
+    expect(lines[2]).toBe("[sft] eval step 100/120 | val_loss 2.5000 | best 2.2500");
+  });
+
+  test("a terminal with TERM=dumb gets no live line", () => {
+    const out = new FakeStream(true);
+    const c = clock();
+    const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 60, startStep: 0, out, env: { TERM: "dumb" }, now: c.now });
+    run(rep, c, 0, 60, loss);
+    rep.finish();
+    expect(rep.live).toBe(false);
+    expect(out.text).not.toContain("\r");
+    expect(out.text.split("\n").filter(Boolean)).toHaveLength(2);
+  });
+
+  test("moving average is the mean of the window since the last log line; resume-invariant", () => {
+    const c1 = clock();
+    const a = new ProgressReporter({ phase: "pretrain", totalSteps: 200, startStep: 0, out: new FakeStream(false), now: c1.now });
+    const logsA = run(a, c1, 0, 200, loss);
+    expect(logsA.map((l) => l.step)).toEqual([50, 100, 150, 200]);
+    const mean = (lo: number, hi: number): number => {
+      let s = 0;
+      for (let i = lo; i <= hi; i++) s += loss(i);
+      return s / (hi - lo + 1);
+    };
+    expect(logsA[0]!.train_loss).toBeCloseTo(mean(1, 50), 12);
+    expect(logsA[1]!.train_loss).toBeCloseTo(mean(51, 100), 12);
+    expect(logsA[3]!.train_loss).toBeCloseTo(mean(151, 200), 12);
+
+    // Resumed from the checkpoint at step 100: the same logged values afterwards.
+    const c2 = clock();
+    const b = new ProgressReporter({ phase: "pretrain", totalSteps: 200, startStep: 100, lastValLoss: 1.5, out: new FakeStream(false), now: c2.now });
+    const logsB = run(b, c2, 100, 200, loss);
+    expect(logsB.map((l) => [l.step, l.train_loss])).toEqual(logsA.slice(2).map((l) => [l.step, l.train_loss]));
+    expect(logsB[0]!.last_val_loss).toBe(1.5);
+    const st = b.stats();
+    expect([st.steps, st.tokens]).toEqual([100, 51200]);
+    expect(st.trainSeconds).toBeCloseTo(10, 9);
+    expect(st.wallSeconds).toBeCloseTo(10, 9);
+  });
+
+  test("tokens/s counts training time only: eval and checkpoint time are excluded", () => {
+    const c = clock();
+    const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 100, startStep: 0, out: new FakeStream(false), now: c.now });
+    run(rep, c, 0, 70, loss);
+    c.advance(60_000); // a one-minute eval
+    rep.eval({ step: 70, valLoss: 3, best: 3, improved: true });
+    c.advance(10_000); // a ten-second save
+    rep.checkpoint({ step: 70, paths: ["x"] });
+    const logs = run(rep, c, 70, 100, loss);
+    expect(logs[0]!.tokens_per_s).toBeCloseTo(512 / 0.1, 6);
+    const st = rep.stats();
+    expect(st.trainSeconds).toBeCloseTo(10, 9);
+    expect(st.wallSeconds).toBeCloseTo(80, 9);
+  });
+
+  test("live line fits a narrow terminal and shows the activity", () => {
+    const out = new FakeStream(true, 50);
+    const c = clock();
+    const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 20000, startStep: 0, out, env: { TERM: "xterm-256color" }, now: c.now });
+    run(rep, c, 0, 10, loss);
+    rep.activity("eval");
+    const last = out.chunks[out.chunks.length - 1]!;
+    expect(last.startsWith("\r\x1b[K")).toBe(true);
+    const visible = last.slice(4);
+    expect(visible.length).toBeLessThanOrEqual(49);
+    expect(visible).toBe("[pretrain] 10/20000 0.1% | eval... | eta 33m19s");
+    rep.finish();
+    expect(screen(out.text).join("")).toBe("");
+  });
+
+  test("steps must be reported in order", () => {
+    const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 10, startStep: 3, out: new FakeStream(false) });
+    expect(() => rep.step({ step: 3, loss: 1, lr: 1, tokens: 1 })).toThrow("expected 4");
+    rep.step({ step: 4, loss: 1, lr: 1, tokens: 1 });
+    expect(() => rep.step({ step: 6, loss: 1, lr: 1, tokens: 1 })).toThrow("expected 5");
+  });
+
+  test("durations", () => {
+    expect(fmtDuration(42.4)).toBe("42s");
+    expect(fmtDuration(185)).toBe("3m05s");
+    expect(fmtDuration(3725)).toBe("1h02m");
+    expect(fmtDuration(90000)).toBe("1d01h");
+    expect(fmtDuration(NaN)).toBe("-");
+  });
+});
