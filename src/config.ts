@@ -8,6 +8,7 @@ import { Value } from "@sinclair/typebox/value";
 import { parse as parseJsonc, printParseErrorCode, type ParseError } from "jsonc-parser";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
+import { SFT_SOURCES, STREAM_SOURCES, type SftSource, type StreamSource } from "./data/paths.ts";
 import { InputError } from "./errors.ts";
 import { modelCfgProblems, type ModelCfg } from "./model/config.ts";
 
@@ -16,10 +17,6 @@ export class ConfigError extends InputError {
   override name = "ConfigError";
 }
 
-export const STREAM_SOURCES = ["wiki", "roam", "primer"] as const;
-export const SFT_SOURCES = ["dolly", "oasst1", "primer"] as const;
-export type StreamSource = (typeof STREAM_SOURCES)[number];
-export type SftSource = (typeof SFT_SOURCES)[number];
 
 const PositiveInt = Type.Integer({ minimum: 1 });
 const NonNegativeInt = Type.Integer({ minimum: 0 });

@@ -13,11 +13,11 @@ import { modelCfgDifferences } from "../model/config.ts";
 import { initParams } from "../model/layout.ts";
 import { writeLossSvg } from "./loss-svg.ts";
 import { trainLoop, hparamsOf, type SaveTargets } from "./loop.ts";
-import { MetricsLog, type MetricsPhase } from "./metrics.ts";
+import { bestEval, MetricsLog, type MetricsPhase } from "./metrics.ts";
 import { openPhaseData } from "./phase-data.ts";
 import { ProgressReporter, type ProgressStream } from "./progress.ts";
 import type { StopSignal } from "./stop.ts";
-import { runSummary } from "./summary.ts";
+import { formatSummary } from "./summary.ts";
 
 export type ResumeRequest = { kind: "auto" } | { kind: "none" } | { kind: "path"; path: string };
 
@@ -184,13 +184,29 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
         afterEval: redraw,
       });
       reporter.finish();
-      print(
-        runSummary({
-          phase,
-          bestValLoss: result.bestValLoss,
-          bestStep: result.bestStep,
-          stats: reporter.stats(),
-          files: [show(o.repoRoot, bestPath), show(o.repoRoot, join(o.checkpointDir, "latest.pt")), show(o.repoRoot, join(o.runDir, "metrics.jsonl")), show(o.repoRoot, join(o.runDir, "loss.svg"))],
+      const files = [
+        ["best checkpoint", bestPath],
+        ["latest checkpoint", join(o.checkpointDir, "latest.pt")],
+        ["metrics", join(o.runDir, "metrics.jsonl")],
+        ["loss curve", join(o.runDir, "loss.svg")],
+      ].map(([label, path]) => ({ label: label!, path: show(o.repoRoot, path!) }));
+      o.out.write(
+        formatSummary({
+          phases: [
+            {
+              phase,
+              startStep: start.step,
+              endStep: result.step,
+              totalSteps: config.train.total_steps,
+              bestValLoss: result.bestValLoss,
+              bestStep: result.bestStep ?? bestEval(metrics.records(), phase)?.step ?? null,
+              lastValLoss: reporter.lastValLoss,
+              tokensPerStep: config.train.B * config.model.T,
+              session: reporter.stats(),
+            },
+          ],
+          wallTimeS: metrics.wallTimeS(),
+          files,
         }),
       );
       return { step: result.step, bestValLoss: result.bestValLoss, bestPath, alreadyFinished: false, firstValLoss };
