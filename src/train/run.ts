@@ -12,7 +12,7 @@ import { loadPhaseConfig, loadPipelineConfig, type SftConfig } from "../config.t
 import { InputError } from "../errors.ts";
 import { runPhase, type PhaseOutcome, type ResumeRequest } from "./phase.ts";
 import type { ProgressStream } from "./progress.ts";
-import { StopOnSignals } from "./stop.ts";
+import { StopOnSignals, type StopSignal } from "./stop.ts";
 
 export interface RunRequest {
   phase: "pretrain" | "sft" | "pipeline";
@@ -26,6 +26,8 @@ export interface RunEnvironment {
   out: ProgressStream;
   /** The native library's path (the compiled executable passes its embedded copy). */
   libraryPath?: string;
+  /** Stop requests (default: Ctrl-C / SIGTERM handlers). */
+  stop?: StopSignal;
 }
 
 export async function runTraining(req: RunRequest, env: RunEnvironment): Promise<number> {
@@ -43,7 +45,8 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
   }
   const device: Device = req.device === "auto" ? (mpsAvailable ? "mps" : "cpu") : req.device;
   const out = env.out;
-  const stop = new StopOnSignals((m) => out.write(`\n${m}\n`));
+  const signals = env.stop ? null : new StopOnSignals((m) => out.write(`\n${m}\n`));
+  const stop: StopSignal = env.stop ?? signals!;
   const common = { repoRoot: env.repoRoot, runDir: checkpoints, device, library, out, stop };
   try {
     if ("single" in configs) {
@@ -84,7 +87,7 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
     );
     return 0;
   } finally {
-    stop.dispose();
+    signals?.dispose();
   }
 }
 
