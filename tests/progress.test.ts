@@ -190,11 +190,26 @@ describe("ProgressReporter", () => {
     expect(screen(out.text).join("")).toBe("");
   });
 
-  test("steps must be reported in order", () => {
-    const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 10, startStep: 3, out: new FakeStream(false) });
-    expect(() => rep.step({ step: 3, loss: 1, lr: 1, tokens: 1 })).toThrow("expected 4");
+  test("steps must increase; an unreported step still triggers the log line", () => {
+    const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 200, startStep: 3, out: new FakeStream(false) });
+    expect(() => rep.step({ step: 3, loss: 1, lr: 1, tokens: 1 })).toThrow("steps must increase");
     rep.step({ step: 4, loss: 1, lr: 1, tokens: 1 });
-    expect(() => rep.step({ step: 6, loss: 1, lr: 1, tokens: 1 })).toThrow("expected 5");
+    expect(() => rep.step({ step: 4, loss: 1, lr: 1, tokens: 1 })).toThrow("steps must increase");
+    for (let s = 5; s <= 49; s++) expect(rep.step({ step: s, loss: 1, lr: 1, tokens: 1 })).toBeNull();
+    // Step 50 skipped (not reported): the line comes at 51.
+    expect(rep.step({ step: 51, loss: 1, lr: 1, tokens: 1 })?.step).toBe(51);
+  });
+
+  test("non-finite losses are left out of the mean and counted in the log line", () => {
+    const out = new FakeStream(false);
+    const c = clock();
+    const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 100, startStep: 0, out, now: c.now });
+    const logs = run(rep, c, 0, 50, (s) => (s === 7 || s === 9 ? NaN : s === 8 ? Infinity : 2));
+    expect(logs[0]!.train_loss).toBe(2);
+    expect(out.text).toContain("| train_loss 2.0000 | non-finite losses 3 | tokens/s 5120 |");
+    const all = run(rep, c, 50, 100, () => NaN);
+    expect(all[0]!.train_loss).toBeNaN();
+    expect(out.text).toContain("| train_loss nan | non-finite losses 50 |");
   });
 
   test("durations", () => {

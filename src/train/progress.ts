@@ -10,14 +10,18 @@
  *    line is cleared, after it the live line is drawn again. Not on a terminal (CI, file, pipe),
  *    nothing live is written.
  *
- * Moving average: a WINDOW mean over the last `logEvery` (default 50) steps, not an EMA. At a
- * log step the window is exactly the steps since the previous log line, so the logged
- * train_loss of an interval does not depend on whether the run was resumed at a checkpoint in
- * between (resume at a multiple of `logEvery` gives the same numbers as an uninterrupted run).
- * tokens/s uses the same window: tokens of those steps / their training time.
+ * Moving average: a WINDOW mean, not an EMA. The train_loss of a log line is the mean loss of
+ * the steps reported since the previous log line (50 steps by default), so it does not depend
+ * on whether the run was resumed at a checkpoint in between (a resume at a multiple of
+ * `logEvery` gives the same numbers as an uninterrupted run); tokens/s of a log line is the
+ * tokens of those steps / their training time. The live line shows the mean over the last
+ * `logEvery` steps (a sliding window). Non-finite losses are left out of the means and counted
+ * in the log line ("non-finite losses N").
  *
  * Step numbering: `step` is the number of COMPLETED optimizer steps (1 after the first one), the
- * same number a checkpoint written after that step carries (step_{step:07d}.pt).
+ * same number a checkpoint written after that step carries (step_{step:07d}.pt). Steps must
+ * increase; a step the loop does not report (e.g. an update skipped for a non-finite gradient)
+ * is allowed, its time then counts toward the next reported step. Better: report every step.
  *
  * Timing: a step's duration is the time since the previous `step()` call, or since the last
  * `eval()` / `checkpoint()` report, or since construction. So time spent evaluating or saving is
@@ -81,7 +85,7 @@ export interface TrainLog {
 }
 
 export interface StepInfo {
-  /** Completed steps after this one (1-based). Must increase by 1 each call. */
+  /** Completed steps after this one (1-based). Must increase from call to call. */
   step: number;
   /** Training loss of this step (nats). */
   loss: number;
@@ -145,10 +149,18 @@ class Window {
     return this.n;
   }
 
+  /** Mean of the finite losses (NaN if none). */
   meanLoss(): number {
     let s = 0;
-    for (let i = 0; i < this.n; i++) s += this.loss[i]!;
-    return this.n > 0 ? s / this.n : NaN;
+    let k = 0;
+    for (let i = 0; i < this.n; i++) {
+      const v = this.loss[i]!;
+      if (Number.isFinite(v)) {
+        s += v;
+        k++;
+      }
+    }
+    return k > 0 ? s / k : NaN;
   }
 
   tokensPerSecond(): number {
@@ -159,6 +171,34 @@ class Window {
       d += this.secs[i]!;
     }
     return d > 0 ? t / d : 0;
+  }
+}
+
+/** Sums over the steps since the last log line. */
+class Interval {
+  private lossSum = 0;
+  private lossN = 0;
+  nonFinite = 0;
+  private tokens = 0;
+  private secs = 0;
+
+  add(loss: number, tokens: number, secs: number): void {
+    if (Number.isFinite(loss)) {
+      this.lossSum += loss;
+      this.lossN++;
+    } else {
+      this.nonFinite++;
+    }
+    this.tokens += tokens;
+    this.secs += secs;
+  }
+
+  meanLoss(): number {
+    return this.lossN > 0 ? this.lossSum / this.lossN : NaN;
+  }
+
+  tokensPerSecond(): number {
+    return this.secs > 0 ? this.tokens / this.secs : 0;
   }
 }
 
@@ -174,6 +214,7 @@ export class ProgressReporter {
   private readonly out: ProgressStream;
   private readonly now: () => number;
   private readonly window: Window;
+  private interval = new Interval();
   private readonly t0: number;
   private mark: number;
   private lastDraw = -Infinity;
@@ -214,28 +255,33 @@ export class ProgressReporter {
    * line (every `logEvery` steps and at the last step), else null.
    */
   step(s: StepInfo): TrainLog | null {
-    if (s.step !== this.curStep + 1) {
-      throw new Error(`progress: step ${s.step} reported after step ${this.curStep}; expected ${this.curStep + 1}`);
+    if (!Number.isInteger(s.step) || s.step <= this.curStep) {
+      throw new Error(`progress: step ${s.step} reported after step ${this.curStep}; steps must increase`);
     }
     const t = this.now();
     const dt = Math.max(0, (t - this.mark) / 1000);
+    const prev = this.curStep;
     this.mark = t;
     this.curStep = s.step;
     this.curLr = s.lr;
     this.act = null;
     this.window.push(s.loss, s.tokens, dt);
+    this.interval.add(s.loss, s.tokens, dt);
     this.sessTokens += s.tokens;
     this.sessTrainSecs += dt;
 
-    if (s.step % this.logEvery === 0 || s.step === this.totalSteps) {
+    // Log when a multiple of logEvery is reached (or passed, if a step went unreported).
+    if (Math.floor(s.step / this.logEvery) > Math.floor(prev / this.logEvery) || s.step === this.totalSteps) {
+      const iv = this.interval;
       const log: TrainLog = {
         step: s.step,
         lr: s.lr,
-        train_loss: this.window.meanLoss(),
+        train_loss: iv.meanLoss(),
         last_val_loss: this.lastVal,
-        tokens_per_s: this.window.tokensPerSecond(),
+        tokens_per_s: iv.tokensPerSecond(),
       };
-      this.print(this.formatLog(log, t));
+      this.print(this.formatLog(log, t, iv.nonFinite));
+      this.interval = new Interval();
       return log;
     }
     if (this.live && t - this.lastDraw >= this.redrawMs) this.draw(t);
@@ -328,12 +374,13 @@ export class ProgressReporter {
     return (((t - this.t0) / 1000) / done) * Math.max(0, this.totalSteps - this.curStep);
   }
 
-  private formatLog(l: TrainLog, t: number): string {
+  private formatLog(l: TrainLog, t: number, nonFinite: number): string {
     const parts = [
       `${this.tag()} step ${this.stepStr(l.step)}`,
       `lr ${fmtLr(l.lr)}`,
       `train_loss ${fmtLoss(l.train_loss)}`,
     ];
+    if (nonFinite > 0) parts.push(`non-finite losses ${nonFinite}`);
     if (l.last_val_loss !== null) parts.push(`last_val_loss ${fmtLoss(l.last_val_loss)}`);
     parts.push(`tokens/s ${Math.round(l.tokens_per_s)}`);
     parts.push(`elapsed ${fmtDuration((t - this.t0) / 1000)}`);
