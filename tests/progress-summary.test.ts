@@ -12,7 +12,7 @@ function phase(over: Partial<PhaseSummary>): PhaseSummary {
     bestStep: 18000,
     lastValLoss: 3.2201,
     tokensPerStep: 8192,
-    stats: { steps: 20000, tokens: 20000 * 8192, trainSeconds: 13271.3, wallSeconds: 14000 },
+    session: { steps: 20000, tokens: 20000 * 8192, trainSeconds: 13271.3, wallSeconds: 14000 },
     ...over,
   };
 }
@@ -21,8 +21,8 @@ describe("run summary", () => {
   test("a pipeline: both phases, wall time, files", () => {
     const text = formatSummary({
       phases: [
-        phase({ startStep: 12000, stats: { steps: 8000, tokens: 8000 * 8192, trainSeconds: 5309, wallSeconds: 5600 } }),
-        phase({ phase: "sft", endStep: 3000, totalSteps: 3000, bestValLoss: 2.5, bestStep: 2400, lastValLoss: 2.6, tokensPerStep: 4096, stats: { steps: 3000, tokens: 3000 * 4096, trainSeconds: 1000, wallSeconds: 1100 } }),
+        phase({ startStep: 12000, session: { steps: 8000, tokens: 8000 * 8192, trainSeconds: 5309, wallSeconds: 5600 } }),
+        phase({ phase: "sft", endStep: 3000, totalSteps: 3000, bestValLoss: 2.5, bestStep: 2400, lastValLoss: 2.6, tokensPerStep: 4096, session: { steps: 3000, tokens: 3000 * 4096, trainSeconds: 1000, wallSeconds: 1100 } }),
       ],
       wallTimeS: 3 * 3600 + 12 * 60 + 5,
       files: [
@@ -52,7 +52,7 @@ describe("run summary", () => {
 
   test("no eval, nothing run, stopped early", () => {
     const text = formatSummary({
-      phases: [phase({ bestValLoss: null, bestStep: null, lastValLoss: null, startStep: 5, endStep: 5, stats: { steps: 0, tokens: 0, trainSeconds: 0, wallSeconds: 0.1 } })],
+      phases: [phase({ bestValLoss: null, bestStep: null, lastValLoss: null, startStep: 5, endStep: 5, session: { steps: 0, tokens: 0, trainSeconds: 0, wallSeconds: 0.1 } })],
       wallTimeS: 42,
       files: [],
       stopped: "interrupted by SIGINT",
@@ -71,7 +71,7 @@ describe("run summary", () => {
       t += 250;
       rep.step({ step: s, loss: 2, lr: 1e-3, tokens: 1024 });
     }
-    const text = formatSummary({ phases: [phase({ endStep: 100, totalSteps: 100, tokensPerStep: 1024, stats: rep.stats() })], wallTimeS: 25, files: [] });
+    const text = formatSummary({ phases: [phase({ endStep: 100, totalSteps: 100, tokensPerStep: 1024, session: rep.stats() })], wallTimeS: 25, files: [] });
     expect(text).toContain("tokens seen 102,400 (100 steps x 1,024)");
     expect(text).toContain("throughput 4,096 tok/s (mean over this session's 100 steps");
   });

@@ -8,7 +8,7 @@
  *
  *   console.log(formatSummary({
  *     phases: [{ phase: "pretrain", startStep, endStep: step, totalSteps, bestValLoss, bestStep,
- *                lastValLoss: rep.lastValLoss, tokensPerStep: B * T, stats: rep.stats() }],
+ *                lastValLoss: rep.lastValLoss, tokensPerStep: B * T, session: rep.stats() }],
  *     wallTimeS: metrics.wallTimeS(),
  *     files: [{ label: "best checkpoint", path: "checkpoints/best.pt" }, ...],
  *   }));
@@ -43,7 +43,7 @@ export interface PhaseSummary {
   /** Tokens per optimizer step (B*T); tokens seen = endStep x this. */
   tokensPerStep: number;
   /** This session's figures, from ProgressReporter.stats(). */
-  stats: SessionStats;
+  session: SessionStats;
 }
 
 export interface SummaryFile {
@@ -81,7 +81,7 @@ export function formatSummary(s: RunSummary): string {
       lines.push(`${ind}best val_loss ${loss(p.bestValLoss)}${at}${last}`);
     }
     lines.push(`${ind}tokens seen ${int(p.endStep * p.tokensPerStep)} (${p.endStep} steps x ${int(p.tokensPerStep)})`);
-    const ss = p.stats;
+    const ss = p.session;
     if (ss.steps > 0 && ss.trainSeconds > 0) {
       lines.push(
         `${ind}throughput ${int(ss.tokens / ss.trainSeconds)} tok/s (mean over this session's ${ss.steps} steps, evals and saves excluded)`,
