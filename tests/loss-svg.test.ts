@@ -172,7 +172,7 @@ describe("loss.svg", () => {
     expect(t).toContain("val loss");
     expect(t).toContain("best checkpoint");
     expect(t).toContain("pretrain");
-    expect(t).toContain("SFT (from step 1k)");
+    expect(t).toContain("SFT (from step 1000)");
     expect(byClass(root, "legend")).toHaveLength(1);
     const divider = byClass(root, "divider");
     expect(divider).toHaveLength(1);
@@ -229,6 +229,14 @@ describe("loss.svg", () => {
     // When the loop says which step best.pt holds, that one is marked.
     const root2 = parseXml(renderLossSvg(records, { bestStep: { pretrain: 600 } }));
     expect(byClass(root2, "best").map((b) => `${b.attrs["data-phase"]}@${b.attrs["data-step"]}`)).toEqual(["pretrain@600", "sft@300"]);
+  });
+
+  test("a short SFT after a long pretrain: the phase label is shortened to stay in the picture", () => {
+    const r = [rec("pretrain", "train", 20000, 3), rec("pretrain", "eval", 20000, 3.1), rec("sft", "train", 300, 2), rec("sft", "eval", 300, 3.2)];
+    const root = parseXml(renderLossSvg(r));
+    const label = byClass(root, "phase-label").find((e) => e.text.startsWith("SFT"))!;
+    expect(label.text).toBe("SFT");
+    expect(Number(label.attrs.x) + 3 * 8).toBeLessThanOrEqual(Number(root.attrs.width));
   });
 
   test("one phase, no divider; a diverged stretch leaves a gap in the line", () => {

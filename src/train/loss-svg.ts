@@ -59,7 +59,7 @@ function r2(v: number): number {
 }
 
 /** "Nice" tick values covering [lo, hi]: steps of 1, 2 or 5 x 10^k, about `target` of them. */
-export function niceTicks(lo: number, hi: number, target: number): number[] {
+export function niceTicks(lo: number, hi: number, target: number, minStep = 0): number[] {
   if (!(hi > lo)) {
     const pad = Math.abs(lo) > 0 ? Math.abs(lo) * 0.1 : 1;
     lo -= pad;
@@ -67,7 +67,7 @@ export function niceTicks(lo: number, hi: number, target: number): number[] {
   }
   const raw = (hi - lo) / Math.max(1, target);
   const mag = Math.pow(10, Math.floor(Math.log10(raw)));
-  const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) ?? 10 * mag;
+  const step = Math.max(minStep, [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) ?? 10 * mag);
   const start = Math.floor(lo / step + 1e-9) * step;
   const end = Math.ceil(hi / step - 1e-9) * step;
   const ticks: number[] = [];
@@ -84,9 +84,13 @@ function decimalsFor(ticks: number[]): number {
   return Math.max(0, Math.min(6, -Math.floor(Math.log10(step) + 1e-9)));
 }
 
-function fmtStep(v: number): string {
-  if (v !== 0 && v % 1000 === 0) return `${v / 1000}k`;
-  return String(v);
+/** One label style for a whole axis: "5k 10k 15k" from 10000 up, else plain "200 400". */
+function stepFormat(ticks: number[]): (v: number) => string {
+  const max = Math.max(0, ...ticks);
+  if (max < 10000) return (v) => String(v);
+  const step = ticks.length > 1 ? ticks[1]! - ticks[0]! : 1000;
+  const dec = step % 1000 === 0 ? 0 : step % 100 === 0 ? 1 : 2;
+  return (v) => (v === 0 ? "0" : `${(v / 1000).toFixed(dec)}k`);
 }
 
 interface Pt {
@@ -132,11 +136,13 @@ export function renderLossSvg(records: readonly MetricsRecord[], o: LossSvgOptio
   const pad = yHi > yLo ? (yHi - yLo) * 0.05 : Math.max(0.05, Math.abs(yHi) * 0.05);
   const y0 = yLo - pad;
   const y1 = yHi + pad;
-  const x0 = 0;
-  const x1 = xMax;
+  const x0 = -xMax * 0.01; // room for a dot at step 0 ...
+  const x1 = xMax * 1.02; // ... and for the last dot and its ring
   const inside = (t: number, lo: number, hi: number): boolean => t >= lo - (hi - lo) * 1e-9 && t <= hi + (hi - lo) * 1e-9;
-  const yTicks = niceTicks(y0, y1, 7).filter((t) => inside(t, y0, y1));
-  const xTicks = niceTicks(x0, x1, 8).filter((t) => inside(t, x0, x1));
+  // No data: a frame without made-up scales.
+  const yTicks = hasData ? niceTicks(y0, y1, 7).filter((t) => inside(t, y0, y1)) : [];
+  const xTicks = hasData ? niceTicks(x0, x1, 8, 1).filter((t) => inside(t, x0, x1)) : [];
+  const xLabel = stepFormat(xTicks);
   const sx = (v: number): number => r2(M.left + ((v - x0) / (x1 - x0)) * pw);
   const sy = (v: number): number => r2(M.top + ph - ((v - y0) / (y1 - y0)) * ph);
 
@@ -175,7 +181,7 @@ export function renderLossSvg(records: readonly MetricsRecord[], o: LossSvgOptio
   }
   for (const t of xTicks) {
     const x = sx(t);
-    e(`<g class="xtick" data-value="${t}"><line x1="${x}" y1="${M.top + ph}" x2="${x}" y2="${M.top + ph + 5}" stroke="${COLORS.axis}"/><text x="${x}" y="${M.top + ph + 19}" text-anchor="middle" fill="${COLORS.text}">${fmtStep(t)}</text></g>`);
+    e(`<g class="xtick" data-value="${t}"><line x1="${x}" y1="${M.top + ph}" x2="${x}" y2="${M.top + ph + 5}" stroke="${COLORS.axis}"/><text x="${x}" y="${M.top + ph + 19}" text-anchor="middle" fill="${COLORS.text}">${xLabel(t)}</text></g>`);
   }
   e(`<text class="xlabel" x="${r2(M.left + pw / 2)}" y="${H - 14}" text-anchor="middle" fill="${COLORS.text}">step</text>`);
   e(`<text class="ylabel" x="0" y="0" transform="translate(20 ${r2(M.top + ph / 2)}) rotate(-90)" text-anchor="middle" fill="${COLORS.text}">loss (nats)</text>`);
@@ -185,7 +191,12 @@ export function renderLossSvg(records: readonly MetricsRecord[], o: LossSvgOptio
     const dx = sx(pretrainEnd);
     e(`<line class="divider" x1="${dx}" y1="${M.top - 16}" x2="${dx}" y2="${M.top + ph}" stroke="${COLORS.divider}" stroke-width="1.5" stroke-dasharray="6 4"/>`);
     e(`<text class="phase-label" x="${r2(dx - 8)}" y="${M.top - 6}" text-anchor="end" font-weight="bold" fill="${COLORS.muted}">pretrain</text>`);
-    e(`<text class="phase-label" x="${r2(dx + 8)}" y="${M.top - 6}" text-anchor="start" font-weight="bold" fill="${COLORS.muted}">SFT (from step ${fmtStep(pretrainEnd)})</text>`);
+    // Bold 13px text is about 8px per character; shorten or right-align what would not fit.
+    const room = M.left + pw + M.right - 4 - (dx + 8);
+    const long = `SFT (from step ${pretrainEnd})`;
+    const [label, x, anchor] =
+      long.length * 8 <= room ? [long, dx + 8, "start"] : 3 * 8 <= room ? ["SFT", dx + 8, "start"] : ["SFT", M.left + pw + M.right - 4, "end"];
+    e(`<text class="phase-label" x="${r2(x)}" y="${M.top - 6}" text-anchor="${anchor}" font-weight="bold" fill="${COLORS.muted}">${xmlEscape(label)}</text>`);
   } else if (phases.length === 1) {
     e(`<text class="phase-label" x="${M.left + 4}" y="${M.top - 6}" font-weight="bold" fill="${COLORS.muted}">${PHASE_LABEL[phases[0]!]}</text>`);
   }
@@ -194,6 +205,9 @@ export function renderLossSvg(records: readonly MetricsRecord[], o: LossSvgOptio
   e(`<defs><clipPath id="plot"><rect x="${M.left}" y="${M.top}" width="${pw}" height="${ph}"/></clipPath></defs>`);
   e(`<g clip-path="url(#plot)">`);
   const plotted: Pt[] = [];
+  // Dots shrink when evals are dense (e.g. 100 evals over 900 px).
+  const nEval = records.filter((r) => r.kind === "eval").length;
+  const dotR = r2(Math.max(2, Math.min(3.5, pw / Math.max(1, nEval) / 3)));
   for (const p of phases) {
     const recs = records.filter((r) => r.phase === p).sort((a, b) => a.step - b.step);
     const lines = (kind: "train" | "eval", pick: (r: MetricsRecord) => number | null): Pt[][] => {
@@ -221,7 +235,7 @@ export function renderLossSvg(records: readonly MetricsRecord[], o: LossSvgOptio
     }
     for (const r of recs) {
       if (r.kind !== "eval" || r.val_loss === null || !Number.isFinite(r.val_loss)) continue;
-      e(`<circle class="val" data-phase="${p}" data-step="${r.step}" data-loss="${r.val_loss}" cx="${sx(gx(r))}" cy="${sy(r.val_loss)}" r="3.5" fill="${COLORS.val}" stroke="#ffffff" stroke-width="0.8"/>`);
+      e(`<circle class="val" data-phase="${p}" data-step="${r.step}" data-loss="${r.val_loss}" cx="${sx(gx(r))}" cy="${sy(r.val_loss)}" r="${dotR}" fill="${COLORS.val}" stroke="#ffffff" stroke-width="0.8"/>`);
     }
   }
   for (const b of bests) {
