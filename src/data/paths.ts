@@ -1,0 +1,179 @@
+/**
+ * Cache naming (locked by the spec) and the check that every cache a phase needs exists.
+ *   <root>/streams/{wiki,roam,primer}_{train,val}.bin   + <same path>.meta.json
+ *   <root>/sft/{dolly,oasst1,primer}_{train,val}.bin    + <same path>.meta.json
+ * An SFT cache may keep its example boundaries in a sidecar `<same path>.idx`, named
+ * by its meta (docs/cache-format.md).
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { DataError } from "./errors.ts";
+
+export const STREAM_SOURCES = ["wiki", "roam", "primer"] as const;
+export const SFT_SOURCES = ["dolly", "oasst1", "primer"] as const;
+export const SPLITS = ["train", "val"] as const;
+
+export type StreamSource = (typeof STREAM_SOURCES)[number];
+export type SftSource = (typeof SFT_SOURCES)[number];
+export type Split = (typeof SPLITS)[number];
+/** Directory name under the cache root: stream caches or SFT example caches. */
+export type CacheKind = "streams" | "sft";
+
+export const DEFAULT_CACHE_ROOT = "data/cache";
+
+export interface CachePaths {
+  bin: string;
+  meta: string;
+  /** Default sidecar of SFT example boundaries (used when the meta names a file). */
+  idx: string;
+}
+
+export function sourcesOf(kind: CacheKind): readonly string[] {
+  return kind === "streams" ? STREAM_SOURCES : SFT_SOURCES;
+}
+
+/** Paths of one cache. Throws a DataError for an unknown source or split. */
+export function cachePaths(root: string, kind: CacheKind, source: string, split: Split | string): CachePaths {
+  const allowed = sourcesOf(kind);
+  if (!allowed.includes(source)) {
+    throw new DataError(`unknown ${kind} source "${source}": expected one of ${allowed.join(", ")}`);
+  }
+  if (!(SPLITS as readonly string[]).includes(split)) {
+    throw new DataError(`unknown split "${split}": expected one of ${SPLITS.join(", ")}`);
+  }
+  const bin = join(root, kind, `${source}_${split}.bin`);
+  return { bin, meta: `${bin}.meta.json`, idx: `${bin}.idx` };
+}
+
+/** What a phase reads: its training mixture and its validation source. */
+export interface PhaseDataSpec {
+  phase: "pretrain" | "sft";
+  /** Training mixture, source -> probability (normalized when sampling; 0 = not used). */
+  sources: Readonly<Record<string, number>>;
+  /** A stream source (its `_val` cache), or "sft" (the `_val` caches of the SFT mixture; sft phase only). */
+  valSource: string;
+}
+
+/** One cache a phase reads. */
+export interface CacheUse {
+  kind: CacheKind;
+  source: string;
+  split: Split;
+  paths: CachePaths;
+  /** Why the phase needs it, e.g. "train mixture (p=0.784)". */
+  role: string;
+}
+
+/**
+ * Sources with a positive probability, normalized to sum 1, in the order given.
+ * Throws a DataError for an unknown source, a negative or non-finite probability,
+ * or a mixture without any positive probability.
+ */
+export function normalizeMixture(sources: Readonly<Record<string, number>>, kind: CacheKind): { source: string; prob: number }[] {
+  const allowed = sourcesOf(kind);
+  const problems: string[] = [];
+  let total = 0;
+  for (const [name, p] of Object.entries(sources)) {
+    if (!allowed.includes(name)) problems.push(`unknown source "${name}" (expected one of ${allowed.join(", ")})`);
+    if (typeof p !== "number" || !Number.isFinite(p) || p < 0) {
+      problems.push(`source "${name}": probability must be a finite number >= 0, got ${JSON.stringify(p)}`);
+    } else total += p;
+  }
+  if (problems.length === 0 && !(total > 0)) problems.push("no source has a positive probability");
+  if (problems.length > 0) throw new DataError(`invalid ${kind} mixture: ${problems.join("; ")}`);
+  return Object.entries(sources)
+    .filter(([, p]) => p > 0)
+    .map(([source, p]) => ({ source, prob: p / total }));
+}
+
+/** Every cache the phase reads (training mixture, then validation), without duplicates. */
+export function phaseCaches(root: string, spec: PhaseDataSpec): CacheUse[] {
+  const kind: CacheKind = spec.phase === "pretrain" ? "streams" : "sft";
+  const uses: CacheUse[] = [];
+  for (const { source, prob } of normalizeMixture(spec.sources, kind)) {
+    uses.push({ kind, source, split: "train", paths: cachePaths(root, kind, source, "train"), role: `training mixture (p=${round4(prob)})` });
+  }
+  if (spec.valSource === "sft") {
+    if (spec.phase !== "sft") {
+      throw new DataError(`val_source "sft" is only allowed in the sft phase; the ${spec.phase} phase validates on a stream source (${STREAM_SOURCES.join(", ")})`);
+    }
+    for (const { source } of normalizeMixture(spec.sources, "sft")) {
+      uses.push({ kind: "sft", source, split: "val", paths: cachePaths(root, "sft", source, "val"), role: "validation (val_source sft)" });
+    }
+  } else {
+    if (!(STREAM_SOURCES as readonly string[]).includes(spec.valSource)) {
+      const allowed = [...STREAM_SOURCES, ...(spec.phase === "sft" ? ["sft"] : [])];
+      throw new DataError(`unknown val_source "${spec.valSource}": expected one of ${allowed.join(", ")}`);
+    }
+    uses.push({ kind: "streams", source: spec.valSource, split: "val", paths: cachePaths(root, "streams", spec.valSource, "val"), role: `validation (val_source ${spec.valSource})` });
+  }
+  return uses;
+}
+
+/** A missing file and why the phase needs it. */
+export interface MissingFile {
+  path: string;
+  role: string;
+}
+
+/**
+ * Every file of the phase's caches that does not exist: the .bin and the .meta.json of
+ * each cache, and an SFT boundary sidecar that an existing meta names but is absent.
+ */
+export function missingCacheFiles(root: string, spec: PhaseDataSpec): MissingFile[] {
+  const missing: MissingFile[] = [];
+  for (const use of phaseCaches(root, spec)) {
+    for (const path of [use.paths.bin, use.paths.meta]) {
+      if (!existsSync(path)) missing.push({ path, role: `${use.source} ${use.split}, ${use.role}` });
+    }
+    const sidecar = use.kind === "sft" && existsSync(use.paths.meta) ? sidecarNamedBy(use.paths.meta) : undefined;
+    if (sidecar !== undefined && !existsSync(sidecar)) {
+      missing.push({ path: sidecar, role: `${use.source} ${use.split}, example boundaries named by ${use.paths.meta}` });
+    }
+  }
+  return missing;
+}
+
+/** The sidecar path a meta.json names, if it is readable JSON naming one (else undefined). */
+function sidecarNamedBy(metaPath: string): string | undefined {
+  try {
+    const meta = JSON.parse(readFileSync(metaPath, "utf8")) as { boundaries?: unknown };
+    const b = meta.boundaries;
+    if (b !== null && typeof b === "object" && !Array.isArray(b) && typeof (b as { file?: unknown }).file === "string") {
+      return join(metaPath, "..", (b as { file: string }).file);
+    }
+  } catch {
+    // an unreadable meta is reported when the cache is opened
+  }
+  return undefined;
+}
+
+/** The message for missing caches: the exact paths, the naming convention, how to build them. */
+export function missingCachesMessage(root: string, spec: PhaseDataSpec, missing: readonly MissingFile[]): string {
+  const kind: CacheKind = spec.phase === "pretrain" ? "streams" : "sft";
+  const lines = [`missing cache files for phase ${spec.phase} (cache root ${root}):`];
+  for (const m of missing) lines.push(`  ${m.path}    (${m.role})`);
+  lines.push("expected naming convention:");
+  lines.push(`  ${join(root, "streams")}/{source}_{split}.bin with source in ${STREAM_SOURCES.join("|")}, split in ${SPLITS.join("|")}`);
+  lines.push(`  ${join(root, "sft")}/{source}_{split}.bin with source in ${SFT_SOURCES.join("|")}, split in ${SPLITS.join("|")}`);
+  lines.push("  each with <same path>.meta.json (format: docs/cache-format.md)");
+  if (kind === "sft") lines.push("the sft phase reads SFT example caches only: there is no fallback to the pretraining streams.");
+  lines.push("build them with scripts/prepare-data.ts, e.g.");
+  lines.push(
+    kind === "streams"
+      ? `  bun scripts/prepare-data.ts text --source wiki --out ${root} FILES...`
+      : `  bun scripts/prepare-data.ts dolly --source dolly --out ${root} databricks-dolly-15k.jsonl`,
+  );
+  lines.push("or small demo caches: bun scripts/demo-data.ts --out DIR");
+  return lines.join("\n");
+}
+
+/** Throws one DataError listing every missing file of the phase (see missingCachesMessage). */
+export function assertCachesPresent(root: string, spec: PhaseDataSpec): void {
+  const missing = missingCacheFiles(root, spec);
+  if (missing.length > 0) throw new DataError(missingCachesMessage(root, spec, missing));
+}
+
+function round4(x: number): number {
+  return Math.round(x * 1e4) / 1e4;
+}
