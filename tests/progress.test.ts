@@ -85,7 +85,7 @@ describe("ProgressReporter", () => {
     expect(redraws).toBeLessThan(70);
     // A live line is shown and redrawn in place (no newline between two live states).
     expect(text).toContain("\r\x1b[K[pretrain] [");
-    expect(text).toMatch(/tok\/s \| loss \d\.\d{4} \| lr 3\.00e-4/);
+    expect(text).toMatch(/tok\/s \| loss  \d\.\d{4} \| lr 3\.00e-4/);
 
     // After finish(), the terminal shows exactly the plain lines, in order, intact.
     const shown = screen(text).filter((l) => l !== "");
@@ -176,7 +176,7 @@ describe("ProgressReporter", () => {
   });
 
   test("live line fits a narrow terminal and shows the activity", () => {
-    const out = new FakeStream(true, 50);
+    const out = new FakeStream(true, 60);
     const c = clock();
     const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 20000, startStep: 0, out, env: { TERM: "xterm-256color" }, now: c.now });
     run(rep, c, 0, 10, loss);
@@ -184,10 +184,30 @@ describe("ProgressReporter", () => {
     const last = out.chunks[out.chunks.length - 1]!;
     expect(last.startsWith("\r\x1b[K")).toBe(true);
     const visible = last.slice(4);
-    expect(visible.length).toBeLessThanOrEqual(49);
-    expect(visible).toBe("[pretrain] 10/20000 0.1% | eval... | eta 33m19s");
+    expect(visible.length).toBeLessThanOrEqual(59);
+    expect(visible).toBe("[pretrain]    10/20000   0.1% | eval... | eta 33m19s");
     rep.finish();
     expect(screen(out.text).join("")).toBe("");
+  });
+
+  test("live frames keep one length (no jitter) and a bar on a wide terminal", () => {
+    const out = new FakeStream(true, 120);
+    const c = clock();
+    const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 1000, startStep: 0, out, env: { TERM: "xterm" }, now: c.now, redrawMs: 0 });
+    for (let s = 1; s <= 120; s++) {
+      c.advance(s < 60 ? 100 : 2500); // the ETA and tokens/s change their number of digits
+      rep.step({ step: s, loss: s < 30 ? 12 - s / 10 : 3.5, lr: 3e-4, tokens: s < 60 ? 512 : 50_000 });
+      if (s === 70) rep.eval({ step: 70, valLoss: 3.9, best: 3.9, improved: true });
+    }
+    // The live frame is what follows the clear sequence or the last newline of a write.
+    const frames = out.chunks.filter((ch) => ch.startsWith("\r\x1b[K")).map((ch) => ch.slice(ch.lastIndexOf("\n") + 1).replace("\r\x1b[K", ""));
+    expect(frames.length).toBeGreaterThan(100);
+    const lengths = new Set(frames.map((f) => f.length));
+    expect(lengths.size).toBe(1);
+    expect([...lengths][0]).toBeLessThanOrEqual(119);
+    expect(frames[frames.length - 1]).toBe(
+      "[pretrain] [##-----------------]  120/1000  12.0% | eta 19m22s |  20.0k tok/s | loss  3.5000 | lr 3.00e-4 | val  3.9000",
+    );
   });
 
   test("steps must increase; an unreported step still triggers the log line", () => {

@@ -389,36 +389,39 @@ export class ProgressReporter {
     return parts.join(" | ");
   }
 
-  /** The live line, fitted to the terminal width (a wrapped line could not be redrawn). */
+  /**
+   * The live line, fitted to the terminal width (a wrapped line could not be redrawn). Fields
+   * are padded to fixed widths so the line, and the bar width derived from it, do not jitter.
+   */
   private liveText(): string {
     const t = this.now();
     const width = Math.max(20, (this.out.columns ?? 80) - 1);
     const total = this.totalSteps;
     const frac = total > 0 ? Math.min(1, this.curStep / total) : 1;
     const eta = this.etaSeconds(t);
-    const head = `${this.tag()} ${this.curStep}/${total} ${(frac * 100).toFixed(1)}%`;
-    // Segments in order of importance; later ones are dropped when the line is too narrow.
-    const segs: string[] = [];
-    if (this.act !== null) segs.push(`${this.act}...`);
-    segs.push(`eta ${eta === null ? "-" : fmtDuration(eta)}`);
-    if (this.window.count > 0) {
-      segs.push(`${fmtRate(this.window.tokensPerSecond())} tok/s`);
-      segs.push(`loss ${fmtLoss(this.window.meanLoss())}`);
-      segs.push(`lr ${fmtLr(this.curLr)}`);
-    }
-    if (this.lastVal !== null) segs.push(`val ${fmtLoss(this.lastVal)}`);
-    let line = head;
-    for (const s of segs) {
-      if (line.length + 3 + s.length > width) break;
-      line += " | " + s;
-    }
-    const barW = Math.min(30, width - line.length - 3);
+    const some = this.window.count > 0;
+    const tag = this.tag();
+    const counter = `${String(this.curStep).padStart(String(total).length)}/${total} ${(frac * 100).toFixed(1).padStart(5)}%`;
+    // In order of importance: the last ones go first when the terminal is narrow.
+    const segs = [
+      `eta ${(eta === null ? "-" : fmtDuration(eta)).padEnd(6)}`,
+      `${(some ? fmtRate(this.window.tokensPerSecond()) : "-").padStart(6)} tok/s`,
+      `loss ${some ? fmtLoss(this.window.meanLoss()).padStart(7) : "-".padEnd(7)}`,
+      `lr ${(some ? fmtLr(this.curLr) : "-").padEnd(7)}`,
+      `val ${this.lastVal !== null ? fmtLoss(this.lastVal).padStart(7) : "-".padEnd(7)}`,
+    ];
+    const text = (parts: string[]): string => [`${tag} ${counter}`, ...parts].join(" | ");
+    // The bar takes what the full text leaves (up to 30 columns), or is left out.
+    const barW = Math.min(30, width - text(segs).length - 1);
+    let bar = "";
     if (barW >= 10) {
       const inner = barW - 2;
       const filled = Math.round(frac * inner);
-      const bar = "[" + "#".repeat(filled) + "-".repeat(inner - filled) + "]";
-      line = line.replace(`${this.tag()} `, `${this.tag()} ${bar} `);
+      bar = "[" + "#".repeat(filled) + "-".repeat(inner - filled) + "] ";
     }
+    if (this.act !== null) segs.unshift(`${this.act}...`);
+    while (segs.length > 0 && bar.length + text(segs).length > width) segs.pop();
+    const line = bar ? text(segs).replace(`${tag} `, `${tag} ${bar}`) : text(segs);
     return line.length > width ? line.slice(0, width) : line;
   }
 
