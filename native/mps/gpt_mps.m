@@ -1,0 +1,620 @@
+/*
+ * gpt_mps.m: the Apple GPU backend of libgpt (MPSGraph, Objective-C with ARC).
+ *
+ * State on the GPU: every parameter tensor and its AdamW moments in its own shared
+ * MTLBuffer (unified memory on Apple silicon), in two sets. A training step reads set
+ * `cur` and writes the updated tensors into set 1-cur (ping-pong: no tensor is read
+ * and written by the same run); the host flips `cur` when the update was applied. The
+ * graph itself also selects the old values when the loss or the norm is not finite,
+ * so the guard holds on either side. Tokens, targets and the step scalars go through
+ * small shared buffers written by the host before each run; nothing is allocated by
+ * us inside gpt_mps_train_step / gpt_mps_eval_loss (MPSGraph compiles each graph on
+ * its first run and caches it; see docs/mps.md).
+ */
+#import <Foundation/Foundation.h>
+#import <Metal/Metal.h>
+#import <MetalPerformanceShaders/MetalPerformanceShaders.h>
+#import <MetalPerformanceShadersGraph/MetalPerformanceShadersGraph.h>
+
+#include "gpt_mps.h"
+#import "mps_graph.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { PROF_TRAIN = 0, PROF_EVAL, PROF_GRADS, PROF_HOST, PROF_N };
+static const char* const kProfNames[PROF_N] = {"mps.train_step", "mps.eval_loss", "mps.compute_grads",
+                                               "mps.host_copies"};
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void copy_message(char* dst, size_t len, const char* msg) {
+    if (dst == NULL || len == 0) return;
+    snprintf(dst, len, "%s", msg);
+}
+
+int32_t gpt_mps_available(void) {
+    @autoreleasepool {
+        id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+        return device != nil && MPSSupportsMTLDevice(device) ? 1 : 0;
+    }
+}
+
+@interface GPTMPSModel : NSObject
+- (nullable instancetype)initWithCfg:(const gpt_cfg*)cfg batch:(int32_t)B error:(NSString**)error;
+- (const char*)lastError;
+/* Formats the message of the last error; returns 1 (the status of a failed call). */
+- (int32_t)fail:(const char*)fmt, ... __attribute__((format(printf, 1, 2)));
+@end
+
+@implementation GPTMPSModel {
+    gpt_cfg _cfg;
+    int32_t _B, _K;  /* batch rows, parameter tensors */
+    int64_t _N, _P;  /* B*T, floats in the flat layout */
+    mps_param* _layout;
+
+    id<MTLDevice> _device;
+    id<MTLCommandQueue> _queue;
+    /* ping-pong sets of per-tensor buffers and their tensor data */
+    NSArray<id<MTLBuffer>>* _pBuf[2];
+    NSArray<id<MTLBuffer>>* _mBuf[2];
+    NSArray<id<MTLBuffer>>* _vBuf[2];
+    NSArray<MPSGraphTensorData*>* _pData[2];
+    NSArray<MPSGraphTensorData*>* _mData[2];
+    NSArray<MPSGraphTensorData*>* _vData[2];
+    NSArray<id<MTLBuffer>>* _gradBuf;  /* made on the first gpt_compute_grads */
+    NSArray<MPSGraphTensorData*>* _gradData;
+    /* per-step inputs and scalar outputs */
+    id<MTLBuffer> _tokens, _targets, _mask, _hp, _loss, _norm, _applied;
+    MPSGraphTensorData *_tokensData, *_targetsData, *_maskData, *_hpData, *_lossData, *_normData, *_appliedData;
+
+    MPSGPTEmbedding _embedding;
+    MPSGPTGraph *_train, *_eval, *_gradGraph;
+    MPSGraphTensorDataDictionary *_trainFeeds[2], *_trainResults[2];
+    MPSGraphTensorDataDictionary *_evalFeeds[2], *_evalResults;
+    MPSGraphTensorDataDictionary *_gradFeeds[2], *_gradResults;
+
+    int _cur;       /* the set holding the current parameters and moments */
+    int64_t _step;  /* AdamW updates applied */
+    BOOL _profile;
+    double _profSeconds[PROF_N];
+    char _err[512];
+}
+
+- (void)dealloc {
+    free(_layout);
+}
+
+- (const char*)lastError {
+    return _err;
+}
+
+- (int32_t)fail:(const char*)fmt, ... {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(_err, sizeof _err, fmt, ap);
+    va_end(ap);
+    return 1;
+}
+
+/* ---- creation ---- */
+
+static NSString* CheckCfg(const gpt_cfg* cfg, int32_t B) {
+    if (cfg == NULL) return @"cfg is NULL";
+    const struct { const char* name; int32_t value; } dims[] = {
+        {"V", cfg->V}, {"T", cfg->T}, {"C", cfg->C}, {"L", cfg->L}, {"H", cfg->H}, {"d_ff", cfg->d_ff}, {"B", B}};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i].value < 1)
+            return [NSString stringWithFormat:@"%s = %d, expected a positive integer", dims[i].name, dims[i].value];
+    if (cfg->C % cfg->H != 0)
+        return [NSString stringWithFormat:@"C = %d is not a multiple of H = %d", cfg->C, cfg->H];
+    if ((int64_t)B * cfg->T > INT32_MAX)
+        return [NSString stringWithFormat:@"B*T = %lld rows is too many (at most %d)", (long long)B * cfg->T, INT32_MAX];
+    return nil;
+}
+
+static id<MTLBuffer> NewBuffer(id<MTLDevice> device, int64_t bytes) {
+    id<MTLBuffer> b = [device newBufferWithLength:(NSUInteger)bytes options:MTLResourceStorageModeShared];
+    if (b != nil) memset(b.contents, 0, (size_t)bytes);
+    return b;
+}
+
+static MPSShape* ShapeOf(const mps_param* p) {
+    return p->rank == 2 ? @[ @(p->shape[0]), @(p->shape[1]) ] : @[ @(p->shape[0]) ];
+}
+
+- (BOOL)allocateSet:(NSArray<id<MTLBuffer>>* __strong*)bufs
+               data:(NSArray<MPSGraphTensorData*>* __strong*)datas
+              error:(NSString**)error {
+    NSMutableArray<id<MTLBuffer>>* b = [NSMutableArray arrayWithCapacity:(NSUInteger)_K];
+    NSMutableArray<MPSGraphTensorData*>* d = [NSMutableArray arrayWithCapacity:(NSUInteger)_K];
+    for (int32_t i = 0; i < _K; i++) {
+        id<MTLBuffer> buf = NewBuffer(_device, _layout[i].size * (int64_t)sizeof(float));
+        if (buf == nil) {
+            *error = [NSString stringWithFormat:@"cannot allocate a GPU buffer of %lld bytes",
+                                                (long long)(_layout[i].size * (int64_t)sizeof(float))];
+            return NO;
+        }
+        [b addObject:buf];
+        [d addObject:[[MPSGraphTensorData alloc] initWithMTLBuffer:buf
+                                                              shape:ShapeOf(&_layout[i])
+                                                           dataType:MPSDataTypeFloat32]];
+    }
+    *bufs = b;
+    *datas = d;
+    return YES;
+}
+
+- (BOOL)allocateSmall:(id<MTLBuffer> __strong*)buf
+                 data:(MPSGraphTensorData* __strong*)data
+                bytes:(int64_t)bytes
+                shape:(MPSShape*)shape
+                 type:(MPSDataType)type
+                error:(NSString**)error {
+    *buf = NewBuffer(_device, bytes);
+    if (*buf == nil) {
+        *error = [NSString stringWithFormat:@"cannot allocate a GPU buffer of %lld bytes", (long long)bytes];
+        return NO;
+    }
+    *data = [[MPSGraphTensorData alloc] initWithMTLBuffer:*buf shape:shape dataType:type];
+    return YES;
+}
+
+/* The feeds of graph G with the parameters (and moments) of set s. */
+- (MPSGraphTensorDataDictionary*)feedsOf:(MPSGPTGraph*)G set:(int)s {
+    NSMutableDictionary<MPSGraphTensor*, MPSGraphTensorData*>* f = [NSMutableDictionary dictionary];
+    for (int32_t i = 0; i < _K; i++) {
+        f[G.params[(NSUInteger)i]] = _pData[s][(NSUInteger)i];
+        if (G.kind == MPSGPTGraphTrain) {
+            f[G.m[(NSUInteger)i]] = _mData[s][(NSUInteger)i];
+            f[G.v[(NSUInteger)i]] = _vData[s][(NSUInteger)i];
+        }
+    }
+    f[G.tokens] = _tokensData;
+    f[G.targets] = _targetsData;
+    f[G.targetMask] = _maskData;
+    f[G.hp] = _hpData;
+    return f;
+}
+
+- (BOOL)buildGraphsWithError:(NSString**)error {
+    NSString* why = nil;
+    _train = [MPSGPTGraph graphWithKind:MPSGPTGraphTrain cfg:&_cfg batch:_B layout:_layout embedding:_embedding error:&why];
+    if (_train == nil) {
+        *error = [NSString stringWithFormat:@"building the training graph failed: %@", why];
+        return NO;
+    }
+    _eval = [MPSGPTGraph graphWithKind:MPSGPTGraphEval cfg:&_cfg batch:_B layout:_layout embedding:_embedding error:&why];
+    if (_eval == nil) {
+        *error = [NSString stringWithFormat:@"building the evaluation graph failed: %@", why];
+        return NO;
+    }
+    for (int s = 0; s < 2; s++) {
+        _trainFeeds[s] = [self feedsOf:_train set:s];
+        _evalFeeds[s] = [self feedsOf:_eval set:s];
+        NSMutableDictionary<MPSGraphTensor*, MPSGraphTensorData*>* r = [NSMutableDictionary dictionary];
+        for (int32_t i = 0; i < _K; i++) {
+            r[_train.paramsOut[(NSUInteger)i]] = _pData[1 - s][(NSUInteger)i];
+            r[_train.mOut[(NSUInteger)i]] = _mData[1 - s][(NSUInteger)i];
+            r[_train.vOut[(NSUInteger)i]] = _vData[1 - s][(NSUInteger)i];
+        }
+        r[_train.loss] = _lossData;
+        r[(MPSGraphTensor*)_train.gradNorm] = _normData;
+        r[(MPSGraphTensor*)_train.applied] = _appliedData;
+        _trainResults[s] = r;
+    }
+    _evalResults = @{_eval.loss : _lossData};
+    return YES;
+}
+
+- (nullable instancetype)initWithCfg:(const gpt_cfg*)cfg batch:(int32_t)B error:(NSString**)error {
+    if ((self = [super init]) == nil) return nil;
+    NSString* bad = CheckCfg(cfg, B);
+    if (bad != nil) {
+        *error = bad;
+        return nil;
+    }
+    _cfg = *cfg;
+    _B = B;
+    _N = (int64_t)B * cfg->T;
+    _K = mps_param_count(cfg);
+    _layout = calloc((size_t)_K, sizeof(mps_param));
+    if (_layout == NULL) {
+        *error = @"out of memory";
+        return nil;
+    }
+    _P = mps_param_layout(cfg, _layout);
+
+    _device = MTLCreateSystemDefaultDevice();
+    if (_device == nil) {
+        *error = @"no Metal device: MTLCreateSystemDefaultDevice() returned nil";
+        return nil;
+    }
+    if (!MPSSupportsMTLDevice(_device)) {
+        *error = [NSString stringWithFormat:@"Metal device %@ is not supported by Metal Performance Shaders", _device.name];
+        return nil;
+    }
+    /* The largest tensors MPSGraph will make: logits (N, V) and attention scores (B, H, T, T). */
+    const uint64_t maxBuf = (uint64_t)_device.maxBufferLength;
+    const uint64_t logits = (uint64_t)_N * (uint64_t)cfg->V * sizeof(float);
+    const uint64_t scores = (uint64_t)B * (uint64_t)cfg->H * (uint64_t)cfg->T * (uint64_t)cfg->T * sizeof(float);
+    if (logits > maxBuf || scores > maxBuf) {
+        *error = [NSString stringWithFormat:@"B = %d is too large for %@: the logits (%llu bytes) or attention scores "
+                                            @"(%llu bytes) exceed its largest buffer (%llu bytes)",
+                                            B, _device.name, logits, scores, maxBuf];
+        return nil;
+    }
+    _queue = [_device newCommandQueue];
+    if (_queue == nil) {
+        *error = @"cannot create a Metal command queue";
+        return nil;
+    }
+    for (int s = 0; s < 2; s++) {
+        if (![self allocateSet:&_pBuf[s] data:&_pData[s] error:error]) return nil;
+        if (![self allocateSet:&_mBuf[s] data:&_mData[s] error:error]) return nil;
+        if (![self allocateSet:&_vBuf[s] data:&_vData[s] error:error]) return nil;
+    }
+    const int64_t N = _N;
+    if (![self allocateSmall:&_tokens data:&_tokensData bytes:N * 4 shape:@[ @(N) ] type:MPSDataTypeInt32 error:error] ||
+        ![self allocateSmall:&_targets data:&_targetsData bytes:N * 4 shape:@[ @(N) ] type:MPSDataTypeInt32 error:error] ||
+        ![self allocateSmall:&_mask data:&_maskData bytes:N * 4 shape:@[ @(N), @1 ] type:MPSDataTypeFloat32 error:error] ||
+        ![self allocateSmall:&_hp data:&_hpData bytes:MPS_HP_LEN * 4 shape:@[ @(MPS_HP_LEN) ] type:MPSDataTypeFloat32 error:error] ||
+        ![self allocateSmall:&_loss data:&_lossData bytes:4 shape:@[ @1 ] type:MPSDataTypeFloat32 error:error] ||
+        ![self allocateSmall:&_norm data:&_normData bytes:4 shape:@[ @1 ] type:MPSDataTypeFloat32 error:error] ||
+        ![self allocateSmall:&_applied data:&_appliedData bytes:4 shape:@[ @1 ] type:MPSDataTypeFloat32 error:error])
+        return nil;
+
+    /* GPT_MPS_EMBEDDING=onehot forces the one-hot embedding; by default the gather is
+     * used, and the one-hot form only if MPSGraph cannot differentiate the gather. */
+    const char* emb = getenv("GPT_MPS_EMBEDDING");
+    const BOOL forced = emb != NULL && emb[0] != '\0';
+    if (forced && strcmp(emb, "gather") != 0 && strcmp(emb, "onehot") != 0) {
+        *error = [NSString stringWithFormat:@"GPT_MPS_EMBEDDING = \"%s\", expected \"gather\" or \"onehot\"", emb];
+        return nil;
+    }
+    _embedding = forced && strcmp(emb, "onehot") == 0 ? MPSGPTEmbeddingOneHot : MPSGPTEmbeddingGather;
+    if (![self buildGraphsWithError:error]) {
+        if (forced || _embedding == MPSGPTEmbeddingOneHot) return nil;
+        _embedding = MPSGPTEmbeddingOneHot;
+        if (![self buildGraphsWithError:error]) return nil;
+    }
+    const char* prof = getenv("GPT_PROFILE");
+    _profile = prof != NULL && strcmp(prof, "1") == 0;
+    return self;
+}
+
+/* ---- parameters and optimizer state ---- */
+
+static void ToDevice(NSArray<id<MTLBuffer>>* bufs, const mps_param* layout, int32_t K, const float* src) {
+    for (int32_t i = 0; i < K; i++)
+        if (src != NULL)
+            memcpy(bufs[(NSUInteger)i].contents, src + layout[i].offset, (size_t)layout[i].size * sizeof(float));
+        else
+            memset(bufs[(NSUInteger)i].contents, 0, (size_t)layout[i].size * sizeof(float));
+}
+
+static void ToHost(NSArray<id<MTLBuffer>>* bufs, const mps_param* layout, int32_t K, float* dst) {
+    for (int32_t i = 0; i < K; i++)
+        memcpy(dst + layout[i].offset, bufs[(NSUInteger)i].contents, (size_t)layout[i].size * sizeof(float));
+}
+
+- (void)addTime:(int)slot since:(double)t0 {
+    if (_profile) _profSeconds[slot] += now_seconds() - t0;
+}
+
+- (int32_t)setParams:(const float*)src {
+    if (src == NULL) return [self fail:"gpt_set_params: src is NULL"];
+    const double t0 = now_seconds();
+    ToDevice(_pBuf[_cur], _layout, _K, src);
+    [self addTime:PROF_HOST since:t0];
+    return 0;
+}
+
+- (int32_t)getParams:(float*)dst {
+    if (dst == NULL) return [self fail:"gpt_get_params: dst is NULL"];
+    const double t0 = now_seconds();
+    ToHost(_pBuf[_cur], _layout, _K, dst);
+    [self addTime:PROF_HOST since:t0];
+    return 0;
+}
+
+- (int32_t)setOptM:(const float*)m v:(const float*)v step:(int64_t)step {
+    if ((m == NULL) != (v == NULL))
+        return [self fail:"gpt_set_opt_state: m and v must both be given or both be NULL (a reset)"];
+    if (step < 0) return [self fail:"gpt_set_opt_state: step = %lld, expected >= 0", (long long)step];
+    ToDevice(_mBuf[_cur], _layout, _K, m);
+    ToDevice(_vBuf[_cur], _layout, _K, v);
+    _step = step;
+    return 0;
+}
+
+- (int32_t)getOptM:(float*)m v:(float*)v step:(int64_t*)step {
+    if (m != NULL) ToHost(_mBuf[_cur], _layout, _K, m);
+    if (v != NULL) ToHost(_vBuf[_cur], _layout, _K, v);
+    if (step != NULL) *step = _step;
+    return 0;
+}
+
+/* ---- steps ---- */
+
+/* Copies x (and y) into the input buffers: ids checked, -100 targets turned into
+ * (id 0, mask 0). *count gets the counted targets. Nonzero on bad input. */
+- (int32_t)loadTokens:(const int32_t*)x targets:(const int32_t*)y count:(int64_t*)count what:(const char*)what {
+    if (x == NULL || y == NULL) return [self fail:"%s: x and y must not be NULL", what];
+    const int32_t V = _cfg.V;
+    int32_t* tok = (int32_t*)_tokens.contents;
+    int32_t* tgt = (int32_t*)_targets.contents;
+    float* mask = (float*)_mask.contents;
+    int64_t n = 0;
+    for (int64_t i = 0; i < _N; i++) {
+        if (x[i] < 0 || x[i] >= V)
+            return [self fail:"%s: x[%lld] = %d is not a token id in [0, %d)", what, (long long)i, x[i], V];
+        tok[i] = x[i];
+        if (y[i] == -100) {
+            tgt[i] = 0;
+            mask[i] = 0.0f;
+        } else if (y[i] >= 0 && y[i] < V) {
+            tgt[i] = y[i];
+            mask[i] = 1.0f;
+            n++;
+        } else {
+            return [self fail:"%s: y[%lld] = %d is neither -100 (ignored) nor a token id in [0, %d)", what,
+                              (long long)i, y[i], V];
+        }
+    }
+    *count = n;
+    return 0;
+}
+
+- (int32_t)run:(MPSGPTGraph*)G
+         feeds:(MPSGraphTensorDataDictionary*)feeds
+       results:(MPSGraphTensorDataDictionary*)results
+          what:(const char*)what {
+    @try {
+        [G.graph runWithMTLCommandQueue:_queue feeds:feeds targetOperations:nil resultsDictionary:results];
+    } @catch (NSException* e) {
+        return [self fail:"%s: MPSGraph raised %s: %s", what, e.name.UTF8String, e.reason.UTF8String];
+    }
+    return 0;
+}
+
+static NSString* CheckHparams(const gpt_hparams* h) {
+    if (!(isfinite(h->lr) && h->lr >= 0)) return [NSString stringWithFormat:@"lr = %g, expected a finite value >= 0", h->lr];
+    if (!(isfinite(h->weight_decay) && h->weight_decay >= 0))
+        return [NSString stringWithFormat:@"weight_decay = %g, expected a finite value >= 0", h->weight_decay];
+    if (!(h->beta1 >= 0 && h->beta1 < 1)) return [NSString stringWithFormat:@"beta1 = %g, expected 0 <= beta1 < 1", h->beta1];
+    if (!(h->beta2 >= 0 && h->beta2 < 1)) return [NSString stringWithFormat:@"beta2 = %g, expected 0 <= beta2 < 1", h->beta2];
+    if (!(isfinite(h->eps) && h->eps >= 0)) return [NSString stringWithFormat:@"eps = %g, expected a finite value >= 0", h->eps];
+    if (isnan(h->grad_clip)) return @"grad_clip is NaN, expected a number (<= 0 disables clipping)";
+    return nil;
+}
+
+- (int32_t)trainX:(const int32_t*)x y:(const int32_t*)y hparams:(const gpt_hparams*)h result:(gpt_step_result*)out {
+    if (h == NULL || out == NULL) return [self fail:"gpt_train_step: h and out must not be NULL"];
+    NSString* bad = CheckHparams(h);
+    if (bad != nil) return [self fail:"gpt_train_step: %s", bad.UTF8String];
+    const double t0 = now_seconds();
+    int64_t count = 0;
+    if ([self loadTokens:x targets:y count:&count what:"gpt_train_step"] != 0) return 1;
+    out->n_targets = (int32_t)count;
+    if (count == 0) {
+        /* as torch: the mean over no targets is NaN, every gradient 0; nothing is applied */
+        out->loss = NAN;
+        out->grad_norm = 0.0f;
+        out->applied = 0;
+        return 0;
+    }
+    /* torch.optim.AdamW's scalars, in double as its Python code computes them */
+    const double lr = h->lr, b1 = h->beta1, b2 = h->beta2, t = (double)(_step + 1);
+    const double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+    float* hp = (float*)_hp.contents;
+    hp[MPS_HP_COUNT] = (float)count;
+    hp[MPS_HP_DECAY] = (float)(1.0 - lr * (double)h->weight_decay);
+    hp[MPS_HP_BETA1] = h->beta1;
+    hp[MPS_HP_ONE_MINUS_BETA1] = (float)(1.0 - b1);
+    hp[MPS_HP_BETA2] = h->beta2;
+    hp[MPS_HP_ONE_MINUS_BETA2] = (float)(1.0 - b2);
+    hp[MPS_HP_STEP_SIZE] = (float)(lr / bc1);
+    hp[MPS_HP_BC2_SQRT] = (float)sqrt(bc2);
+    hp[MPS_HP_EPS] = h->eps;
+    hp[MPS_HP_CLIP] = h->grad_clip;
+    if ([self run:_train feeds:_trainFeeds[_cur] results:_trainResults[_cur] what:"gpt_train_step"] != 0) return 1;
+    const float loss = *(const float*)_loss.contents;
+    const float norm = *(const float*)_norm.contents;
+    const float flag = *(const float*)_applied.contents;
+    /* the graph kept the old values in the other set when not finite; the host's own
+     * check decides whether that set becomes current */
+    const int applied = flag > 0.5f && isfinite(loss) && isfinite(norm);
+    if (applied) {
+        _cur = 1 - _cur;
+        _step++;
+    }
+    out->loss = loss;
+    out->grad_norm = norm;
+    out->applied = applied;
+    [self addTime:PROF_TRAIN since:t0];
+    return 0;
+}
+
+- (int32_t)evalX:(const int32_t*)x y:(const int32_t*)y loss:(float*)loss {
+    if (loss == NULL) return [self fail:"gpt_eval_loss: loss must not be NULL"];
+    const double t0 = now_seconds();
+    int64_t count = 0;
+    if ([self loadTokens:x targets:y count:&count what:"gpt_eval_loss"] != 0) return 1;
+    if (count == 0) {
+        *loss = NAN;
+        return 0;
+    }
+    ((float*)_hp.contents)[MPS_HP_COUNT] = (float)count;
+    if ([self run:_eval feeds:_evalFeeds[_cur] results:_evalResults what:"gpt_eval_loss"] != 0) return 1;
+    *loss = *(const float*)_loss.contents;
+    [self addTime:PROF_EVAL since:t0];
+    return 0;
+}
+
+/* The gradient graph and its buffers, made on first use (a test and debugging path). */
+- (int32_t)prepareGrads {
+    if (_gradGraph != nil) return 0;
+    NSString* why = nil;
+    MPSGPTGraph* G = [MPSGPTGraph graphWithKind:MPSGPTGraphGrads cfg:&_cfg batch:_B layout:_layout
+                                      embedding:_embedding error:&why];
+    if (G == nil) return [self fail:"gpt_compute_grads: building the gradient graph failed: %s", why.UTF8String];
+    NSArray<id<MTLBuffer>>* bufs = nil;
+    NSArray<MPSGraphTensorData*>* datas = nil;
+    NSString* err = nil;
+    if (![self allocateSet:&bufs data:&datas error:&err]) return [self fail:"gpt_compute_grads: %s", err.UTF8String];
+    NSMutableDictionary<MPSGraphTensor*, MPSGraphTensorData*>* r = [NSMutableDictionary dictionary];
+    for (int32_t i = 0; i < _K; i++) r[((NSArray<MPSGraphTensor*>*)G.grads)[(NSUInteger)i]] = datas[(NSUInteger)i];
+    r[G.loss] = _lossData;
+    _gradFeeds[0] = [self feedsOf:G set:0];
+    _gradFeeds[1] = [self feedsOf:G set:1];
+    _gradResults = r;
+    _gradBuf = bufs;
+    _gradData = datas;
+    _gradGraph = G;
+    return 0;
+}
+
+- (int32_t)gradsX:(const int32_t*)x y:(const int32_t*)y loss:(float*)loss grads:(float*)grads {
+    const double t0 = now_seconds();
+    int64_t count = 0;
+    if ([self loadTokens:x targets:y count:&count what:"gpt_compute_grads"] != 0) return 1;
+    if (count == 0) {
+        if (loss != NULL) *loss = NAN;
+        if (grads != NULL) memset(grads, 0, (size_t)_P * sizeof(float));
+        return 0;
+    }
+    if ([self prepareGrads] != 0) return 1;
+    ((float*)_hp.contents)[MPS_HP_COUNT] = (float)count;
+    if ([self run:_gradGraph feeds:_gradFeeds[_cur] results:_gradResults what:"gpt_compute_grads"] != 0) return 1;
+    if (loss != NULL) *loss = *(const float*)_loss.contents;
+    if (grads != NULL) ToHost(_gradBuf, _layout, _K, grads);
+    [self addTime:PROF_GRADS since:t0];
+    return 0;
+}
+
+- (int32_t)profileReport:(char*)buf length:(int32_t)len {
+    if (!_profile) return 0;
+    if (buf == NULL || len <= 0) return 0;
+    int32_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < PROF_N; i++) {
+        if (_profSeconds[i] == 0.0) continue;
+        char line[96];
+        const int n = snprintf(line, sizeof line, "%s %.6f\n", kProfNames[i], _profSeconds[i]);
+        if (n < 0 || used + n >= len) break; /* whole lines only */
+        memcpy(buf + used, line, (size_t)n + 1);
+        used += n;
+        _profSeconds[i] = 0.0;
+    }
+    return used;
+}
+
+@end
+
+/* ---- the C functions of gpt_mps.h ---- */
+
+static GPTMPSModel* Model(const gpt_mps* g) {
+    return (__bridge GPTMPSModel*)(void*)(uintptr_t)g;
+}
+
+gpt_mps* gpt_mps_create(const gpt_cfg* cfg, int32_t B, char* err, int32_t errlen) {
+    @autoreleasepool {
+        NSString* msg = nil;
+        GPTMPSModel* m = nil;
+        @try {
+            m = [[GPTMPSModel alloc] initWithCfg:cfg batch:B error:&msg];
+        } @catch (NSException* e) {
+            m = nil;
+            msg = [NSString stringWithFormat:@"MPSGraph raised %@: %@", e.name, e.reason];
+        }
+        if (m == nil) {
+            NSString* full = [NSString stringWithFormat:@"gpt_create (mps): %@", msg ?: @"failed"];
+            copy_message(err, errlen > 0 ? (size_t)errlen : 0, full.UTF8String);
+            return NULL;
+        }
+        return (gpt_mps*)CFBridgingRetain(m);
+    }
+}
+
+void gpt_mps_free(gpt_mps* g) {
+    if (g == NULL) return;
+    @autoreleasepool {
+        CFBridgingRelease((CFTypeRef)g);
+    }
+}
+
+const char* gpt_mps_last_error(const gpt_mps* g) {
+    return g == NULL ? "no model (NULL handle)" : [Model(g) lastError];
+}
+
+int32_t gpt_mps_set_threads(gpt_mps* g, int32_t n) {
+    if (g == NULL) return 1;
+    if (n < 1) return [Model(g) fail:"gpt_set_threads: n = %d, expected >= 1", n];
+    return 0;
+}
+
+int32_t gpt_mps_set_params(gpt_mps* g, const float* src) {
+    if (g == NULL) return 1;
+    @autoreleasepool {
+        return [Model(g) setParams:src];
+    }
+}
+
+int32_t gpt_mps_get_params(const gpt_mps* g, float* dst) {
+    if (g == NULL) return 1;
+    @autoreleasepool {
+        return [Model(g) getParams:dst];
+    }
+}
+
+int32_t gpt_mps_set_opt_state(gpt_mps* g, const float* m, const float* v, int64_t step) {
+    if (g == NULL) return 1;
+    @autoreleasepool {
+        return [Model(g) setOptM:m v:v step:step];
+    }
+}
+
+int32_t gpt_mps_get_opt_state(const gpt_mps* g, float* m, float* v, int64_t* step) {
+    if (g == NULL) return 1;
+    @autoreleasepool {
+        return [Model(g) getOptM:m v:v step:step];
+    }
+}
+
+int32_t gpt_mps_train_step(gpt_mps* g, const int32_t* x, const int32_t* y, const gpt_hparams* h,
+                           gpt_step_result* out) {
+    if (g == NULL) return 1;
+    @autoreleasepool {
+        return [Model(g) trainX:x y:y hparams:h result:out];
+    }
+}
+
+int32_t gpt_mps_eval_loss(gpt_mps* g, const int32_t* x, const int32_t* y, float* loss) {
+    if (g == NULL) return 1;
+    @autoreleasepool {
+        return [Model(g) evalX:x y:y loss:loss];
+    }
+}
+
+int32_t gpt_mps_compute_grads(gpt_mps* g, const int32_t* x, const int32_t* y, float* loss, float* grads) {
+    if (g == NULL) return 1;
+    @autoreleasepool {
+        return [Model(g) gradsX:x y:y loss:loss grads:grads];
+    }
+}
+
+int32_t gpt_mps_profile_report(gpt_mps* g, char* buf, int32_t buflen) {
+    if (g == NULL) return 0;
+    @autoreleasepool {
+        return [Model(g) profileReport:buf length:buflen];
+    }
+}

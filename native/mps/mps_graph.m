@@ -1,0 +1,317 @@
+/*
+ * mps_graph.m: the GPT-2 (nanoGPT) training step as one MPSGraph.
+ *
+ * Shapes: N = B*T rows. Activations are (N, C) matrices between blocks; attention
+ * works on (B, H, T, hd). Linear weights are (out, in) as torch: y = x W^T + b.
+ * Every selector used here is listed, with its header and availability, in
+ * docs/mps.md; all are available on macOS 12.0 (the deployment target), and the
+ * compiler's availability warnings (-Werror) enforce it.
+ */
+#import "mps_graph.h"
+
+#include <math.h>
+
+#define PARAMS_PER_LAYER 12
+
+int32_t mps_param_count(const gpt_cfg* cfg) { return 4 + PARAMS_PER_LAYER * cfg->L; }
+
+static void set_param(mps_param* p, int64_t* offset, int32_t rows, int32_t cols) {
+    p->offset = *offset;
+    p->rank = cols > 0 ? 2 : 1;
+    p->shape[0] = rows;
+    p->shape[1] = cols > 0 ? cols : 1;
+    p->size = (int64_t)rows * (cols > 0 ? cols : 1);
+    p->decay = p->rank == 2;
+    *offset += p->size;
+}
+
+int64_t mps_param_layout(const gpt_cfg* cfg, mps_param* out) {
+    const int32_t V = cfg->V, T = cfg->T, C = cfg->C, F = cfg->d_ff;
+    int64_t off = 0;
+    int k = 0;
+    set_param(&out[k++], &off, V, C);  /* wte */
+    set_param(&out[k++], &off, T, C);  /* wpe */
+    for (int32_t l = 0; l < cfg->L; l++) {
+        set_param(&out[k++], &off, C, 0);      /* ln_1.weight */
+        set_param(&out[k++], &off, C, 0);      /* ln_1.bias */
+        set_param(&out[k++], &off, 3 * C, C);  /* attn.c_attn.weight */
+        set_param(&out[k++], &off, 3 * C, 0);  /* attn.c_attn.bias */
+        set_param(&out[k++], &off, C, C);      /* attn.c_proj.weight */
+        set_param(&out[k++], &off, C, 0);      /* attn.c_proj.bias */
+        set_param(&out[k++], &off, C, 0);      /* ln_2.weight */
+        set_param(&out[k++], &off, C, 0);      /* ln_2.bias */
+        set_param(&out[k++], &off, F, C);      /* mlp.c_fc.weight */
+        set_param(&out[k++], &off, F, 0);      /* mlp.c_fc.bias */
+        set_param(&out[k++], &off, C, F);      /* mlp.c_proj.weight */
+        set_param(&out[k++], &off, C, 0);      /* mlp.c_proj.bias */
+    }
+    set_param(&out[k++], &off, C, 0);  /* ln_f.weight */
+    set_param(&out[k++], &off, C, 0);  /* ln_f.bias */
+    return off;
+}
+
+/* ---- small wrappers: one line per op in the model code below ---- */
+
+static MPSGraphTensor* Add(MPSGraph* g, MPSGraphTensor* a, MPSGraphTensor* b) {
+    return [g additionWithPrimaryTensor:a secondaryTensor:b name:nil];
+}
+static MPSGraphTensor* Sub(MPSGraph* g, MPSGraphTensor* a, MPSGraphTensor* b) {
+    return [g subtractionWithPrimaryTensor:a secondaryTensor:b name:nil];
+}
+static MPSGraphTensor* Mul(MPSGraph* g, MPSGraphTensor* a, MPSGraphTensor* b) {
+    return [g multiplicationWithPrimaryTensor:a secondaryTensor:b name:nil];
+}
+static MPSGraphTensor* Div(MPSGraph* g, MPSGraphTensor* a, MPSGraphTensor* b) {
+    return [g divisionWithPrimaryTensor:a secondaryTensor:b name:nil];
+}
+static MPSGraphTensor* Const(MPSGraph* g, double v) {
+    return [g constantWithScalar:v dataType:MPSDataTypeFloat32];
+}
+static MPSGraphTensor* MatMul(MPSGraph* g, MPSGraphTensor* a, MPSGraphTensor* b) {
+    return [g matrixMultiplicationWithPrimaryTensor:a secondaryTensor:b name:nil];
+}
+static MPSGraphTensor* Transpose(MPSGraph* g, MPSGraphTensor* a, NSUInteger d0, NSUInteger d1) {
+    return [g transposeTensor:a dimension:d0 withDimension:d1 name:nil];
+}
+static MPSGraphTensor* Reshape(MPSGraph* g, MPSGraphTensor* a, MPSShape* shape) {
+    return [g reshapeTensor:a withShape:shape name:nil];
+}
+static MPSGraphTensor* RowSum(MPSGraph* g, MPSGraphTensor* a) {  /* (N, K) -> (N, 1) */
+    return [g reductionSumWithTensor:a axis:1 name:nil];
+}
+/* Sum of every element, as shape [1]. */
+static MPSGraphTensor* Total(MPSGraph* g, MPSGraphTensor* a, NSUInteger rank) {
+    NSMutableArray<NSNumber*>* axes = [NSMutableArray arrayWithCapacity:rank];
+    for (NSUInteger i = 0; i < rank; i++) [axes addObject:@(i)];
+    return Reshape(g, [g reductionSumWithTensor:a axes:axes name:nil], @[ @1 ]);
+}
+static MPSGraphTensor* Scalar(MPSGraph* g, MPSGraphTensor* hp, NSInteger index) {  /* shape [1] */
+    return [g sliceTensor:hp dimension:0 start:index length:1 name:nil];
+}
+
+/* x (N, in) W^T + b, W (out, in). */
+static MPSGraphTensor* Linear(MPSGraph* g, MPSGraphTensor* x, MPSGraphTensor* w, MPSGraphTensor* b) {
+    return Add(g, MatMul(g, x, Transpose(g, w, 0, 1)), b);
+}
+
+/* torch.nn.LayerNorm over the last axis of (N, C): biased variance, eps 1e-5. */
+static MPSGraphTensor* LayerNorm(MPSGraph* g, MPSGraphTensor* x, MPSGraphTensor* w, MPSGraphTensor* b,
+                                 int32_t C) {
+    MPSGraphTensor* n = Const(g, (double)C);
+    MPSGraphTensor* mean = Div(g, RowSum(g, x), n);
+    MPSGraphTensor* d = Sub(g, x, mean);
+    MPSGraphTensor* var = Div(g, RowSum(g, Mul(g, d, d)), n);
+    MPSGraphTensor* rstd = [g reverseSquareRootWithTensor:Add(g, var, Const(g, 1e-5)) name:nil];
+    return Add(g, Mul(g, Mul(g, d, rstd), w), b);
+}
+
+/* GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+static MPSGraphTensor* Gelu(MPSGraph* g, MPSGraphTensor* x) {
+    MPSGraphTensor* x3 = Mul(g, Mul(g, x, x), x);
+    MPSGraphTensor* inner = Mul(g, Const(g, 0.7978845608028654), Add(g, x, Mul(g, Const(g, 0.044715), x3)));
+    MPSGraphTensor* t = [g tanhWithTensor:inner name:nil];
+    return Mul(g, Mul(g, Const(g, 0.5), x), Add(g, Const(g, 1.0), t));
+}
+
+/* (N, C) -> (B, H, T, hd) */
+static MPSGraphTensor* SplitHeads(MPSGraph* g, MPSGraphTensor* x, int32_t B, int32_t T, int32_t H, int32_t hd) {
+    return Transpose(g, Reshape(g, x, @[ @(B), @(T), @(H), @(hd) ]), 1, 2);
+}
+
+/* The additive causal mask (T, T): 0 on and below the diagonal, -1e9 above. A large
+ * finite value rather than -inf: exp() of it is exactly 0 all the same, and no
+ * infinity meets the GPU's fast-math kernels. */
+static MPSGraphTensor* CausalMask(MPSGraph* g, int32_t T) {
+    NSMutableData* data = [NSMutableData dataWithLength:(NSUInteger)T * (NSUInteger)T * sizeof(float)];
+    float* m = (float*)data.mutableBytes;
+    for (int32_t i = 0; i < T; i++)
+        for (int32_t j = 0; j < T; j++) m[(size_t)i * (size_t)T + (size_t)j] = j > i ? -1e9f : 0.0f;
+    return [g constantWithData:data shape:@[ @(T), @(T) ] dataType:MPSDataTypeFloat32];
+}
+
+/* Causal multi-head self-attention of nanoGPT: c_attn, split q k v, softmax(q k^T /
+ * sqrt(hd) + mask) v, merge heads, c_proj. x: (N, C). */
+static MPSGraphTensor* Attention(MPSGraph* g, MPSGraphTensor* x, NSArray<MPSGraphTensor*>* P, NSUInteger base,
+                                 MPSGraphTensor* mask, const gpt_cfg* cfg, int32_t B) {
+    const int32_t T = cfg->T, C = cfg->C, H = cfg->H, hd = C / H;
+    MPSGraphTensor* qkv = Linear(g, x, P[base + 2], P[base + 3]);  /* (N, 3C) */
+    MPSGraphTensor* q = SplitHeads(g, [g sliceTensor:qkv dimension:1 start:0 length:C name:nil], B, T, H, hd);
+    MPSGraphTensor* k = SplitHeads(g, [g sliceTensor:qkv dimension:1 start:C length:C name:nil], B, T, H, hd);
+    MPSGraphTensor* v = SplitHeads(g, [g sliceTensor:qkv dimension:1 start:2 * C length:C name:nil], B, T, H, hd);
+    MPSGraphTensor* s = Mul(g, MatMul(g, q, Transpose(g, k, 2, 3)), Const(g, 1.0 / sqrt((double)hd)));
+    MPSGraphTensor* p = [g softMaxWithTensor:Add(g, s, mask) axis:3 name:nil];  /* (B, H, T, T) */
+    MPSGraphTensor* y = Transpose(g, MatMul(g, p, v), 1, 2);                     /* (B, T, H, hd) */
+    y = Reshape(g, y, @[ @((NSInteger)B * T), @(C) ]);
+    return Linear(g, y, P[base + 4], P[base + 5]);
+}
+
+static MPSGraphTensor* OneHot(MPSGraph* g, MPSGraphTensor* ids, int32_t depth) {  /* [N] -> (N, depth) */
+    return [g oneHotWithIndicesTensor:ids depth:(NSUInteger)depth axis:1 dataType:MPSDataTypeFloat32 name:nil];
+}
+
+/* Mean cross-entropy over the counted targets, shape [1]. logits (N, V). The
+ * log-sum-exp is shifted by the row maximum, as torch's log_softmax. */
+static MPSGraphTensor* MaskedCrossEntropy(MPSGraph* g, MPSGraphTensor* logits, MPSGraphTensor* targets,
+                                          MPSGraphTensor* mask, MPSGraphTensor* count, int32_t V) {
+    MPSGraphTensor* z = Sub(g, logits, [g reductionMaximumWithTensor:logits axis:1 name:nil]);
+    MPSGraphTensor* lse = [g logarithmWithTensor:RowSum(g, [g exponentWithTensor:z name:nil]) name:nil];
+    MPSGraphTensor* picked = RowSum(g, Mul(g, z, OneHot(g, targets, V)));  /* z at the target */
+    MPSGraphTensor* rows = Mul(g, Sub(g, lse, picked), mask);              /* (N, 1) */
+    return Div(g, Total(g, rows, 2), count);
+}
+
+/* The forward pass and the loss. */
+static MPSGraphTensor* ForwardLoss(MPSGraph* g, NSArray<MPSGraphTensor*>* P, MPSGraphTensor* tokens,
+                                   MPSGraphTensor* targets, MPSGraphTensor* mask, MPSGraphTensor* count,
+                                   const gpt_cfg* cfg, int32_t B, MPSGPTEmbedding embedding) {
+    const int32_t V = cfg->V, T = cfg->T, C = cfg->C;
+    const NSInteger N = (NSInteger)B * T;
+    MPSGraphTensor* wte = P[0];
+    MPSGraphTensor* tok = embedding == MPSGPTEmbeddingGather
+                              ? [g gatherWithUpdatesTensor:wte indicesTensor:tokens axis:0 batchDimensions:0 name:nil]
+                              : MatMul(g, OneHot(g, tokens, V), wte);
+    /* (B, T, C) + wpe (T, C), broadcast over the batch */
+    MPSGraphTensor* h = Reshape(g, Add(g, Reshape(g, tok, @[ @(B), @(T), @(C) ]), P[1]), @[ @(N), @(C) ]);
+    MPSGraphTensor* mask_tt = CausalMask(g, T);
+    for (int32_t l = 0; l < cfg->L; l++) {
+        const NSUInteger base = 2 + (NSUInteger)l * PARAMS_PER_LAYER;
+        MPSGraphTensor* a = LayerNorm(g, h, P[base + 0], P[base + 1], C);
+        h = Add(g, h, Attention(g, a, P, base, mask_tt, cfg, B));
+        MPSGraphTensor* m = LayerNorm(g, h, P[base + 6], P[base + 7], C);
+        m = Gelu(g, Linear(g, m, P[base + 8], P[base + 9]));
+        h = Add(g, h, Linear(g, m, P[base + 10], P[base + 11]));
+    }
+    const NSUInteger last = 2 + (NSUInteger)cfg->L * PARAMS_PER_LAYER;
+    h = LayerNorm(g, h, P[last], P[last + 1], C);
+    MPSGraphTensor* logits = MatMul(g, h, Transpose(g, wte, 0, 1));  /* tied LM head: (N, V) */
+    return MaskedCrossEntropy(g, logits, targets, mask, count, V);
+}
+
+@implementation MPSGPTGraph
+
+static MPSShape* ParamShape(const mps_param* p) {
+    return p->rank == 2 ? @[ @(p->shape[0]), @(p->shape[1]) ] : @[ @(p->shape[0]) ];
+}
+
+static NSArray<MPSGraphTensor*>* Placeholders(MPSGraph* g, const mps_param* layout, int32_t n) {
+    NSMutableArray<MPSGraphTensor*>* out = [NSMutableArray arrayWithCapacity:(NSUInteger)n];
+    for (int32_t i = 0; i < n; i++)
+        [out addObject:[g placeholderWithShape:ParamShape(&layout[i]) dataType:MPSDataTypeFloat32 name:nil]];
+    return out;
+}
+
+/* Gradients of loss for every parameter, in layout order. */
+static NSArray<MPSGraphTensor*>* Gradients(MPSGraph* g, MPSGraphTensor* loss, NSArray<MPSGraphTensor*>* P) {
+    NSDictionary<MPSGraphTensor*, MPSGraphTensor*>* d = [g gradientForPrimaryTensor:loss withTensors:P name:nil];
+    NSMutableArray<MPSGraphTensor*>* out = [NSMutableArray arrayWithCapacity:P.count];
+    for (MPSGraphTensor* p in P) {
+        MPSGraphTensor* gp = d[p];
+        if (gp == nil)
+            [NSException raise:NSInternalInconsistencyException
+                        format:@"MPSGraph returned no gradient for parameter %lu", (unsigned long)out.count];
+        [out addObject:gp];
+    }
+    return out;
+}
+
+/* clip_grad_norm_ and torch.optim.AdamW (single-tensor path), guarded by a finite flag. */
+- (void)buildUpdateWithGrads:(NSArray<MPSGraphTensor*>*)grads layout:(const mps_param*)layout {
+    MPSGraph* g = _graph;
+    const NSUInteger n = grads.count;
+    /* total norm as torch 1.13: the 2-norm of the per-tensor 2-norms */
+    NSMutableArray<MPSGraphTensor*>* norms = [NSMutableArray arrayWithCapacity:n];
+    for (NSUInteger i = 0; i < n; i++) {
+        MPSGraphTensor* gi = grads[i];
+        [norms addObject:[g squareRootWithTensor:Total(g, Mul(g, gi, gi), (NSUInteger)layout[i].rank) name:nil]];
+    }
+    MPSGraphTensor* stacked = [g concatTensors:norms dimension:0 name:nil];  /* [n] */
+    MPSGraphTensor* norm = [g squareRootWithTensor:Total(g, Mul(g, stacked, stacked), 1) name:nil];
+
+    MPSGraphTensor* clip = Scalar(g, _hp, MPS_HP_CLIP);
+    MPSGraphTensor* one = Const(g, 1.0);
+    MPSGraphTensor* coef = Div(g, clip, Add(g, norm, Const(g, 1e-6)));
+    MPSGraphTensor* clipping = [g logicalANDWithPrimaryTensor:[g greaterThanWithPrimaryTensor:clip
+                                                                              secondaryTensor:Const(g, 0.0)
+                                                                                         name:nil]
+                                              secondaryTensor:[g lessThanWithPrimaryTensor:coef secondaryTensor:one name:nil]
+                                                         name:nil];
+    coef = [g selectWithPredicateTensor:clipping truePredicateTensor:coef falsePredicateTensor:one name:nil];
+
+    MPSGraphTensor* finite = [g logicalANDWithPrimaryTensor:[g isFiniteWithTensor:_loss name:nil]
+                                            secondaryTensor:[g isFiniteWithTensor:norm name:nil]
+                                                       name:nil];
+    MPSGraphTensor* decay = Scalar(g, _hp, MPS_HP_DECAY);
+    MPSGraphTensor* b1 = Scalar(g, _hp, MPS_HP_BETA1), *omb1 = Scalar(g, _hp, MPS_HP_ONE_MINUS_BETA1);
+    MPSGraphTensor* b2 = Scalar(g, _hp, MPS_HP_BETA2), *omb2 = Scalar(g, _hp, MPS_HP_ONE_MINUS_BETA2);
+    MPSGraphTensor* stepSize = Scalar(g, _hp, MPS_HP_STEP_SIZE);
+    MPSGraphTensor* bc2sqrt = Scalar(g, _hp, MPS_HP_BC2_SQRT);
+    MPSGraphTensor* eps = Scalar(g, _hp, MPS_HP_EPS);
+
+    NSMutableArray<MPSGraphTensor*>* pOut = [NSMutableArray arrayWithCapacity:n];
+    NSMutableArray<MPSGraphTensor*>* mOut = [NSMutableArray arrayWithCapacity:n];
+    NSMutableArray<MPSGraphTensor*>* vOut = [NSMutableArray arrayWithCapacity:n];
+    for (NSUInteger i = 0; i < n; i++) {
+        MPSGraphTensor *p = _params[i], *m = _m[i], *v = _v[i];
+        MPSGraphTensor* gr = Mul(g, grads[i], coef);
+        /* exp_avg.mul_(b1).add_(g, alpha=1-b1); exp_avg_sq.mul_(b2).addcmul_(g, g, value=1-b2) */
+        MPSGraphTensor* m1 = Add(g, Mul(g, m, b1), Mul(g, gr, omb1));
+        MPSGraphTensor* v1 = Add(g, Mul(g, v, b2), Mul(g, Mul(g, omb2, gr), gr));
+        /* denom = sqrt(v) / sqrt(1 - b2^t) + eps; param.mul_(1 - lr wd) (2-D only);
+         * param.addcdiv_(exp_avg, denom, value=-lr / (1 - b1^t)) */
+        MPSGraphTensor* denom = Add(g, Div(g, [g squareRootWithTensor:v1 name:nil], bc2sqrt), eps);
+        MPSGraphTensor* pd = layout[i].decay ? Mul(g, p, decay) : p;
+        MPSGraphTensor* p1 = Sub(g, pd, Mul(g, stepSize, Div(g, m1, denom)));
+        [pOut addObject:[g selectWithPredicateTensor:finite truePredicateTensor:p1 falsePredicateTensor:p name:nil]];
+        [mOut addObject:[g selectWithPredicateTensor:finite truePredicateTensor:m1 falsePredicateTensor:m name:nil]];
+        [vOut addObject:[g selectWithPredicateTensor:finite truePredicateTensor:v1 falsePredicateTensor:v name:nil]];
+    }
+    _paramsOut = pOut;
+    _mOut = mOut;
+    _vOut = vOut;
+    _gradNorm = norm;
+    _applied = [g selectWithPredicateTensor:finite truePredicateTensor:one falsePredicateTensor:Const(g, 0.0) name:nil];
+}
+
+- (instancetype)initWithKind:(MPSGPTGraphKind)kind
+                         cfg:(const gpt_cfg*)cfg
+                       batch:(int32_t)B
+                      layout:(const mps_param*)layout
+                   embedding:(MPSGPTEmbedding)embedding {
+    if ((self = [super init]) == nil) return nil;
+    _kind = kind;
+    _embedding = embedding;
+    _graph = [MPSGraph new];
+    MPSGraph* g = _graph;
+    const int32_t n = mps_param_count(cfg);
+    const NSInteger N = (NSInteger)B * cfg->T;
+    _params = Placeholders(g, layout, n);
+    _tokens = [g placeholderWithShape:@[ @(N) ] dataType:MPSDataTypeInt32 name:nil];
+    _targets = [g placeholderWithShape:@[ @(N) ] dataType:MPSDataTypeInt32 name:nil];
+    _targetMask = [g placeholderWithShape:@[ @(N), @1 ] dataType:MPSDataTypeFloat32 name:nil];
+    _hp = [g placeholderWithShape:@[ @(MPS_HP_LEN) ] dataType:MPSDataTypeFloat32 name:nil];
+    _loss = ForwardLoss(g, _params, _tokens, _targets, _targetMask, Scalar(g, _hp, MPS_HP_COUNT), cfg, B, embedding);
+    if (kind == MPSGPTGraphGrads) {
+        _grads = Gradients(g, _loss, _params);
+    } else if (kind == MPSGPTGraphTrain) {
+        _m = Placeholders(g, layout, n);
+        _v = Placeholders(g, layout, n);
+        [self buildUpdateWithGrads:Gradients(g, _loss, _params) layout:layout];
+    }
+    return self;
+}
+
++ (nullable instancetype)graphWithKind:(MPSGPTGraphKind)kind
+                                   cfg:(const gpt_cfg*)cfg
+                                 batch:(int32_t)B
+                                layout:(const mps_param*)layout
+                             embedding:(MPSGPTEmbedding)embedding
+                                 error:(NSString* _Nullable* _Nonnull)error {
+    @try {
+        return [[MPSGPTGraph alloc] initWithKind:kind cfg:cfg batch:B layout:layout embedding:embedding];
+    } @catch (NSException* e) {
+        *error = [NSString stringWithFormat:@"%@: %@", e.name, e.reason];
+        return nil;
+    }
+}
+
+@end
