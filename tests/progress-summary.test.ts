@@ -41,7 +41,7 @@ describe("run summary", () => {
         "            best val_loss 2.5000 at step 2400 (last 2.6000)",
         "            tokens seen 12,288,000 (3000 steps x 4,096)",
         "            throughput 12,288 tok/s (mean over this session's 3000 steps, evals and saves excluded)",
-        "  wall time 3h12m (across resumes)",
+        "  wall time 3h12m (whole run, time stopped between resumes not counted)",
         "  files",
         "    best checkpoint  checkpoints/best.pt",
         "    metrics          checkpoints/metrics.jsonl",
@@ -60,7 +60,7 @@ describe("run summary", () => {
     expect(text.split("\n")[0]).toBe("run summary (interrupted by SIGINT)");
     expect(text).toContain("no eval ran");
     expect(text).toContain("throughput - (no step ran in this session)");
-    expect(text).toContain("wall time 42s (across resumes)");
+    expect(text).toContain("wall time 42s (whole run");
     expect(text).not.toContain("files");
   });
 

@@ -20,7 +20,7 @@
  *               best val_loss 3.2145 at step 18000 (last 3.2201)
  *               tokens seen 163,840,000 (20000 steps x 8,192)
  *               throughput 12,345 tok/s (mean over this session's 8000 steps, evals and saves excluded)
- *     wall time 3h12m (across resumes)
+ *     wall time 3h12m (whole run, time stopped between resumes not counted)
  *     files
  *       best checkpoint  checkpoints/best.pt
  */
@@ -90,7 +90,7 @@ export function formatSummary(s: RunSummary): string {
       lines.push(`${ind}throughput - (no step ran in this session)`);
     }
   }
-  lines.push(`  wall time ${fmtDuration(s.wallTimeS)} (across resumes)`);
+  lines.push(`  wall time ${fmtDuration(s.wallTimeS)} (whole run, time stopped between resumes not counted)`);
   if (s.files.length) {
     lines.push("  files");
     const w = Math.max(...s.files.map((f) => f.label.length));
