@@ -1,0 +1,135 @@
+/**
+ * Atomic file replacement: write a temp file next to the target, fsync it, rename it
+ * over the target, fsync the folder. A reader (or a crash) sees the old file or the
+ * new one, never a torn one; on failure the temp file is removed and the old file is
+ * left as it was.
+ */
+import * as fs from "node:fs";
+import { basename, dirname, join } from "node:path";
+
+/** The file operations used (injectable, so tests can simulate failing disks). */
+export interface FileIo {
+  openSync(path: string, flags: string, mode?: number): number;
+  writeSync(fd: number, buffer: Uint8Array, offset: number, length: number): number;
+  fsyncSync(fd: number): void;
+  fchmodSync(fd: number, mode: number): void;
+  closeSync(fd: number): void;
+  renameSync(from: string, to: string): void;
+  unlinkSync(path: string): void;
+  statSync(path: string): { mode: number; isFile(): boolean };
+}
+
+const nodeIo: FileIo = {
+  openSync: (p, f, m) => fs.openSync(p, f, m),
+  writeSync: (fd, b, o, l) => fs.writeSync(fd, b, o, l),
+  fsyncSync: (fd) => fs.fsyncSync(fd),
+  fchmodSync: (fd, m) => fs.fchmodSync(fd, m),
+  closeSync: (fd) => fs.closeSync(fd),
+  renameSync: (a, b) => fs.renameSync(a, b),
+  unlinkSync: (p) => fs.unlinkSync(p),
+  statSync: (p) => fs.statSync(p),
+};
+
+/** A failed file write; the message names the file and the cause. */
+export class FileWriteError extends Error {
+  override name = "FileWriteError";
+  constructor(message: string, readonly path: string, readonly code: string | undefined, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
+
+const CAUSES: Record<string, string> = {
+  ENOSPC: "no space left on device",
+  EDQUOT: "disk quota exceeded",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  EROFS: "read-only file system",
+  ENOENT: "the folder does not exist",
+  ENOTDIR: "a part of the path is not a folder",
+  EISDIR: "the path is a folder",
+  EIO: "input/output error",
+  EFBIG: "file too large",
+};
+
+function errCode(e: unknown): string | undefined {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : undefined;
+}
+
+function causeText(e: unknown): string {
+  const code = errCode(e);
+  if (code && CAUSES[code]) return `${CAUSES[code]} (${code})`;
+  return (e as Error)?.message ?? String(e);
+}
+
+let tempCounter = 0;
+
+/**
+ * Writes chunks to path atomically (see above). Chunks are written as they come, so
+ * a generator can stream a large file without assembling it. Keeps the permission bits
+ * of a file it replaces. Throws FileWriteError naming path and cause.
+ */
+export function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>, io: FileIo = nodeIo): void {
+  const dir = dirname(path);
+  let previousMode: number | undefined;
+  try {
+    const st = io.statSync(path);
+    if (st.isFile()) previousMode = st.mode & 0o7777;
+  } catch {
+    // no previous file
+  }
+  const keep = previousMode === undefined ? "nothing was written" : "the previous file is unchanged";
+
+  let tmp = "";
+  let fd = -1;
+  for (let attempt = 0; fd < 0; attempt++) {
+    tmp = join(dir, `.${basename(path)}.${process.pid}.${++tempCounter}${attempt ? `.${attempt}` : ""}.tmp`);
+    try {
+      fd = io.openSync(tmp, "wx", 0o666);
+    } catch (e) {
+      if (errCode(e) === "EEXIST" && attempt < 100) continue;
+      throw new FileWriteError(`cannot write ${path}: ${causeText(e)}; ${keep}`, path, errCode(e), { cause: e });
+    }
+  }
+
+  try {
+    if (previousMode !== undefined) io.fchmodSync(fd, previousMode);
+    for (const chunk of chunks) {
+      let off = 0;
+      while (off < chunk.length) off += io.writeSync(fd, chunk, off, chunk.length - off);
+    }
+    io.fsyncSync(fd);
+    const closing = fd;
+    fd = -1;
+    io.closeSync(closing);
+    io.renameSync(tmp, path);
+  } catch (e) {
+    if (fd >= 0) {
+      try {
+        io.closeSync(fd);
+      } catch {
+        // already failing; the unlink below still runs
+      }
+    }
+    try {
+      io.unlinkSync(tmp);
+    } catch {
+      // nothing more to do: the temp file name is in the message
+    }
+    throw new FileWriteError(`cannot write ${path}: ${causeText(e)}; ${keep}`, path, errCode(e), { cause: e });
+  }
+
+  // Make the rename itself durable. Some file systems cannot fsync a folder: that is not an error.
+  let dfd = -1;
+  try {
+    dfd = io.openSync(dir, "r");
+    io.fsyncSync(dfd);
+  } catch (e) {
+    const code = errCode(e);
+    if (code === "EIO" || code === "ENOSPC") {
+      throw new FileWriteError(`wrote ${path} but could not flush its folder: ${causeText(e)}`, path, code, { cause: e });
+    }
+  } finally {
+    if (dfd >= 0) io.closeSync(dfd);
+  }
+}

@@ -1,0 +1,375 @@
+/**
+ * ZIP archives with STORED entries, as PyTorch's writer (miniz, torch >= 1.6) lays
+ * them out: every record's data starts on a 64-byte boundary (the local header's
+ * extra field is padded with an "FB" record of 'Z' bytes), sizes and CRC-32 follow
+ * the data in a data descriptor, and the archive always ends with a ZIP64
+ * end-of-central-directory record, its locator and the classic one.
+ */
+import { crc32 } from "node:zlib";
+import { CheckpointError } from "./pyvalue.ts";
+
+const SIG_LOCAL = 0x04034b50;
+const SIG_CENTRAL = 0x02014b50;
+const SIG_DESCRIPTOR = 0x08074b50;
+const SIG_EOCD = 0x06054b50;
+const SIG_ZIP64_EOCD = 0x06064b50;
+const SIG_ZIP64_LOCATOR = 0x07064b50;
+const LOCAL_HEADER_SIZE = 30;
+const CENTRAL_HEADER_SIZE = 46;
+const EOCD_SIZE = 22;
+const ZIP64_EOCD_SIZE = 56;
+const ZIP64_LOCATOR_SIZE = 20;
+const FLAGS = 0x0808; // bit 3: sizes in a data descriptor; bit 11: UTF-8 names
+const U32_MAX = 0xffffffff;
+const U16_MAX = 0xffff;
+const ZIP64_EXTRA_ID = 0x0001;
+
+export interface ZipRecord {
+  name: string; // full name inside the archive, e.g. "best/data/0"
+  data: Uint8Array;
+}
+
+export interface ZipWriteOptions {
+  /** Data start alignment in bytes (PyTorch: 64). */
+  align?: number;
+  /** Sizes and offsets from this value on are written as ZIP64 (default 0xFFFFFFFF, as the format
+   * requires; lower only to exercise the ZIP64 path in tests). */
+  zip64Threshold?: number;
+}
+
+class Bytes {
+  readonly buf: Uint8Array;
+  private readonly view: DataView;
+  private at = 0;
+  constructor(n: number) {
+    this.buf = new Uint8Array(n);
+    this.view = new DataView(this.buf.buffer);
+  }
+  u16(v: number): this {
+    this.view.setUint16(this.at, v, true);
+    this.at += 2;
+    return this;
+  }
+  u32(v: number): this {
+    this.view.setUint32(this.at, v, true);
+    this.at += 4;
+    return this;
+  }
+  u64(v: number): this {
+    this.view.setBigUint64(this.at, BigInt(v), true);
+    this.at += 8;
+    return this;
+  }
+  bytes(b: Uint8Array): this {
+    this.buf.set(b, this.at);
+    this.at += b.length;
+    return this;
+  }
+  fill(v: number, n: number): this {
+    this.buf.fill(v, this.at, this.at + n);
+    this.at += n;
+    return this;
+  }
+  done(): Uint8Array {
+    if (this.at !== this.buf.length) throw new Error(`internal: wrote ${this.at} of ${this.buf.length} bytes`);
+    return this.buf;
+  }
+}
+
+/** The ZIP64 extended-information extra field with the given 64-bit values (or none). */
+function zip64Extra(values: number[]): Uint8Array {
+  if (values.length === 0) return new Uint8Array(0);
+  const b = new Bytes(4 + 8 * values.length).u16(ZIP64_EXTRA_ID).u16(8 * values.length);
+  for (const v of values) b.u64(v);
+  return b.done();
+}
+
+interface CentralEntry {
+  name: Uint8Array;
+  offset: number;
+  size: number;
+  crc: number;
+}
+
+const textEncoder = new TextEncoder();
+
+/**
+ * The archive as a stream of chunks; record data is passed through as is (no copy).
+ * Offsets are counted as the chunks go, so the whole file is never held at once.
+ */
+export function* zipStoredChunks(records: Iterable<ZipRecord>, options: ZipWriteOptions = {}): Generator<Uint8Array> {
+  const align = options.align ?? 64;
+  const big = options.zip64Threshold ?? U32_MAX;
+  const central: CentralEntry[] = [];
+  const names = new Set<string>();
+  let offset = 0;
+
+  for (const rec of records) {
+    if (names.has(rec.name)) throw new Error(`duplicate zip record name ${rec.name}`);
+    names.add(rec.name);
+    const name = textEncoder.encode(rec.name);
+    if (name.length > U16_MAX) throw new Error(`zip record name too long: ${rec.name}`);
+    const size = rec.data.length;
+    const sizeBig = size >= big;
+    const offsetBig = offset >= big;
+    const z64 = sizeBig || offsetBig ? zip64Extra([...(sizeBig ? [size, size] : []), ...(offsetBig ? [offset] : [])]) : new Uint8Array(0);
+    // The padding record ("FB", u16 length, 'Z' * length) is always present, possibly empty.
+    const start = offset + LOCAL_HEADER_SIZE + name.length + z64.length + 4;
+    const pad = (align - (start % align)) % align;
+    const extraLen = z64.length + 4 + pad;
+    const header = new Bytes(LOCAL_HEADER_SIZE + name.length + extraLen)
+      .u32(SIG_LOCAL)
+      .u16(0) // version needed (as torch writes it)
+      .u16(FLAGS)
+      .u16(0) // STORED
+      .u16(0) // time
+      .u16(0) // date
+      .u32(0) // crc, sizes: in the data descriptor
+      .u32(0)
+      .u32(0)
+      .u16(name.length)
+      .u16(extraLen)
+      .bytes(name)
+      .bytes(z64)
+      .u16(0x4246) // "FB"
+      .u16(pad)
+      .fill(0x5a, pad) // 'Z'
+      .done();
+    yield header;
+    if (size > 0) yield rec.data;
+    const crc = crc32(rec.data) >>> 0;
+    const descriptor = z64.length > 0
+      ? new Bytes(24).u32(SIG_DESCRIPTOR).u32(crc).u64(size).u64(size).done()
+      : new Bytes(16).u32(SIG_DESCRIPTOR).u32(crc).u32(size).u32(size).done();
+    yield descriptor;
+    central.push({ name, offset, size, crc });
+    offset += header.length + size + descriptor.length;
+  }
+
+  const cdOffset = offset;
+  let cdSize = 0;
+  for (const e of central) {
+    const sizeBig = e.size >= big;
+    const offsetBig = e.offset >= big;
+    const z64 = zip64Extra([...(sizeBig ? [e.size, e.size] : []), ...(offsetBig ? [e.offset] : [])]);
+    const entry = new Bytes(CENTRAL_HEADER_SIZE + e.name.length + z64.length)
+      .u32(SIG_CENTRAL)
+      .u16(0) // version made by
+      .u16(0) // version needed
+      .u16(FLAGS)
+      .u16(0) // STORED
+      .u16(0)
+      .u16(0)
+      .u32(e.crc)
+      .u32(sizeBig ? U32_MAX : e.size)
+      .u32(sizeBig ? U32_MAX : e.size)
+      .u16(e.name.length)
+      .u16(z64.length)
+      .u16(0) // comment length
+      .u16(0) // disk
+      .u16(0) // internal attributes
+      .u32(0) // external attributes
+      .u32(offsetBig ? U32_MAX : e.offset)
+      .bytes(e.name)
+      .bytes(z64)
+      .done();
+    cdSize += entry.length;
+    yield entry;
+  }
+  const zip64EocdOffset = cdOffset + cdSize;
+  const n = central.length;
+  yield new Bytes(ZIP64_EOCD_SIZE + ZIP64_LOCATOR_SIZE + EOCD_SIZE)
+    .u32(SIG_ZIP64_EOCD)
+    .u64(ZIP64_EOCD_SIZE - 12) // size of the rest of this record
+    .u16(0x031e) // version made by (as torch's miniz writes it)
+    .u16(0x002d) // version needed: 4.5 (ZIP64)
+    .u32(0) // this disk
+    .u32(0) // disk of the central directory
+    .u64(n)
+    .u64(n)
+    .u64(cdSize)
+    .u64(cdOffset)
+    .u32(SIG_ZIP64_LOCATOR)
+    .u32(0)
+    .u64(zip64EocdOffset)
+    .u32(1) // total disks
+    .u32(SIG_EOCD)
+    .u16(0)
+    .u16(0)
+    .u16(Math.min(n, U16_MAX))
+    .u16(Math.min(n, U16_MAX))
+    .u32(cdSize >= big ? U32_MAX : cdSize)
+    .u32(cdOffset >= big ? U32_MAX : cdOffset)
+    .u16(0) // comment length
+    .done();
+}
+
+// ---------------------------------------------------------------------------------
+// Reader
+
+export interface ZipEntry {
+  name: string;
+  dataOffset: number; // where the record's bytes start in the archive
+  size: number;
+  crc32: number;
+}
+
+function readU64(view: DataView, at: number, what: string, fail: (m: string) => never): number {
+  const v = view.getBigUint64(at, true);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) fail(`${what} ${v} is out of range`);
+  return Number(v);
+}
+
+/** A parsed archive over a byte buffer; record data are views into it. */
+export class ZipArchive {
+  private readonly byName = new Map<string, ZipEntry>();
+  readonly entries: ZipEntry[] = [];
+
+  private constructor(readonly bytes: Uint8Array, private readonly source: string) {}
+
+  private fail(msg: string): never {
+    throw new CheckpointError(`${this.source}: ${msg}`);
+  }
+
+  /** Parses the central directory and checks every record (local header, bounds, CRC-32). */
+  static open(bytes: Uint8Array, source: string): ZipArchive {
+    const zip = new ZipArchive(bytes, source);
+    zip.parse();
+    return zip;
+  }
+
+  get(name: string): ZipEntry | undefined {
+    return this.byName.get(name);
+  }
+
+  data(entry: ZipEntry): Uint8Array {
+    return this.bytes.subarray(entry.dataOffset, entry.dataOffset + entry.size);
+  }
+
+  private parse(): void {
+    const b = this.bytes;
+    const len = b.length;
+    if (len === 0) this.fail("file is empty (expected a PyTorch zip archive)");
+    const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    if (len >= 2 && b[0] === 0x80 && b[1] <= 5) {
+      this.fail("legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with torch.save in torch >= 1.6");
+    }
+    if (len < 4 || view.getUint32(0, true) !== SIG_LOCAL) {
+      this.fail("not a zip archive (PyTorch checkpoints since 1.6 are zip files starting with PK\\x03\\x04)");
+    }
+    // End of central directory: the last 22 bytes, unless an archive comment follows it.
+    let eocd = -1;
+    for (let p = len - EOCD_SIZE; p >= Math.max(0, len - EOCD_SIZE - U16_MAX); p--) {
+      if (view.getUint32(p, true) === SIG_EOCD && p + EOCD_SIZE + view.getUint16(p + 20, true) === len) {
+        eocd = p;
+        break;
+      }
+    }
+    if (eocd < 0) this.fail("truncated or not a zip archive (no end-of-central-directory record)");
+    if (view.getUint16(eocd + 4, true) !== 0 || view.getUint16(eocd + 6, true) !== 0) {
+      this.fail("multi-disk zip archives are not supported");
+    }
+    let count = view.getUint16(eocd + 10, true);
+    let cdSize = view.getUint32(eocd + 12, true);
+    let cdOffset = view.getUint32(eocd + 16, true);
+    let cdEnd = eocd;
+    const loc = eocd - ZIP64_LOCATOR_SIZE;
+    if (loc >= 0 && view.getUint32(loc, true) === SIG_ZIP64_LOCATOR) {
+      const z = readU64(view, loc + 8, "ZIP64 end record offset", (m) => this.fail(m));
+      if (z + ZIP64_EOCD_SIZE > loc || view.getUint32(z, true) !== SIG_ZIP64_EOCD) {
+        this.fail("corrupt ZIP64 end-of-central-directory record");
+      }
+      if (view.getUint32(z + 16, true) !== 0 || view.getUint32(z + 20, true) !== 0) {
+        this.fail("multi-disk zip archives are not supported");
+      }
+      count = readU64(view, z + 32, "entry count", (m) => this.fail(m));
+      cdSize = readU64(view, z + 40, "central directory size", (m) => this.fail(m));
+      cdOffset = readU64(view, z + 48, "central directory offset", (m) => this.fail(m));
+      cdEnd = z;
+    }
+    if (cdOffset + cdSize > cdEnd) {
+      this.fail(`corrupt central directory (offset ${cdOffset} + size ${cdSize} runs past byte ${cdEnd}); the file may be truncated`);
+    }
+
+    const decoder = new TextDecoder("utf-8");
+    let p = cdOffset;
+    for (let i = 0; i < count; i++) {
+      if (p + CENTRAL_HEADER_SIZE > cdOffset + cdSize || view.getUint32(p, true) !== SIG_CENTRAL) {
+        this.fail(`corrupt central directory entry ${i} at byte ${p}`);
+      }
+      const flags = view.getUint16(p + 8, true);
+      const method = view.getUint16(p + 10, true);
+      const crc = view.getUint32(p + 16, true);
+      let comp = view.getUint32(p + 20, true);
+      let size = view.getUint32(p + 24, true);
+      const nameLen = view.getUint16(p + 28, true);
+      const extraLen = view.getUint16(p + 30, true);
+      const commentLen = view.getUint16(p + 32, true);
+      let offset = view.getUint32(p + 42, true);
+      const next = p + CENTRAL_HEADER_SIZE + nameLen + extraLen + commentLen;
+      if (next > cdOffset + cdSize) this.fail(`corrupt central directory entry ${i} (runs past the directory)`);
+      const nameBytes = b.subarray(p + CENTRAL_HEADER_SIZE, p + CENTRAL_HEADER_SIZE + nameLen);
+      const name = decoder.decode(nameBytes);
+      // ZIP64: fields set to 0xFFFFFFFF are in the extended-information extra field, in this order.
+      if (size === U32_MAX || comp === U32_MAX || offset === U32_MAX) {
+        let q = p + CENTRAL_HEADER_SIZE + nameLen;
+        const end = q + extraLen;
+        let found = false;
+        while (q + 4 <= end) {
+          const id = view.getUint16(q, true);
+          const n = view.getUint16(q + 2, true);
+          if (q + 4 + n > end) break;
+          if (id === ZIP64_EXTRA_ID) {
+            let r = q + 4;
+            const take = (what: string): number => {
+              if (r + 8 > q + 4 + n) this.fail(`record ${name}: ZIP64 field lacks the ${what}`);
+              const v = readU64(view, r, what, (m) => this.fail(`record ${name}: ${m}`));
+              r += 8;
+              return v;
+            };
+            if (size === U32_MAX) size = take("size");
+            if (comp === U32_MAX) comp = take("compressed size");
+            if (offset === U32_MAX) offset = take("header offset");
+            found = true;
+            break;
+          }
+          q += 4 + n;
+        }
+        if (!found) this.fail(`record ${name}: ZIP64 sizes without a ZIP64 extra field`);
+      }
+      if (flags & 0x0001) this.fail(`record ${name} is encrypted`);
+      if (method !== 0) this.fail(`record ${name} is compressed (method ${method}); PyTorch archives store records uncompressed`);
+      if (comp !== size) this.fail(`record ${name}: stored size ${comp} differs from its size ${size}`);
+      if (this.byName.has(name)) this.fail(`duplicate record ${name}`);
+
+      // The local header gives where the data starts (its extra field differs from the central one).
+      if (offset + LOCAL_HEADER_SIZE > cdOffset || view.getUint32(offset, true) !== SIG_LOCAL) {
+        this.fail(`record ${name}: no local header at byte ${offset}`);
+      }
+      const localNameLen = view.getUint16(offset + 26, true);
+      const localExtraLen = view.getUint16(offset + 28, true);
+      const localName = b.subarray(offset + LOCAL_HEADER_SIZE, offset + LOCAL_HEADER_SIZE + localNameLen);
+      if (localNameLen !== nameLen || !localName.every((x, k) => x === nameBytes[k])) {
+        this.fail(`record ${name}: local header names a different record`);
+      }
+      if (view.getUint16(offset + 8, true) !== 0) this.fail(`record ${name} is compressed in its local header`);
+      const dataOffset = offset + LOCAL_HEADER_SIZE + localNameLen + localExtraLen;
+      if (dataOffset + size > cdOffset) {
+        this.fail(`record ${name}: ${size} bytes at byte ${dataOffset} run past the records (truncated or corrupt file)`);
+      }
+      const entry: ZipEntry = { name, dataOffset, size, crc32: crc };
+      const actual = crc32(b.subarray(dataOffset, dataOffset + size)) >>> 0;
+      if (actual !== crc) {
+        this.fail(`record ${name}: CRC-32 mismatch (stored ${hex(crc)}, computed ${hex(actual)}); the file is corrupt`);
+      }
+      this.entries.push(entry);
+      this.byName.set(name, entry);
+      p = next;
+    }
+    if (p !== cdOffset + cdSize) this.fail(`central directory has ${cdOffset + cdSize - p} bytes after its ${count} entries`);
+  }
+}
+
+function hex(x: number): string {
+  return `0x${x.toString(16).padStart(8, "0")}`;
+}
