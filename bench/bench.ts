@@ -1,0 +1,341 @@
+/**
+ * Training-speed benchmark: `bun bench/bench.ts [--shapes S1,S2,S3] [--steps N]
+ * [--warmup N] [--threads N] [--profile] [--scaling] [--no-torch] [--json FILE]`.
+ *
+ * Every measurement runs in its own child process (bench/worker.ts for ours,
+ * bench/torch_bench.py for PyTorch) so that its peak RSS is its own. Reports tokens/s
+ * (median of the timed steps after warm-up), GFLOP/s and MFU against the SGEMM peak of
+ * the same BLAS measured in the same run with the same thread count, eval tokens/s,
+ * the share of a step spent outside the native call, peak RSS, and ours/PyTorch ratios.
+ */
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import type { ModelCfg } from "../src/model/config.ts";
+import { defaultLibraryPath } from "../src/backend/native.ts";
+import { FLOP_CONVENTION, matmulParams, trainFlopsPerToken } from "./flops.ts";
+import type { Job, SgemmResult, TrainResult } from "./worker.ts";
+
+interface Shape {
+  name: string;
+  cfg: ModelCfg;
+  B: number;
+}
+
+const SHAPES: Record<string, Shape> = {
+  S1: { name: "S1", cfg: { V: 512, T: 128, C: 128, L: 4, H: 4, d_ff: 512 }, B: 16 },
+  S2: { name: "S2", cfg: { V: 4096, T: 256, C: 384, L: 6, H: 6, d_ff: 1536 }, B: 16 },
+  S3: { name: "S3", cfg: { V: 8192, T: 256, C: 512, L: 8, H: 8, d_ff: 2048 }, B: 8 },
+};
+
+const PYTHON = process.env.BENCH_PYTHON ?? "/usr/bin/python3";
+
+interface Options {
+  shapes: Shape[];
+  steps: number;
+  warmup: number;
+  threads: number;
+  profile: boolean;
+  scaling: boolean;
+  torch: boolean;
+  json: string | null;
+}
+
+function parseOptions(argv: string[]): Options {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      shapes: { type: "string", default: "S1,S2,S3" },
+      steps: { type: "string", default: "5" },
+      warmup: { type: "string", default: "2" },
+      threads: { type: "string", default: "2" },
+      profile: { type: "boolean", default: false },
+      scaling: { type: "boolean", default: false },
+      "no-torch": { type: "boolean", default: false },
+      json: { type: "string" },
+    },
+    strict: true,
+  });
+  const int = (name: string, v: string, min: number): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new Error(`--${name}: expected an integer >= ${min}, got "${v}"`);
+    return n;
+  };
+  const shapes = values.shapes!.split(",").filter((s) => s !== "").map((s) => {
+    const shape = SHAPES[s.trim().toUpperCase()];
+    if (!shape) throw new Error(`--shapes: unknown shape "${s}", expected some of ${Object.keys(SHAPES).join(",")}`);
+    return shape;
+  });
+  return {
+    shapes,
+    steps: int("steps", values.steps!, 1),
+    warmup: int("warmup", values.warmup!, 0),
+    threads: int("threads", values.threads!, 1),
+    profile: values.profile!,
+    scaling: values.scaling!,
+    torch: !values["no-torch"],
+    json: values.json ?? null,
+  };
+}
+
+interface ChildRun<T> {
+  result: T;
+  maxRssBytes: number;
+}
+
+/** Run one measurement in a child process; its peak RSS comes from the OS (getrusage). */
+async function runChild<T>(cmd: string[], env: Record<string, string>): Promise<ChildRun<T>> {
+  const proc = Bun.spawn(cmd, { env: { ...process.env, ...env }, stdout: "pipe", stderr: "pipe" });
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  if (code !== 0) throw new Error(`${cmd.slice(0, 2).join(" ")} failed (exit ${code}):\n${stderr.trim()}`);
+  const lines = stdout.trim().split("\n");
+  const usage = proc.resourceUsage();
+  return { result: JSON.parse(lines[lines.length - 1]!) as T, maxRssBytes: usage ? usage.maxRSS : NaN };
+}
+
+function threadEnv(threads: number): Record<string, string> {
+  const n = String(threads);
+  return { OPENBLAS_NUM_THREADS: n, OMP_NUM_THREADS: n, VECLIB_MAXIMUM_THREADS: n };
+}
+
+function runOurs<T>(job: Job, threads: number, profile = false): Promise<ChildRun<T>> {
+  const env = { ...threadEnv(threads), GPT_PROFILE: profile ? "1" : "0" };
+  return runChild<T>([process.execPath, join(import.meta.dir, "worker.ts"), JSON.stringify(job)], env);
+}
+
+interface TorchTrain {
+  stepS: number;
+  evalS: number;
+  firstLoss: number;
+  lastLoss: number;
+  torch: string;
+}
+
+/** PyTorch at its best on this set-up: Debian's torch runs OpenMP threads next to
+ * OpenBLAS's pthreads; with OpenMP's default spin-waiting they fight over the cores
+ * (measured: S1 2.7x slower), so the reference runs with OMP_WAIT_POLICY=PASSIVE. */
+function runTorch<T>(job: object, threads: number): Promise<ChildRun<T>> {
+  const env = { ...threadEnv(threads), OMP_WAIT_POLICY: "PASSIVE" };
+  return runChild<T>([PYTHON, join(import.meta.dir, "torch_bench.py"), JSON.stringify(job)], env);
+}
+
+function torchAvailable(): string | null {
+  const p = Bun.spawnSync([PYTHON, "-c", "import torch; print(torch.__version__)"], { stdout: "pipe", stderr: "pipe" });
+  return p.exitCode === 0 ? p.stdout.toString().trim() : null;
+}
+
+// ---- formatting
+
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
+  return [line(header), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n");
+}
+
+const fmt = (v: number, digits = 0) => (Number.isFinite(v) ? v.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : "-");
+const mb = (bytes: number) => fmt(bytes / 2 ** 20);
+const pct = (v: number) => `${fmt(100 * v, 1)}%`;
+const shapeText = (s: Shape) => `V=${s.cfg.V} T=${s.cfg.T} C=${s.cfg.C} L=${s.cfg.L} H=${s.cfg.H} d_ff=${s.cfg.d_ff} B=${s.B}`;
+
+/** "name seconds" lines of the native profile, as a sorted table with shares and ms/step. */
+function profileTable(report: string, steps: number): string {
+  const ops = report
+    .trim()
+    .split("\n")
+    .map((l) => l.trim().split(/\s+/))
+    .filter((p) => p.length === 2 && Number.isFinite(Number(p[1])))
+    .map(([name, s]) => ({ name: name!, s: Number(s) }));
+  if (ops.length === 0) return "  (no profile: the native library reported nothing; is GPT_PROFILE supported?)";
+  const total = ops.reduce((a, o) => a + o.s, 0);
+  ops.sort((a, b) => b.s - a.s);
+  return table(
+    ["op", "ms/step", "share"],
+    ops.map((o) => [o.name, fmt((1e3 * o.s) / steps, 2), pct(o.s / total)]),
+  ).replace(/^/gm, "  ");
+}
+
+// ---- main
+
+interface ShapeRow {
+  shape: Shape;
+  ours: ChildRun<TrainResult>;
+  torch: ChildRun<TorchTrain> | null;
+}
+
+async function main(): Promise<void> {
+  const opt = parseOptions(process.argv.slice(2));
+  const lib = defaultLibraryPath();
+  if (!existsSync(lib)) throw new Error(`native library ${lib} not found: build it with "bun scripts/build-native.ts"`);
+  const torchVersion = opt.torch ? torchAvailable() : null;
+
+  console.log(`train benchmark: ${opt.threads} threads, ${opt.warmup} warm-up + ${opt.steps} timed steps (median), fp32, CPU`);
+  console.log(FLOP_CONVENTION);
+
+  const sgemm = await runOurs<SgemmResult>({ kind: "sgemm", threads: opt.threads, sizes: [2048, 3072] }, opt.threads);
+  const peak = sgemm.result.gflops;
+  console.log(
+    `SGEMM peak (${sgemm.result.library}, ${opt.threads} threads): ${fmt(peak, 1)} GFLOP/s ` +
+      `(${sgemm.result.bySize.map((s) => `${s.n}^3: ${fmt(s.gflops, 1)}`).join(", ")})`,
+  );
+  const idle = await runOurs<object>({ kind: "idle" }, opt.threads);
+  const torchIdle = torchVersion ? await runTorch<object>({ kind: "idle", threads: opt.threads }, opt.threads) : null;
+  console.log(
+    `baseline RSS: bun + libgpt ${mb(idle.maxRssBytes)} MB` +
+      (torchIdle ? `, python + torch ${torchVersion} ${mb(torchIdle.maxRssBytes)} MB` : ", PyTorch: not available (skipped)"),
+  );
+
+  const rows: ShapeRow[] = [];
+  for (const shape of opt.shapes) {
+    process.stderr.write(`measuring ${shape.name} (${shapeText(shape)}) ...\n`);
+    const job = { cfg: shape.cfg, B: shape.B, warmup: opt.warmup, steps: opt.steps, threads: opt.threads };
+    const ours = await runOurs<TrainResult>({ kind: "train", ...job, profile: opt.profile }, opt.threads, opt.profile);
+    const torch = torchVersion ? await runTorch<TorchTrain>({ kind: "train", ...job }, opt.threads) : null;
+    rows.push({ shape, ours, torch });
+  }
+
+  console.log("\nTraining throughput (ours)");
+  console.log(
+    table(
+      ["shape", "matmul params", "tok/s", "GFLOP/s", "MFU", "eval tok/s", "outside native", "ffi call", "peak RSS MB"],
+      rows.map(({ shape, ours }) => {
+        const tokens = shape.B * shape.cfg.T;
+        const tps = tokens / ours.result.stepS;
+        const gflops = (tps * trainFlopsPerToken(shape.cfg)) / 1e9;
+        return [
+          shape.name,
+          `${fmt(matmulParams(shape.cfg) / 1e6, 2)}M`,
+          fmt(tps),
+          fmt(gflops, 1),
+          pct(gflops / peak),
+          fmt(tokens / ours.result.evalS),
+          pct(ours.result.outsideShare),
+          `${fmt(ours.result.ffiCallUs, 2)} us`,
+          mb(ours.maxRssBytes),
+        ];
+      }),
+    ),
+  );
+  for (const { shape } of rows) console.log(`  ${shape.name}: ${shapeText(shape)}`);
+
+  if (torchVersion) {
+    console.log(`\nAgainst PyTorch ${torchVersion} (interop/reference_gpt.py, AdamW + clip_grad_norm_, torch.set_num_threads(${opt.threads}))`);
+    console.log(
+      table(
+        ["shape", "torch tok/s", "torch GFLOP/s", "torch MFU", "torch eval tok/s", "torch RSS MB", "ours/torch tok/s", "ours/torch eval", "ours/torch RSS"],
+        rows.map(({ shape, ours, torch }) => {
+          const tokens = shape.B * shape.cfg.T;
+          const t = torch!.result;
+          const gflops = ((tokens / t.stepS) * trainFlopsPerToken(shape.cfg)) / 1e9;
+          return [
+            shape.name,
+            fmt(tokens / t.stepS),
+            fmt(gflops, 1),
+            pct(gflops / peak),
+            fmt(tokens / t.evalS),
+            mb(torch!.maxRssBytes),
+            `${fmt(t.stepS / ours.result.stepS, 2)}x`,
+            `${fmt(t.evalS / ours.result.evalS, 2)}x`,
+            `${fmt(ours.maxRssBytes / torch!.maxRssBytes, 2)}x`,
+          ];
+        }),
+      ),
+    );
+    console.log("  RSS is the whole process (runtime included); the baselines above show each runtime's share.");
+    console.log("  Loss after the timed steps (same data distribution, same init scheme):");
+    for (const { shape, ours, torch } of rows) {
+      console.log(`    ${shape.name}: ours ${fmt(ours.result.firstLoss, 3)} -> ${fmt(ours.result.lastLoss, 3)}, torch ${fmt(torch!.result.firstLoss, 3)} -> ${fmt(torch!.result.lastLoss, 3)}`);
+    }
+  }
+
+  if (opt.profile) {
+    for (const { shape, ours } of rows) {
+      console.log(`\nNative per-op breakdown, ${shape.name} (${opt.steps} timed steps, native step ${fmt(ours.result.nativeS * 1e3, 1)} ms median):`);
+      console.log(profileTable(ours.result.profile, opt.steps));
+    }
+  }
+
+  let scaling: ScalingRow[] = [];
+  if (opt.scaling) scaling = await runScaling(opt, peak);
+
+  if (opt.json) {
+    writeFileSync(
+      opt.json,
+      JSON.stringify(
+        {
+          threads: opt.threads,
+          convention: FLOP_CONVENTION,
+          sgemm: sgemm.result,
+          baselineRss: { ours: idle.maxRssBytes, torch: torchIdle?.maxRssBytes ?? null },
+          shapes: rows.map((r) => ({ shape: r.shape, ours: r.ours, torch: r.torch })),
+          scaling,
+        },
+        null,
+        2,
+      ),
+    );
+  }
+}
+
+// ---- scaling: B x T at S2's width
+
+interface ScalingRow {
+  B: number;
+  T: number;
+  tokensPerS: number;
+  gflops: number;
+  maxRssBytes: number;
+}
+
+const SCALING_B = [4, 8, 16, 32];
+const SCALING_T = [64, 128, 256, 512];
+const SCALING_FLAG = 0.8; // flag a cell below 80% of the median FLOP rate
+
+async function runScaling(opt: Options, peak: number): Promise<ScalingRow[]> {
+  const base = SHAPES.S2!.cfg;
+  const steps = Math.min(opt.steps, 3);
+  const out: ScalingRow[] = [];
+  for (const T of SCALING_T) {
+    for (const B of SCALING_B) {
+      process.stderr.write(`scaling B=${B} T=${T} ...\n`);
+      const cfg = { ...base, T };
+      const r = await runOurs<TrainResult>({ kind: "train", cfg, B, warmup: 1, steps, threads: opt.threads, profile: false }, opt.threads);
+      const tps = (B * T) / r.result.stepS;
+      out.push({ B, T, tokensPerS: tps, gflops: (tps * trainFlopsPerToken(cfg)) / 1e9, maxRssBytes: r.maxRssBytes });
+    }
+  }
+  const med = [...out.map((r) => r.gflops)].sort((a, b) => a - b)[out.length >> 1]!;
+  console.log(`\nScaling at S2's width (C=384 L=6 H=6 d_ff=1536 V=4096), ${steps} timed steps each, median FLOP rate ${fmt(med, 1)} GFLOP/s`);
+  console.log("  cost/token is time per token over FLOPs per token (attention term included), relative to the median;");
+  console.log(`  a cell is flagged when it is > ${fmt(1 / SCALING_FLAG, 2)}x: cost not explained by FLOPs.`);
+  console.log(
+    table(
+      ["B", "T", "tokens/step", "tok/s", "GFLOP/s", "MFU", "attn FLOP share", "cost/token", "peak RSS MB", "flag"],
+      out.map((r) => {
+        const cfg = { ...base, T: r.T };
+        const attnShare = (12 * cfg.L * cfg.T * cfg.C) / trainFlopsPerToken(cfg);
+        return [
+          String(r.B),
+          String(r.T),
+          String(r.B * r.T),
+          fmt(r.tokensPerS),
+          fmt(r.gflops, 1),
+          pct(r.gflops / peak),
+          pct(attnShare),
+          `${fmt(med / r.gflops, 2)}x`,
+          mb(r.maxRssBytes),
+          r.gflops < SCALING_FLAG * med ? "NOT FLAT" : "",
+        ];
+      }),
+    ),
+  );
+  return out;
+}
+
+main().catch((e: unknown) => {
+  console.error(`bench: ${(e as Error).message}`);
+  process.exit(1);
+});
