@@ -1,0 +1,826 @@
+/*
+ * kernels.c: forward and backward of every op of the GPT-2 training step (see kernels.h).
+ * Shapes in comments; N = B*T rows. Hot elementwise code uses the 8-lane vectors of
+ * simd.h with reductions in a fixed order, so results never depend on vectorization.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "simd.h"
+
+#if defined(__linux__) && !defined(__APPLE__)
+/* Present when OpenBLAS is the BLAS (linked statically by scripts/build-native.ts). */
+extern void openblas_set_num_threads(int) __attribute__((weak));
+#endif
+
+void gpt_blas_set_threads(int n) {
+#if defined(__linux__) && !defined(__APPLE__)
+    if (openblas_set_num_threads) openblas_set_num_threads(GPT_BLAS_SPLIT ? 1 : n);
+#else
+    (void)n;
+#endif
+}
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ------------------------------------------------------------------------------------
+ * GEMM jobs: C(M,N) = alpha op(A) op(B) + beta C, row-major, split by rows of C over the
+ * pool, each thread then running an epilogue on the rows it computed.
+ * ---------------------------------------------------------------------------------- */
+
+/* Row parts start on multiples of this (whole micro-tiles, no false sharing). */
+#define GEMM_ROW_ALIGN 16
+
+typedef struct {
+    int ta, tb;
+    int64_t M, N, K;
+    float alpha;
+    const float* A;
+    int64_t lda;
+    const float* B;
+    int64_t ldb;
+    float beta;
+    float* C;
+    int64_t ldc;
+} gemm_args;
+
+static void sgemm_rows(const gemm_args* g, int64_t r0, int64_t r1) {
+    if (r1 <= r0 || g->N <= 0) return;
+    float* C = g->C + r0 * g->ldc;
+    if (g->K <= 0) {
+        for (int64_t r = 0; r < r1 - r0; r++)
+            for (int64_t c = 0; c < g->N; c++) C[r * g->ldc + c] = g->beta == 0.0f ? 0.0f : g->beta * C[r * g->ldc + c];
+        return;
+    }
+    const float* A = g->ta ? g->A + r0 : g->A + r0 * g->lda;
+    cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans,
+                (int)(r1 - r0), (int)g->N, (int)g->K, g->alpha, A, (int)g->lda, g->B, (int)g->ldb, g->beta, C,
+                (int)g->ldc);
+}
+
+/* Single-threaded sgemm on the calling thread (attention: one (b, h) pair per call). */
+static inline void sgemm1(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    gemm_args g = {ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
+    sgemm_rows(&g, 0, M);
+}
+
+typedef void (*epi_fn)(const void* ctx, int64_t r0, int64_t r1);
+
+typedef struct {
+    gemm_args g;
+    epi_fn epi;      /* may be NULL */
+    const void* ctx;
+} gemm_job;
+
+typedef struct {
+    const gemm_job* jobs;
+    int n;
+    int do_gemm;
+} jobs_task;
+
+static void jobs_worker(void* vctx, int tid, int nt) {
+    const jobs_task* t = (const jobs_task*)vctx;
+    for (int j = 0; j < t->n; j++) {
+        const gemm_job* job = &t->jobs[j];
+        int64_t r0, r1;
+        gpt_split_aligned(job->g.M, GEMM_ROW_ALIGN, tid, nt, &r0, &r1);
+        if (r1 <= r0) continue;
+        if (t->do_gemm) sgemm_rows(&job->g, r0, r1);
+        if (job->epi) job->epi(job->ctx, r0, r1);
+    }
+}
+
+static void run_gemm_jobs(gpt_pool* p, const gemm_job* jobs, int n) {
+    jobs_task t = {jobs, n, GPT_BLAS_SPLIT};
+    if (!GPT_BLAS_SPLIT) {
+        int any_epi = 0;
+        for (int j = 0; j < n; j++) {
+            sgemm_rows(&jobs[j].g, 0, jobs[j].g.M);
+            any_epi |= jobs[j].epi != NULL;
+        }
+        if (!any_epi) return;
+    }
+    gpt_pool_run(p, jobs_worker, &t);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Elementwise maths
+ * ---------------------------------------------------------------------------------- */
+
+#define GELU_K0 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_K1 0.044715f
+
+/* gelu(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) */
+GPT_INLINE v8f v8_gelu(v8f x) {
+    v8f u = x * (GELU_K0 + (GELU_K0 * GELU_K1) * (x * x));
+    return x / (1.0f + v8_exp(-2.0f * u));
+}
+
+/* gelu'(x) = s + 2 x s (1 - s) du/dx, s = sigmoid(2u) (0.5 (1 + tanh u) = s, 1 - tanh^2 u = 4 s (1 - s)) */
+GPT_INLINE v8f v8_gelu_grad(v8f x) {
+    v8f x2 = x * x;
+    v8f u = x * (GELU_K0 + (GELU_K0 * GELU_K1) * x2);
+    v8f s = 1.0f / (1.0f + v8_exp(-2.0f * u));
+    v8f du = GELU_K0 + (3.0f * GELU_K0 * GELU_K1) * x2;
+    return s + 2.0f * x * s * (1.0f - s) * du;
+}
+
+/* Loads/stores of the first n < 8 lanes (tails), zero-filled. */
+GPT_INLINE v8f v8_load_part(const float* p, int64_t n) {
+    v8f v = v8_zero();
+    for (int64_t i = 0; i < n; i++) v[i] = p[i];
+    return v;
+}
+GPT_INLINE void v8_store_part(float* p, v8f v, int64_t n) {
+    for (int64_t i = 0; i < n; i++) p[i] = v[i];
+}
+
+GPT_HOT static void gelu_fwd_span(float* out, const float* inp, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) v8_store(out + i, v8_gelu(v8_load(inp + i)));
+    if (i < n) v8_store_part(out + i, v8_gelu(v8_load_part(inp + i, n - i)), n - i);
+}
+
+/* dinp = gelu'(inp) * dout (dinp may alias dout) */
+GPT_HOT static void gelu_bwd_span(float* dinp, const float* inp, const float* dout, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) v8_store(dinp + i, v8_gelu_grad(v8_load(inp + i)) * v8_load(dout + i));
+    if (i < n) {
+        v8f d = v8_gelu_grad(v8_load_part(inp + i, n - i)) * v8_load_part(dout + i, n - i);
+        v8_store_part(dinp + i, d, n - i);
+    }
+}
+
+/* ------------------------------------------------------------------------------------
+ * Embedding
+ * ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    float* out;
+    float* dwte;
+    float* dwpe;
+    const float* dout;
+    const int32_t* x;
+    const float* wte;
+    const float* wpe;
+    int B, T, C;
+} enc_ctx;
+
+static void encoder_fwd_task(void* vctx, int tid, int nt) {
+    const enc_ctx* e = (const enc_ctx*)vctx;
+    int64_t r0, r1;
+    gpt_split((int64_t)e->B * e->T, tid, nt, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        float* o = e->out + r * e->C;
+        const float* a = e->wte + (int64_t)e->x[r] * e->C;
+        const float* b = e->wpe + (r % e->T) * e->C;
+        for (int c = 0; c < e->C; c++) o[c] = a[c] + b[c];
+    }
+}
+
+void k_encoder_fwd(gpt_pool* p, float* out, const int32_t* x, const float* wte, const float* wpe, int B, int T,
+                   int C) {
+    enc_ctx e = {.out = out, .x = x, .wte = wte, .wpe = wpe, .B = B, .T = T, .C = C};
+    gpt_pool_run(p, encoder_fwd_task, &e);
+}
+
+/* Split by channels: every thread walks all rows in order, over its own columns. */
+static void encoder_bwd_task(void* vctx, int tid, int nt) {
+    const enc_ctx* e = (const enc_ctx*)vctx;
+    int64_t c0, c1;
+    gpt_split_aligned(e->C, 16, tid, nt, &c0, &c1);
+    for (int64_t r = 0; r < (int64_t)e->B * e->T; r++) {
+        const float* d = e->dout + r * e->C;
+        float* a = e->dwte + (int64_t)e->x[r] * e->C;
+        float* b = e->dwpe + (r % e->T) * e->C;
+        for (int64_t c = c0; c < c1; c++) {
+            a[c] += d[c];
+            b[c] += d[c];
+        }
+    }
+}
+
+void k_encoder_bwd(gpt_pool* p, float* dwte, float* dwpe, const float* dout, const int32_t* x, int B, int T, int C) {
+    enc_ctx e = {.dwte = dwte, .dwpe = dwpe, .dout = dout, .x = x, .B = B, .T = T, .C = C};
+    gpt_pool_run(p, encoder_bwd_task, &e);
+}
+
+/* ------------------------------------------------------------------------------------
+ * LayerNorm
+ * ---------------------------------------------------------------------------------- */
+
+/* Rows per partial sum of dw, db in the backward (fixed: thread-count independent). */
+#define LN_CHUNK 32
+
+typedef struct {
+    float* out;
+    float* mean;
+    float* rstd;
+    float* dinp;
+    float* dw;
+    float* db;
+    float* scratch;
+    const float* dout;
+    const float* inp;
+    const float* w;
+    const float* b;
+    const float* cmean;
+    const float* crstd;
+    int64_t N;
+    int C;
+} ln_ctx;
+
+GPT_HOT static void ln_fwd_rows(const ln_ctx* l, int64_t r0, int64_t r1) {
+    const int C = l->C;
+    for (int64_t r = r0; r < r1; r++) {
+        const float* x = l->inp + r * C;
+        float* o = l->out + r * C;
+        v8f acc = v8_zero();
+        int c = 0;
+        for (; c + 8 <= C; c += 8) acc += v8_load(x + c);
+        float s = v8_hsum(acc);
+        for (; c < C; c++) s += x[c];
+        const float m = s / (float)C;
+        acc = v8_zero();
+        for (c = 0; c + 8 <= C; c += 8) {
+            v8f d = v8_load(x + c) - m;
+            acc += d * d;
+        }
+        float s2 = v8_hsum(acc);
+        for (; c < C; c++) s2 += (x[c] - m) * (x[c] - m);
+        const float rs = 1.0f / sqrtf(s2 / (float)C + GPT_LN_EPS);
+        for (c = 0; c + 8 <= C; c += 8)
+            v8_store(o + c, (v8_load(x + c) - m) * rs * v8_load(l->w + c) + v8_load(l->b + c));
+        for (; c < C; c++) o[c] = (x[c] - m) * rs * l->w[c] + l->b[c];
+        l->mean[r] = m;
+        l->rstd[r] = rs;
+    }
+}
+
+static void ln_fwd_task(void* vctx, int tid, int nt) {
+    const ln_ctx* l = (const ln_ctx*)vctx;
+    int64_t r0, r1;
+    gpt_split(l->N, tid, nt, &r0, &r1);
+    ln_fwd_rows(l, r0, r1);
+}
+
+void k_layernorm_fwd(gpt_pool* p, float* out, float* mean, float* rstd, const float* inp, const float* w,
+                     const float* b, int64_t N, int C) {
+    ln_ctx l = {.out = out, .mean = mean, .rstd = rstd, .inp = inp, .w = w, .b = b, .N = N, .C = C};
+    gpt_pool_run(p, ln_fwd_task, &l);
+}
+
+int64_t k_layernorm_bwd_scratch(int64_t N, int C) { return (N + LN_CHUNK - 1) / LN_CHUNK * 2 * (int64_t)C; }
+
+/* Rows of chunk ch: dinp += ...; the chunk's partial dw, db into scratch. */
+GPT_HOT static void ln_bwd_chunk(const ln_ctx* l, int64_t ch) {
+    const int C = l->C;
+    float* pdw = l->scratch + ch * 2 * C;
+    float* pdb = pdw + C;
+    memset(pdw, 0, sizeof(float) * 2 * (size_t)C);
+    const int64_t r1 = min64(l->N, (ch + 1) * LN_CHUNK);
+    for (int64_t r = ch * LN_CHUNK; r < r1; r++) {
+        const float* x = l->inp + r * C;
+        const float* d = l->dout + r * C;
+        float* di = l->dinp + r * C;
+        const float m = l->cmean[r], rs = l->crstd[r];
+        /* mean of dnorm = d * w and of dnorm * norm */
+        v8f a1 = v8_zero(), a2 = v8_zero();
+        int c = 0;
+        for (; c + 8 <= C; c += 8) {
+            v8f dn = v8_load(d + c) * v8_load(l->w + c);
+            v8f nrm = (v8_load(x + c) - m) * rs;
+            a1 += dn;
+            a2 += dn * nrm;
+        }
+        float s1 = v8_hsum(a1), s2 = v8_hsum(a2);
+        for (; c < C; c++) {
+            float dn = d[c] * l->w[c];
+            s1 += dn;
+            s2 += dn * ((x[c] - m) * rs);
+        }
+        const float mdn = s1 / (float)C, mdnn = s2 / (float)C;
+        for (c = 0; c + 8 <= C; c += 8) {
+            v8f dd = v8_load(d + c);
+            v8f nrm = (v8_load(x + c) - m) * rs;
+            v8f dn = dd * v8_load(l->w + c);
+            v8_store(di + c, v8_load(di + c) + rs * (dn - mdn - nrm * mdnn));
+            v8_store(pdw + c, v8_load(pdw + c) + dd * nrm);
+            v8_store(pdb + c, v8_load(pdb + c) + dd);
+        }
+        for (; c < C; c++) {
+            float nrm = (x[c] - m) * rs;
+            float dn = d[c] * l->w[c];
+            di[c] += rs * (dn - mdn - nrm * mdnn);
+            pdw[c] += d[c] * nrm;
+            pdb[c] += d[c];
+        }
+    }
+}
+
+static void ln_bwd_task(void* vctx, int tid, int nt) {
+    const ln_ctx* l = (const ln_ctx*)vctx;
+    int64_t ch0, ch1;
+    gpt_split((l->N + LN_CHUNK - 1) / LN_CHUNK, tid, nt, &ch0, &ch1);
+    for (int64_t ch = ch0; ch < ch1; ch++) ln_bwd_chunk(l, ch);
+}
+
+/* dw, db = sums of the chunk partials, in chunk order, split by channels. */
+static void ln_bwd_reduce_task(void* vctx, int tid, int nt) {
+    const ln_ctx* l = (const ln_ctx*)vctx;
+    const int64_t nch = (l->N + LN_CHUNK - 1) / LN_CHUNK;
+    int64_t c0, c1;
+    gpt_split_aligned(l->C, 16, tid, nt, &c0, &c1);
+    for (int64_t c = c0; c < c1; c++) {
+        l->dw[c] = 0.0f;
+        l->db[c] = 0.0f;
+    }
+    for (int64_t ch = 0; ch < nch; ch++) {
+        const float* pdw = l->scratch + ch * 2 * l->C;
+        const float* pdb = pdw + l->C;
+        for (int64_t c = c0; c < c1; c++) {
+            l->dw[c] += pdw[c];
+            l->db[c] += pdb[c];
+        }
+    }
+}
+
+void k_layernorm_bwd(gpt_pool* p, float* dinp, float* dw, float* db, float* scratch, const float* dout,
+                     const float* inp, const float* w, const float* mean, const float* rstd, int64_t N, int C) {
+    ln_ctx l = {.dinp = dinp, .dw = dw, .db = db, .scratch = scratch, .dout = dout, .inp = inp, .w = w,
+                .cmean = mean, .crstd = rstd, .N = N, .C = C};
+    gpt_pool_run(p, ln_bwd_task, &l);
+    gpt_pool_run(p, ln_bwd_reduce_task, &l);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Linear layers
+ * ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    float* out;        /* rows of the GEMM output */
+    float* out2;       /* gelu output */
+    const float* res;  /* residual */
+    const float* bias;
+    const float* pre;  /* gelu input (backward) */
+    const float* dout; /* column sums source */
+    float* dbias;
+    int64_t N;
+    int64_t ld;
+} epi_ctx;
+
+GPT_HOT static void epi_bias(const void* vctx, int64_t r0, int64_t r1) {
+    const epi_ctx* e = (const epi_ctx*)vctx;
+    for (int64_t r = r0; r < r1; r++) {
+        float* o = e->out + r * e->ld;
+        for (int64_t c = 0; c < e->ld; c++) o[c] += e->bias[c];
+    }
+}
+
+GPT_HOT static void epi_bias_gelu(const void* vctx, int64_t r0, int64_t r1) {
+    const epi_ctx* e = (const epi_ctx*)vctx;
+    for (int64_t r = r0; r < r1; r++) {
+        float* o = e->out + r * e->ld;
+        if (e->bias)
+            for (int64_t c = 0; c < e->ld; c++) o[c] += e->bias[c];
+        gelu_fwd_span(e->out2 + r * e->ld, o, e->ld);
+    }
+}
+
+GPT_HOT static void epi_bias_residual(const void* vctx, int64_t r0, int64_t r1) {
+    const epi_ctx* e = (const epi_ctx*)vctx;
+    for (int64_t r = r0; r < r1; r++) {
+        float* o = e->out + r * e->ld;
+        const float* a = e->res + r * e->ld;
+        if (e->bias)
+            for (int64_t c = 0; c < e->ld; c++) o[c] = a[c] + (o[c] + e->bias[c]);
+        else
+            for (int64_t c = 0; c < e->ld; c++) o[c] = a[c] + o[c];
+    }
+}
+
+static void epi_gelu_bwd(const void* vctx, int64_t r0, int64_t r1) {
+    const epi_ctx* e = (const epi_ctx*)vctx;
+    gelu_bwd_span(e->out + r0 * e->ld, e->pre + r0 * e->ld, e->out + r0 * e->ld, (r1 - r0) * e->ld);
+}
+
+/* dbias[c0:c1] = column sums of dout(N, ld) over all rows: float sums of 64 rows at a
+ * time added up, 256 columns at a time. */
+#define COLSUM_ROWS 64
+#define COLSUM_COLS 256
+GPT_HOT static void epi_colsum(const void* vctx, int64_t c0, int64_t c1) {
+    const epi_ctx* e = (const epi_ctx*)vctx;
+    if (!e->dbias) return;
+    float part[COLSUM_COLS];
+    for (int64_t cb = c0; cb < c1; cb += COLSUM_COLS) {
+        const int64_t w = min64(COLSUM_COLS, c1 - cb);
+        float* db = e->dbias + cb;
+        for (int64_t c = 0; c < w; c++) db[c] = 0.0f;
+        for (int64_t rb = 0; rb < e->N; rb += COLSUM_ROWS) {
+            const int64_t re = min64(e->N, rb + COLSUM_ROWS);
+            for (int64_t c = 0; c < w; c++) part[c] = 0.0f;
+            for (int64_t r = rb; r < re; r++) {
+                const float* d = e->dout + r * e->ld + cb;
+                for (int64_t c = 0; c < w; c++) part[c] += d[c];
+            }
+            for (int64_t c = 0; c < w; c++) db[c] += part[c];
+        }
+    }
+}
+
+/* out(N,OC) = inp(N,IC) W(OC,IC)^T */
+static gemm_args fwd_args(float* out, const float* inp, const float* W, int64_t N, int IC, int OC) {
+    gemm_args g = {0, 1, N, OC, IC, 1.0f, inp, IC, W, IC, 0.0f, out, OC};
+    return g;
+}
+
+void k_matmul_fwd(gpt_pool* p, float* out, const float* inp, const float* W, const float* bias, int64_t N, int IC,
+                  int OC) {
+    epi_ctx e = {.out = out, .bias = bias, .N = N, .ld = OC};
+    gemm_job job = {fwd_args(out, inp, W, N, IC, OC), bias ? epi_bias : NULL, &e};
+    run_gemm_jobs(p, &job, 1);
+}
+
+void k_matmul_gelu_fwd(gpt_pool* p, float* pre, float* out, const float* inp, const float* W, const float* bias,
+                       int64_t N, int IC, int OC) {
+    epi_ctx e = {.out = pre, .out2 = out, .bias = bias, .N = N, .ld = OC};
+    gemm_job job = {fwd_args(pre, inp, W, N, IC, OC), epi_bias_gelu, &e};
+    run_gemm_jobs(p, &job, 1);
+}
+
+void k_matmul_residual_fwd(gpt_pool* p, float* out, const float* res, const float* inp, const float* W,
+                           const float* bias, int64_t N, int IC, int OC) {
+    epi_ctx e = {.out = out, .res = res, .bias = bias, .N = N, .ld = OC};
+    gemm_job job = {fwd_args(out, inp, W, N, IC, OC), epi_bias_residual, &e};
+    run_gemm_jobs(p, &job, 1);
+}
+
+void k_matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
+                  const float* W, const float* gelu_pre, int64_t N, int IC, int OC) {
+    epi_ctx eg = {.out = dinp, .pre = gelu_pre, .N = N, .ld = IC};
+    epi_ctx eb = {.dout = dout, .dbias = dbias, .N = N, .ld = OC};
+    gemm_job jobs[2] = {
+        /* dinp(N,IC) = dout(N,OC) W(OC,IC) */
+        {{0, 0, N, IC, OC, 1.0f, dout, OC, W, IC, 0.0f, dinp, IC}, gelu_pre ? epi_gelu_bwd : NULL, &eg},
+        /* dW(OC,IC) = dout^T inp(N,IC); rows of dW are columns of dout: their bias sums too */
+        {{1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 0.0f, dW, IC}, dbias ? epi_colsum : NULL, &eb},
+    };
+    run_gemm_jobs(p, jobs, 2);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Causal self-attention, one (b, h) pair at a time per thread, in row blocks of ATT_TB
+ * so that only the lower triangle (plus the diagonal blocks) is ever computed.
+ * ---------------------------------------------------------------------------------- */
+
+#define ATT_TB 64
+
+typedef struct {
+    float* out;
+    float* att;
+    float* dqkv;
+    float* scratch;
+    const float* dout;
+    const float* qkv;
+    const float* catt;
+    int B, T, C, H;
+} att_ctx;
+
+/* In place over row[0:n): softmax; row[n:end) = 0. */
+GPT_HOT static void softmax_causal_row(float* row, int64_t n, int64_t end) {
+    v8f vm = v8_set1(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) vm = v8_max(v8_load(row + j), vm);
+    float mx = v8_hmax(vm);
+    for (; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+    v8f acc = v8_zero();
+    for (j = 0; j + 8 <= n; j += 8) {
+        v8f e = v8_exp(v8_load(row + j) - mx);
+        v8_store(row + j, e);
+        acc += e;
+    }
+    if (j < n) {
+        v8f e = v8_exp(v8_load_part(row + j, n - j) - mx);
+        for (int64_t i = n - j; i < 8; i++) e[i] = 0.0f;
+        v8_store_part(row + j, e, n - j);
+        acc += e;
+    }
+    const float inv = 1.0f / v8_hsum(acc);
+    for (j = 0; j + 8 <= n; j += 8) v8_store(row + j, v8_load(row + j) * inv);
+    for (; j < n; j++) row[j] *= inv;
+    for (j = n; j < end; j++) row[j] = 0.0f;
+}
+
+static void att_fwd_pair(const att_ctx* a, int64_t pair) {
+    const int T = a->T, C = a->C, hs = C / a->H;
+    const int64_t b = pair / a->H, h = pair % a->H, ld = 3 * (int64_t)C;
+    const float* q = a->qkv + b * T * ld + h * hs;
+    const float* k = q + C;
+    const float* v = q + 2 * C;
+    float* o = a->out + b * T * C + h * hs;
+    float* A = a->att + pair * T * T;
+    const float scale = 1.0f / sqrtf((float)hs);
+    for (int64_t i0 = 0; i0 < T; i0 += ATT_TB) {
+        const int64_t i1 = min64(T, i0 + ATT_TB), M = i1 - i0;
+        /* A[i0:i1, 0:i1] = scale q[i0:i1] k[0:i1]^T */
+        sgemm1(0, 1, M, i1, hs, scale, q + i0 * ld, ld, k, ld, 0.0f, A + i0 * T, T);
+        for (int64_t i = i0; i < i1; i++) softmax_causal_row(A + i * T, i + 1, i1);
+        /* o[i0:i1] = A[i0:i1, 0:i1] v[0:i1] */
+        sgemm1(0, 0, M, hs, i1, 1.0f, A + i0 * T, T, v, ld, 0.0f, o + i0 * C, C);
+    }
+}
+
+static void att_fwd_task(void* vctx, int tid, int nt) {
+    const att_ctx* a = (const att_ctx*)vctx;
+    int64_t p0, p1;
+    gpt_split((int64_t)a->B * a->H, tid, nt, &p0, &p1);
+    for (int64_t pair = p0; pair < p1; pair++) att_fwd_pair(a, pair);
+}
+
+void k_attention_fwd(gpt_pool* p, float* out, float* att, const float* qkv, int B, int T, int C, int H) {
+    att_ctx a = {.out = out, .att = att, .qkv = qkv, .B = B, .T = T, .C = C, .H = H};
+    gpt_pool_run(p, att_fwd_task, &a);
+}
+
+int64_t k_attention_bwd_scratch(int T, int nthreads) { return (int64_t)T * T * (nthreads < 1 ? 1 : nthreads); }
+
+/* In place over d[0:n): d = a * (d - sum(a d)) * scale (softmax backward); d[n:end) = 0. */
+GPT_HOT static void softmax_bwd_row(float* d, const float* arow, int64_t n, int64_t end, float scale) {
+    v8f acc = v8_zero();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) acc += v8_load(arow + j) * v8_load(d + j);
+    float s = v8_hsum(acc);
+    for (; j < n; j++) s += arow[j] * d[j];
+    for (j = 0; j + 8 <= n; j += 8) v8_store(d + j, v8_load(arow + j) * (v8_load(d + j) - s) * scale);
+    for (; j < n; j++) d[j] = arow[j] * (d[j] - s) * scale;
+    for (j = n; j < end; j++) d[j] = 0.0f;
+}
+
+static void att_bwd_pair(const att_ctx* a, int64_t pair, float* D) {
+    const int T = a->T, C = a->C, hs = C / a->H;
+    const int64_t b = pair / a->H, h = pair % a->H, ld = 3 * (int64_t)C;
+    const float* q = a->qkv + b * T * ld + h * hs;
+    const float* k = q + C;
+    const float* v = q + 2 * C;
+    const float* dO = a->dout + b * T * C + h * hs;
+    float* dq = a->dqkv + b * T * ld + h * hs;
+    float* dk = dq + C;
+    float* dv = dq + 2 * C;
+    const float* A = a->catt + pair * T * T;
+    const float scale = 1.0f / sqrtf((float)hs);
+    for (int64_t i0 = 0; i0 < T; i0 += ATT_TB) {
+        const int64_t i1 = min64(T, i0 + ATT_TB), M = i1 - i0;
+        /* dA[i0:i1, 0:i1] = dO[i0:i1] v[0:i1]^T, then through the softmax (and the scale) */
+        sgemm1(0, 1, M, i1, hs, 1.0f, dO + i0 * C, C, v, ld, 0.0f, D + i0 * T, T);
+        for (int64_t i = i0; i < i1; i++) softmax_bwd_row(D + i * T, A + i * T, i + 1, i1, scale);
+        /* dq[i0:i1] = dS[i0:i1, 0:i1] k[0:i1] */
+        sgemm1(0, 0, M, hs, i1, 1.0f, D + i0 * T, T, k, ld, 0.0f, dq + i0 * ld, ld);
+    }
+    for (int64_t j0 = 0; j0 < T; j0 += ATT_TB) {
+        const int64_t j1 = min64(T, j0 + ATT_TB), M = j1 - j0, K = T - j0;
+        /* dv[j0:j1] = A[j0:T, j0:j1]^T dO[j0:T]; dk[j0:j1] = dS[j0:T, j0:j1]^T q[j0:T] */
+        sgemm1(1, 0, M, hs, K, 1.0f, A + j0 * T + j0, T, dO + j0 * C, C, 0.0f, dv + j0 * ld, ld);
+        sgemm1(1, 0, M, hs, K, 1.0f, D + j0 * T + j0, T, q + j0 * ld, ld, 0.0f, dk + j0 * ld, ld);
+    }
+}
+
+static void att_bwd_task(void* vctx, int tid, int nt) {
+    const att_ctx* a = (const att_ctx*)vctx;
+    int64_t p0, p1;
+    gpt_split((int64_t)a->B * a->H, tid, nt, &p0, &p1);
+    float* D = a->scratch + (int64_t)tid * a->T * a->T;
+    for (int64_t pair = p0; pair < p1; pair++) att_bwd_pair(a, pair, D);
+}
+
+void k_attention_bwd(gpt_pool* p, float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att,
+                     int B, int T, int C, int H) {
+    att_ctx a = {.dqkv = dqkv, .scratch = scratch, .dout = dout, .qkv = qkv, .catt = att, .B = B, .T = T, .C = C,
+                 .H = H};
+    gpt_pool_run(p, att_bwd_task, &a);
+}
+
+/* ------------------------------------------------------------------------------------
+ * GELU and residual as standalone ops (the model fuses them into the GEMM epilogues)
+ * ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    float* out;
+    float* out2;
+    const float* a;
+    const float* b;
+    int64_t n;
+} ew_ctx;
+
+#define EW_ALIGN 64
+
+static void gelu_fwd_task(void* vctx, int tid, int nt) {
+    const ew_ctx* e = (const ew_ctx*)vctx;
+    int64_t i0, i1;
+    gpt_split_aligned(e->n, EW_ALIGN, tid, nt, &i0, &i1);
+    if (i1 > i0) gelu_fwd_span(e->out + i0, e->a + i0, i1 - i0);
+}
+
+void k_gelu_fwd(gpt_pool* p, float* out, const float* inp, int64_t n) {
+    ew_ctx e = {.out = out, .a = inp, .n = n};
+    gpt_pool_run(p, gelu_fwd_task, &e);
+}
+
+static void gelu_bwd_task(void* vctx, int tid, int nt) {
+    const ew_ctx* e = (const ew_ctx*)vctx;
+    int64_t i0, i1;
+    gpt_split_aligned(e->n, EW_ALIGN, tid, nt, &i0, &i1);
+    if (i1 > i0) gelu_bwd_span(e->out + i0, e->a + i0, e->b + i0, i1 - i0);
+}
+
+void k_gelu_bwd(gpt_pool* p, float* dinp, const float* inp, const float* dout, int64_t n) {
+    ew_ctx e = {.out = dinp, .a = inp, .b = dout, .n = n};
+    gpt_pool_run(p, gelu_bwd_task, &e);
+}
+
+static void residual_fwd_task(void* vctx, int tid, int nt) {
+    const ew_ctx* e = (const ew_ctx*)vctx;
+    int64_t i0, i1;
+    gpt_split_aligned(e->n, EW_ALIGN, tid, nt, &i0, &i1);
+    for (int64_t i = i0; i < i1; i++) e->out[i] = e->a[i] + e->b[i];
+}
+
+void k_residual_fwd(gpt_pool* p, float* out, const float* a, const float* b, int64_t n) {
+    ew_ctx e = {.out = out, .a = a, .b = b, .n = n};
+    gpt_pool_run(p, residual_fwd_task, &e);
+}
+
+static void residual_bwd_task(void* vctx, int tid, int nt) {
+    const ew_ctx* e = (const ew_ctx*)vctx;
+    int64_t i0, i1;
+    gpt_split_aligned(e->n, EW_ALIGN, tid, nt, &i0, &i1);
+    for (int64_t i = i0; i < i1; i++) {
+        e->out[i] += e->a[i];
+        e->out2[i] += e->a[i];
+    }
+}
+
+void k_residual_bwd(gpt_pool* p, float* da, float* db, const float* dout, int64_t n) {
+    ew_ctx e = {.out = da, .out2 = db, .a = dout, .n = n};
+    gpt_pool_run(p, residual_bwd_task, &e);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Softmax + cross-entropy
+ * ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    float* logits;
+    float* losses;
+    const int32_t* y;
+    int64_t N;
+    int V;
+    float dscale;
+    int grad;
+} ce_ctx;
+
+GPT_HOT static void ce_row(float* row, float* loss, int32_t y, int64_t V, float dscale, int grad) {
+    if (y == GPT_IGNORE_INDEX) {
+        *loss = 0.0f;
+        if (grad) memset(row, 0, sizeof(float) * (size_t)V);
+        return;
+    }
+    v8f vm = v8_set1(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= V; j += 8) vm = v8_max(v8_load(row + j), vm);
+    float mx = v8_hmax(vm);
+    for (; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+    const float zy = row[y] - mx;
+    v8f acc = v8_zero();
+    for (j = 0; j + 8 <= V; j += 8) {
+        v8f e = v8_exp(v8_load(row + j) - mx);
+        if (grad) v8_store(row + j, e);
+        acc += e;
+    }
+    float s = v8_hsum(acc);
+    for (; j < V; j++) {
+        float e = s_exp(row[j] - mx);
+        if (grad) row[j] = e;
+        s += e;
+    }
+    *loss = logf(s) - zy;
+    if (!grad) return;
+    const float f = dscale / s;
+    for (j = 0; j + 8 <= V; j += 8) v8_store(row + j, v8_load(row + j) * f);
+    for (; j < V; j++) row[j] *= f;
+    row[y] -= dscale;
+}
+
+static void ce_task(void* vctx, int tid, int nt) {
+    const ce_ctx* c = (const ce_ctx*)vctx;
+    int64_t r0, r1;
+    gpt_split(c->N, tid, nt, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) ce_row(c->logits + r * c->V, c->losses + r, c->y[r], c->V, c->dscale, c->grad);
+}
+
+void k_softmax_ce(gpt_pool* p, float* logits, float* losses, const int32_t* y, int64_t N, int V, float dscale,
+                  int grad) {
+    ce_ctx c = {logits, losses, y, N, V, dscale, grad};
+    gpt_pool_run(p, ce_task, &c);
+}
+
+/* ------------------------------------------------------------------------------------
+ * Gradient norm and AdamW
+ * ---------------------------------------------------------------------------------- */
+
+#define SUMSQ_CHUNK 16384
+
+typedef struct {
+    const float* g;
+    double* scratch;
+    int64_t n;
+} sumsq_ctx;
+
+typedef double v4d __attribute__((vector_size(32)));
+
+GPT_HOT static double sumsq_span(const float* g, int64_t n) {
+    v4d a0 = {0, 0, 0, 0}, a1 = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f x = v8_load(g + i);
+        x = x * x;
+        v4d lo = {x[0], x[1], x[2], x[3]}, hi = {x[4], x[5], x[6], x[7]};
+        a0 += lo;
+        a1 += hi;
+    }
+    v4d a = a0 + a1;
+    double s = (a[0] + a[2]) + (a[1] + a[3]);
+    for (; i < n; i++) s += (double)g[i] * g[i];
+    return s;
+}
+
+static void sumsq_task(void* vctx, int tid, int nt) {
+    const sumsq_ctx* s = (const sumsq_ctx*)vctx;
+    int64_t c0, c1;
+    gpt_split(k_sumsq_scratch(s->n), tid, nt, &c0, &c1);
+    for (int64_t c = c0; c < c1; c++) {
+        const int64_t i0 = c * SUMSQ_CHUNK;
+        s->scratch[c] = sumsq_span(s->g + i0, min64(SUMSQ_CHUNK, s->n - i0));
+    }
+}
+
+int64_t k_sumsq_scratch(int64_t n) { return (n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK; }
+
+double k_sumsq(gpt_pool* p, const float* g, int64_t n, double* scratch) {
+    sumsq_ctx s = {g, scratch, n};
+    gpt_pool_run(p, sumsq_task, &s);
+    double total = 0.0;
+    for (int64_t c = 0; c < k_sumsq_scratch(n); c++) total += scratch[c];
+    return total;
+}
+
+typedef struct {
+    float* param;
+    float* m;
+    float* v;
+    const float* g;
+    int64_t n;
+    const k_segment* segs;
+    int nsegs;
+    const k_adamw_args* a;
+} adamw_ctx;
+
+/* As torch's single-tensor AdamW: p *= 1 - lr wd; m = b1 m + (1 - b1) g;
+ * v = b2 v + (1 - b2) g^2; p -= step_size * m / (sqrt(v) / sqrt(1 - b2^t) + eps). */
+GPT_HOT static void adamw_span(float* restrict p, float* restrict m, float* restrict v, const float* restrict g,
+                               int64_t n, float decay, const k_adamw_args* a) {
+    const float gs = a->gscale, b1 = a->beta1, b2 = a->beta2, c1 = 1.0f - a->beta1, c2 = 1.0f - a->beta2;
+    const float ss = a->step_size, bc2 = a->bc2_sqrt, eps = a->eps;
+    for (int64_t i = 0; i < n; i++) {
+        const float gi = g[i] * gs;
+        const float mi = b1 * m[i] + c1 * gi;
+        const float vi = b2 * v[i] + c2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * decay - ss * (mi / (sqrtf(vi) / bc2 + eps));
+    }
+}
+
+static void adamw_task(void* vctx, int tid, int nt) {
+    const adamw_ctx* c = (const adamw_ctx*)vctx;
+    int64_t i0, i1;
+    gpt_split_aligned(c->n, EW_ALIGN, tid, nt, &i0, &i1);
+    for (int s = 0; s < c->nsegs && i0 < i1; s++) {
+        const int64_t b = c->segs[s].begin > i0 ? c->segs[s].begin : i0;
+        const int64_t e = c->segs[s].end < i1 ? c->segs[s].end : i1;
+        if (e <= b) continue;
+        adamw_span(c->param + b, c->m + b, c->v + b, c->g + b, e - b, c->segs[s].decay ? c->a->decay_factor : 1.0f,
+                   c->a);
+    }
+}
+
+void k_adamw(gpt_pool* p, float* param, float* m, float* v, const float* g, int64_t n, const k_segment* segs,
+             int nsegs, const k_adamw_args* a) {
+    adamw_ctx c = {param, m, v, g, n, segs, nsegs, a};
+    gpt_pool_run(p, adamw_task, &c);
+}

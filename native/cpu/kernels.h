@@ -1,0 +1,108 @@
+/*
+ * kernels.h: the CPU kernels, forward and backward of each op side by side (internal:
+ * used by the CPU backend and by tests/native/gradcheck.c, not part of gpt.h).
+ *
+ * Conventions: row-major float32; N = number of rows (B*T); Linear weights are
+ * (OC, IC) as torch nn.Linear, out = inp W^T + bias. Every kernel takes the pool
+ * it runs on (NULL: the calling thread only). Work is split statically, reductions
+ * are summed in a fixed order: results are bit-identical run to run for a fixed
+ * thread count. "Overwrites" and "adds to" below say what happens to an output.
+ */
+#ifndef GPT_KERNELS_H
+#define GPT_KERNELS_H
+
+#include <stdint.h>
+
+#include "pool.h"
+
+#define GPT_LN_EPS 1e-5f
+#define GPT_IGNORE_INDEX (-100)
+
+/* ---- embedding ---- */
+/* out(B,T,C) = wte[x[b,t]] + wpe[t] (overwrites). */
+void k_encoder_fwd(gpt_pool* p, float* out, const int32_t* x, const float* wte, const float* wpe,
+                   int B, int T, int C);
+/* dwte[x[b,t]] += dout[b,t]; dwpe[t] += sum_b dout[b,t] (adds to both). */
+void k_encoder_bwd(gpt_pool* p, float* dwte, float* dwpe, const float* dout, const int32_t* x,
+                   int B, int T, int C);
+
+/* ---- layernorm over the last dim C, eps 1e-5 ---- */
+/* out = (inp - mean) * rstd * w + b; saves mean(N), rstd(N) (overwrites). */
+void k_layernorm_fwd(gpt_pool* p, float* out, float* mean, float* rstd, const float* inp,
+                     const float* w, const float* b, int64_t N, int C);
+/* Floats of scratch k_layernorm_bwd needs. */
+int64_t k_layernorm_bwd_scratch(int64_t N, int C);
+/* dinp += d/dinp; dw, db overwritten with the sums over rows. */
+void k_layernorm_bwd(gpt_pool* p, float* dinp, float* dw, float* db, float* scratch,
+                     const float* dout, const float* inp, const float* w, const float* mean,
+                     const float* rstd, int64_t N, int C);
+
+/* ---- linear layers, every product through sgemm ---- */
+/* out(N,OC) = inp(N,IC) W^T + bias (bias may be NULL) (overwrites). */
+void k_matmul_fwd(gpt_pool* p, float* out, const float* inp, const float* W, const float* bias,
+                  int64_t N, int IC, int OC);
+/* pre = inp W^T + bias, out = gelu(pre) (overwrites both). */
+void k_matmul_gelu_fwd(gpt_pool* p, float* pre, float* out, const float* inp, const float* W,
+                       const float* bias, int64_t N, int IC, int OC);
+/* out = res + inp W^T + bias (overwrites; out may not alias res). */
+void k_matmul_residual_fwd(gpt_pool* p, float* out, const float* res, const float* inp,
+                           const float* W, const float* bias, int64_t N, int IC, int OC);
+/* dinp(N,IC) = dout W; dW(OC,IC) = dout^T inp; dbias = column sums of dout (all
+ * overwritten; dbias may be NULL). If gelu_pre is not NULL, the layer's input was
+ * gelu(gelu_pre) and dinp receives the gradient w.r.t. gelu_pre instead. */
+void k_matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float* dout,
+                  const float* inp, const float* W, const float* gelu_pre, int64_t N, int IC, int OC);
+
+/* ---- causal self-attention, H heads of hs = C/H, scale 1/sqrt(hs) ---- */
+/* qkv(B,T,3C) holds q, k, v side by side; out(B,T,C) = heads of softmax(q k^T) v;
+ * att(B,H,T,T) saves the probabilities (lower triangle; the rest is not read). */
+void k_attention_fwd(gpt_pool* p, float* out, float* att, const float* qkv, int B, int T, int C, int H);
+/* Floats of scratch k_attention_bwd needs with nthreads threads. */
+int64_t k_attention_bwd_scratch(int T, int nthreads);
+/* dqkv(B,T,3C) overwritten with the gradient w.r.t. qkv. */
+void k_attention_bwd(gpt_pool* p, float* dqkv, float* scratch, const float* dout, const float* qkv,
+                     const float* att, int B, int T, int C, int H);
+
+/* ---- GELU, tanh approximation ---- */
+void k_gelu_fwd(gpt_pool* p, float* out, const float* inp, int64_t n);
+/* dinp = gelu'(inp) * dout (overwrites). */
+void k_gelu_bwd(gpt_pool* p, float* dinp, const float* inp, const float* dout, int64_t n);
+
+/* ---- residual ---- */
+void k_residual_fwd(gpt_pool* p, float* out, const float* a, const float* b, int64_t n);
+/* da += dout; db += dout. */
+void k_residual_bwd(gpt_pool* p, float* da, float* db, const float* dout, int64_t n);
+
+/* ---- fused softmax + cross-entropy over rows of V logits ---- */
+/* losses[i] = -log softmax(logits[i])[y[i]], or 0 where y[i] == -100 (overwrites).
+ * With grad != 0 each row of logits is overwritten by d(dscale * sum_i losses[i]) /
+ * d logits[i] = dscale * (softmax - onehot(y)), zero for ignored rows. */
+void k_softmax_ce(gpt_pool* p, float* logits, float* losses, const int32_t* y, int64_t N, int V,
+                  float dscale, int grad);
+
+/* ---- optimizer ---- */
+/* Floats... doubles of scratch k_sumsq needs for n values. */
+int64_t k_sumsq_scratch(int64_t n);
+/* sum of g[i]^2 in double, in fixed chunks: independent of the thread count. */
+double k_sumsq(gpt_pool* p, const float* g, int64_t n, double* scratch);
+
+typedef struct {
+    int64_t begin, end; /* [begin, end) of the flat buffer */
+    int decay;          /* weight decay applies */
+} k_segment;
+
+typedef struct {
+    float gscale;        /* gradient multiplier (clipping), 1 for none */
+    float decay_factor;  /* 1 - lr * weight_decay */
+    float beta1, beta2;
+    float step_size;     /* lr / (1 - beta1^t) */
+    float bc2_sqrt;      /* sqrt(1 - beta2^t) */
+    float eps;
+} k_adamw_args;
+
+/* torch.optim.AdamW (non-amsgrad) on p, m, v with gradient g over the segments
+ * (which must tile [0, n) in order). */
+void k_adamw(gpt_pool* p, float* param, float* m, float* v, const float* g, int64_t n,
+             const k_segment* segs, int nsegs, const k_adamw_args* a);
+
+#endif

@@ -1,0 +1,534 @@
+/*
+ * model.c: the CPU backend. A GPT-2 training step (forward, backward, global-norm
+ * clipping, AdamW) over one parameter buffer, one gradient buffer, one activation
+ * buffer and one backward work buffer, all allocated at create: a step allocates nothing.
+ *
+ * Shapes: B batch rows, T positions, C width, H heads, F = d_ff, V vocab, N = B*T.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "blas.h"
+#include "kernels.h"
+#include "pool.h"
+
+/* Refuse models whose buffers would exceed this many bytes (the allocation would fail anyway). */
+#define MAX_BYTES (1ull << 42)
+
+typedef struct {
+    float *ln1w, *ln1b, *qkvw, *qkvb, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
+} layer_w;
+
+typedef struct {
+    float *wte, *wpe, *lnfw, *lnfb;
+    layer_w* l; /* L of them */
+} weights;
+
+/* Saved activations of one block. res_out is the block's output (the next block's input). */
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd; /* (N,C), (N), (N) */
+    float* qkv;                       /* (N,3C) */
+    float* att;                       /* (B,H,T,T) softmax probabilities */
+    float* atty;                      /* (N,C) heads before c_proj */
+    float* res2;                      /* (N,C) input + attention branch */
+    float *ln2, *ln2_mean, *ln2_rstd; /* (N,C), (N), (N) */
+    float *fch, *fchg;                /* (N,F) before and after GELU */
+    float* res_out;                   /* (N,C) res2 + MLP branch */
+} layer_a;
+
+enum {
+    P_ENC_F, P_LN_F, P_QKV_F, P_ATT_F, P_PROJ_F, P_FC_F, P_FCPROJ_F, P_LMHEAD_F, P_CE,
+    P_LMHEAD_B, P_LN_B, P_FCPROJ_B, P_FC_B, P_PROJ_B, P_ATT_B, P_QKV_B, P_ENC_B, P_NORM, P_ADAMW,
+    P_COUNT
+};
+static const char* const PROF_NAMES[P_COUNT] = {
+    "encoder.fwd", "layernorm.fwd", "matmul_qkv.fwd", "attention.fwd", "matmul_attn_proj+residual.fwd",
+    "matmul_fc+gelu.fwd", "matmul_mlp_proj+residual.fwd", "lm_head.fwd", "softmax_cross_entropy",
+    "lm_head.bwd", "layernorm.bwd", "matmul_mlp_proj+gelu.bwd", "matmul_fc.bwd", "matmul_attn_proj.bwd",
+    "attention.bwd", "matmul_qkv.bwd", "encoder.bwd", "grad_norm", "adamw",
+};
+
+typedef struct {
+    gpt_cfg cfg;
+    int B;
+    int64_t N, P;
+    int nthreads;
+    gpt_pool* pool;
+
+    float *params, *grads, *m, *v;
+    int64_t step;
+    weights w, gw;
+    k_segment* segs;
+    int nsegs;
+
+    float* acts; /* every saved activation */
+    float* encoded;
+    layer_a* a;
+    float *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
+
+    float* work; /* backward buffers */
+    float *dres, *dtmp, *dqkv, *dfch, *ln_scratch;
+    double* sumsq_scratch;
+    float* att_scratch; /* nthreads * T * T, reallocated by set_threads */
+
+    int profile;
+    double prof[P_COUNT];
+} cpu_model;
+
+/* ---- profiling ---- */
+
+static double now_sec(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+#define PROF_BEGIN(g) double prof_t0_ = (g)->profile ? now_sec() : 0.0
+#define PROF_END(g, op)                                   \
+    do {                                                  \
+        if ((g)->profile) {                               \
+            double t1_ = now_sec();                       \
+            (g)->prof[op] += t1_ - prof_t0_;              \
+            prof_t0_ = t1_;                               \
+        }                                                 \
+    } while (0)
+
+/* ---- memory ---- */
+
+static void* alloc_floats(int64_t n) {
+    void* p = NULL;
+    size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(float);
+    bytes = (bytes + 63) & ~(size_t)63;
+    if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+    memset(p, 0, bytes);
+    return p;
+}
+
+/* Carves consecutive sub-buffers (64-byte aligned) out of one allocation: a first pass
+ * with base NULL only counts. */
+typedef struct {
+    float* base;
+    int64_t used;
+} carver;
+
+static float* carve(carver* c, int64_t n) {
+    float* p = c->base ? c->base + c->used : NULL;
+    c->used += (n + 15) & ~(int64_t)15;
+    return p;
+}
+
+static void layout_acts(cpu_model* g, carver* c) {
+    const int64_t N = g->N, C = g->cfg.C, F = g->cfg.d_ff, H = g->cfg.H, T = g->cfg.T, V = g->cfg.V;
+    g->encoded = carve(c, N * C);
+    for (int l = 0; l < g->cfg.L; l++) {
+        layer_a* a = &g->a[l];
+        a->ln1 = carve(c, N * C);
+        a->ln1_mean = carve(c, N);
+        a->ln1_rstd = carve(c, N);
+        a->qkv = carve(c, N * 3 * C);
+        a->att = carve(c, g->B * H * T * T);
+        a->atty = carve(c, N * C);
+        a->res2 = carve(c, N * C);
+        a->ln2 = carve(c, N * C);
+        a->ln2_mean = carve(c, N);
+        a->ln2_rstd = carve(c, N);
+        a->fch = carve(c, N * F);
+        a->fchg = carve(c, N * F);
+        a->res_out = carve(c, N * C);
+    }
+    g->lnf = carve(c, N * C);
+    g->lnf_mean = carve(c, N);
+    g->lnf_rstd = carve(c, N);
+    g->logits = carve(c, N * V);
+    g->losses = carve(c, N);
+}
+
+static void layout_work(cpu_model* g, carver* c) {
+    const int64_t N = g->N, C = g->cfg.C, F = g->cfg.d_ff;
+    g->dres = carve(c, N * C);
+    g->dtmp = carve(c, N * C);
+    g->dqkv = carve(c, N * 3 * C);
+    g->dfch = carve(c, N * F);
+    g->ln_scratch = carve(c, k_layernorm_bwd_scratch(N, (int)C));
+    g->sumsq_scratch = (double*)carve(c, 2 * k_sumsq_scratch(g->P));
+}
+
+/* Activation + work floats, computed in double so that absurd shapes cannot overflow. */
+static double estimate_floats(const gpt_cfg* cfg, int B, double P) {
+    const double N = (double)B * cfg->T, C = cfg->C, F = cfg->d_ff, T = cfg->T, V = cfg->V;
+    const double per_layer = N * (9 * C + 2 * F + 4) + (double)B * cfg->H * T * T;
+    return 4 * P + N * C + cfg->L * per_layer + N * (C + V + 3) + N * (6 * C + F) + 2.0 * (T * T) * 64;
+}
+
+static void set_views(const cpu_model* g, float* base, weights* w) {
+    const int64_t C = g->cfg.C, F = g->cfg.d_ff;
+    float* p = base;
+    w->wte = p;
+    p += (int64_t)g->cfg.V * C;
+    w->wpe = p;
+    p += (int64_t)g->cfg.T * C;
+    for (int l = 0; l < g->cfg.L; l++) {
+        layer_w* L = &w->l[l];
+        L->ln1w = p; p += C;
+        L->ln1b = p; p += C;
+        L->qkvw = p; p += 3 * C * C;
+        L->qkvb = p; p += 3 * C;
+        L->projw = p; p += C * C;
+        L->projb = p; p += C;
+        L->ln2w = p; p += C;
+        L->ln2b = p; p += C;
+        L->fcw = p; p += F * C;
+        L->fcb = p; p += F;
+        L->fcprojw = p; p += C * F;
+        L->fcprojb = p; p += C;
+    }
+    w->lnfw = p; p += C;
+    w->lnfb = p;
+}
+
+static int online_cores(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 256 ? 256 : (int)n;
+}
+
+static void cpu_destroy(void* self);
+
+static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen) {
+    const int64_t P = gpt_num_params(cfg);
+    const double floats = estimate_floats(cfg, B, (double)P);
+    if (floats * sizeof(float) > (double)MAX_BYTES) {
+        gpt_errf(err, errlen, "model V=%d T=%d C=%d L=%d H=%d d_ff=%d with batch B=%d needs about %.0f GiB of memory: too large",
+                 cfg->V, cfg->T, cfg->C, cfg->L, cfg->H, cfg->d_ff, B, floats * 4.0 / (1 << 30));
+        return NULL;
+    }
+    cpu_model* g = (cpu_model*)calloc(1, sizeof *g);
+    if (!g) goto oom;
+    g->cfg = *cfg;
+    g->B = B;
+    g->N = (int64_t)B * cfg->T;
+    g->P = P;
+    g->profile = getenv("GPT_PROFILE") && strcmp(getenv("GPT_PROFILE"), "1") == 0;
+
+    g->w.l = (layer_w*)calloc((size_t)cfg->L, sizeof(layer_w));
+    g->gw.l = (layer_w*)calloc((size_t)cfg->L, sizeof(layer_w));
+    g->a = (layer_a*)calloc((size_t)cfg->L, sizeof(layer_a));
+    const int64_t nt = gpt_layout_count(cfg);
+    gpt_tensor* tensors = (gpt_tensor*)calloc((size_t)nt, sizeof(gpt_tensor));
+    g->segs = (k_segment*)calloc((size_t)nt, sizeof(k_segment));
+    if (!g->w.l || !g->gw.l || !g->a || !tensors || !g->segs) {
+        free(tensors);
+        goto oom;
+    }
+    /* AdamW segments: runs of tensors with the same decay flag */
+    gpt_layout(cfg, tensors);
+    for (int64_t i = 0; i < nt; i++) {
+        if (g->nsegs > 0 && g->segs[g->nsegs - 1].decay == tensors[i].decay) {
+            g->segs[g->nsegs - 1].end = tensors[i].offset + tensors[i].size;
+        } else {
+            g->segs[g->nsegs].begin = tensors[i].offset;
+            g->segs[g->nsegs].end = tensors[i].offset + tensors[i].size;
+            g->segs[g->nsegs].decay = tensors[i].decay;
+            g->nsegs++;
+        }
+    }
+    free(tensors);
+
+    g->params = alloc_floats(P);
+    g->grads = alloc_floats(P);
+    g->m = alloc_floats(P);
+    g->v = alloc_floats(P);
+    carver ca = {NULL, 0}, cw = {NULL, 0};
+    layout_acts(g, &ca);
+    layout_work(g, &cw);
+    g->acts = alloc_floats(ca.used);
+    g->work = alloc_floats(cw.used);
+    if (!g->params || !g->grads || !g->m || !g->v || !g->acts || !g->work) goto oom;
+    ca.base = g->acts;
+    ca.used = 0;
+    cw.base = g->work;
+    cw.used = 0;
+    layout_acts(g, &ca);
+    layout_work(g, &cw);
+    set_views(g, g->params, &g->w);
+    set_views(g, g->grads, &g->gw);
+
+    g->nthreads = online_cores();
+    g->pool = gpt_pool_create(g->nthreads);
+    g->att_scratch = alloc_floats(k_attention_bwd_scratch(cfg->T, g->nthreads));
+    if (!g->pool || !g->att_scratch) goto oom;
+    gpt_blas_set_threads(g->nthreads);
+    return g;
+oom:
+    gpt_errf(err, errlen, "cannot allocate the CPU model buffers (about %.2f GiB for V=%d T=%d C=%d L=%d d_ff=%d B=%d)",
+             floats * 4.0 / (1 << 30), cfg->V, cfg->T, cfg->C, cfg->L, cfg->d_ff, B);
+    cpu_destroy(g);
+    return NULL;
+}
+
+static void cpu_destroy(void* self) {
+    cpu_model* g = (cpu_model*)self;
+    if (!g) return;
+    gpt_pool_destroy(g->pool);
+    free(g->params);
+    free(g->grads);
+    free(g->m);
+    free(g->v);
+    free(g->acts);
+    free(g->work);
+    free(g->att_scratch);
+    free(g->w.l);
+    free(g->gw.l);
+    free(g->a);
+    free(g->segs);
+    free(g);
+}
+
+static int cpu_available(void) { return 1; }
+
+static int cpu_set_threads(void* self, int32_t n, char* err, size_t errlen) {
+    cpu_model* g = (cpu_model*)self;
+    if (n == g->nthreads) return 0;
+    gpt_pool* pool = gpt_pool_create(n);
+    float* scratch = alloc_floats(k_attention_bwd_scratch(g->cfg.T, n));
+    if (!pool || !scratch) {
+        gpt_pool_destroy(pool);
+        free(scratch);
+        gpt_errf(err, errlen, "cannot start %d worker threads", n);
+        return 1;
+    }
+    gpt_pool_destroy(g->pool);
+    free(g->att_scratch);
+    g->pool = pool;
+    g->att_scratch = scratch;
+    g->nthreads = n;
+    gpt_blas_set_threads(n);
+    return 0;
+}
+
+static int cpu_set_params(void* self, const float* src, char* err, size_t errlen) {
+    (void)err, (void)errlen;
+    cpu_model* g = (cpu_model*)self;
+    memcpy(g->params, src, sizeof(float) * (size_t)g->P);
+    return 0;
+}
+
+static int cpu_get_params(void* self, float* dst, char* err, size_t errlen) {
+    (void)err, (void)errlen;
+    cpu_model* g = (cpu_model*)self;
+    memcpy(dst, g->params, sizeof(float) * (size_t)g->P);
+    return 0;
+}
+
+static int cpu_set_opt_state(void* self, const float* m, const float* v, int64_t step, char* err, size_t errlen) {
+    (void)err, (void)errlen;
+    cpu_model* g = (cpu_model*)self;
+    if (m) {
+        memcpy(g->m, m, sizeof(float) * (size_t)g->P);
+        memcpy(g->v, v, sizeof(float) * (size_t)g->P);
+    } else {
+        memset(g->m, 0, sizeof(float) * (size_t)g->P);
+        memset(g->v, 0, sizeof(float) * (size_t)g->P);
+    }
+    g->step = step;
+    return 0;
+}
+
+static int cpu_get_opt_state(void* self, float* m, float* v, int64_t* step, char* err, size_t errlen) {
+    (void)err, (void)errlen;
+    cpu_model* g = (cpu_model*)self;
+    memcpy(m, g->m, sizeof(float) * (size_t)g->P);
+    memcpy(v, g->v, sizeof(float) * (size_t)g->P);
+    *step = g->step;
+    return 0;
+}
+
+/* ---- the step ---- */
+
+static int64_t count_targets(const cpu_model* g, const int32_t* y) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < g->N; i++) n += y[i] != GPT_IGNORE_INDEX;
+    return n;
+}
+
+/* Forward pass; with grad, the logits buffer is left holding d loss / d logits.
+ * Returns the mean CE over the n > 0 counted targets. */
+static float forward(cpu_model* g, const int32_t* x, const int32_t* y, int64_t n, int grad) {
+    const int B = g->B, T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff, V = g->cfg.V;
+    const int64_t N = g->N;
+    gpt_pool* p = g->pool;
+    PROF_BEGIN(g);
+    k_encoder_fwd(p, g->encoded, x, g->w.wte, g->w.wpe, B, T, C);
+    PROF_END(g, P_ENC_F);
+    const float* res = g->encoded;
+    for (int l = 0; l < g->cfg.L; l++) {
+        const layer_w* w = &g->w.l[l];
+        layer_a* a = &g->a[l];
+        k_layernorm_fwd(p, a->ln1, a->ln1_mean, a->ln1_rstd, res, w->ln1w, w->ln1b, N, C);
+        PROF_END(g, P_LN_F);
+        k_matmul_fwd(p, a->qkv, a->ln1, w->qkvw, w->qkvb, N, C, 3 * C);
+        PROF_END(g, P_QKV_F);
+        k_attention_fwd(p, a->atty, a->att, a->qkv, B, T, C, H);
+        PROF_END(g, P_ATT_F);
+        k_matmul_residual_fwd(p, a->res2, res, a->atty, w->projw, w->projb, N, C, C);
+        PROF_END(g, P_PROJ_F);
+        k_layernorm_fwd(p, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, w->ln2w, w->ln2b, N, C);
+        PROF_END(g, P_LN_F);
+        k_matmul_gelu_fwd(p, a->fch, a->fchg, a->ln2, w->fcw, w->fcb, N, C, F);
+        PROF_END(g, P_FC_F);
+        k_matmul_residual_fwd(p, a->res_out, a->res2, a->fchg, w->fcprojw, w->fcprojb, N, F, C);
+        PROF_END(g, P_FCPROJ_F);
+        res = a->res_out;
+    }
+    k_layernorm_fwd(p, g->lnf, g->lnf_mean, g->lnf_rstd, res, g->w.lnfw, g->w.lnfb, N, C);
+    PROF_END(g, P_LN_F);
+    /* logits(N,V) = lnf wte^T (the tied LM head) */
+    k_matmul_fwd(p, g->logits, g->lnf, g->w.wte, NULL, N, C, V);
+    PROF_END(g, P_LMHEAD_F);
+    k_softmax_ce(p, g->logits, g->losses, y, N, V, 1.0f / (float)n, grad);
+    double sum = 0.0;
+    for (int64_t i = 0; i < N; i++) sum += g->losses[i];
+    PROF_END(g, P_CE);
+    return (float)(sum / (double)n);
+}
+
+/* Backward pass after forward(grad=1): every gradient of g->grads is overwritten. */
+static void backward(cpu_model* g, const int32_t* x) {
+    const int B = g->B, T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff, V = g->cfg.V;
+    const int64_t N = g->N;
+    gpt_pool* p = g->pool;
+    PROF_BEGIN(g);
+    /* LM head: dlnf = dlogits wte, dwte = dlogits^T lnf (the embedding adds to it last) */
+    k_matmul_bwd(p, g->dtmp, g->gw.wte, NULL, g->logits, g->lnf, g->w.wte, NULL, N, C, V);
+    PROF_END(g, P_LMHEAD_B);
+    const float* res_last = g->cfg.L > 0 ? g->a[g->cfg.L - 1].res_out : g->encoded;
+    memset(g->dres, 0, sizeof(float) * (size_t)(N * C));
+    k_layernorm_bwd(p, g->dres, g->gw.lnfw, g->gw.lnfb, g->ln_scratch, g->dtmp, res_last, g->w.lnfw, g->lnf_mean,
+                    g->lnf_rstd, N, C);
+    PROF_END(g, P_LN_B);
+    for (int l = g->cfg.L - 1; l >= 0; l--) {
+        const layer_w* w = &g->w.l[l];
+        layer_w* gw = &g->gw.l[l];
+        const layer_a* a = &g->a[l];
+        const float* res_in = l > 0 ? g->a[l - 1].res_out : g->encoded;
+        /* dres = d res_out; the MLP branch: dfch = gelu'(fch) (dres Wfcproj) */
+        k_matmul_bwd(p, g->dfch, gw->fcprojw, gw->fcprojb, g->dres, a->fchg, w->fcprojw, a->fch, N, F, C);
+        PROF_END(g, P_FCPROJ_B);
+        k_matmul_bwd(p, g->dtmp, gw->fcw, gw->fcb, g->dfch, a->ln2, w->fcw, NULL, N, C, F);
+        PROF_END(g, P_FC_B);
+        k_layernorm_bwd(p, g->dres, gw->ln2w, gw->ln2b, g->ln_scratch, g->dtmp, a->res2, w->ln2w, a->ln2_mean,
+                        a->ln2_rstd, N, C);
+        PROF_END(g, P_LN_B);
+        /* dres = d res2; the attention branch */
+        k_matmul_bwd(p, g->dtmp, gw->projw, gw->projb, g->dres, a->atty, w->projw, NULL, N, C, C);
+        PROF_END(g, P_PROJ_B);
+        k_attention_bwd(p, g->dqkv, g->att_scratch, g->dtmp, a->qkv, a->att, B, T, C, H);
+        PROF_END(g, P_ATT_B);
+        k_matmul_bwd(p, g->dtmp, gw->qkvw, gw->qkvb, g->dqkv, a->ln1, w->qkvw, NULL, N, C, 3 * C);
+        PROF_END(g, P_QKV_B);
+        k_layernorm_bwd(p, g->dres, gw->ln1w, gw->ln1b, g->ln_scratch, g->dtmp, res_in, w->ln1w, a->ln1_mean,
+                        a->ln1_rstd, N, C);
+        PROF_END(g, P_LN_B);
+    }
+    memset(g->gw.wpe, 0, sizeof(float) * (size_t)T * C);
+    k_encoder_bwd(p, g->gw.wte, g->gw.wpe, g->dres, x, B, T, C);
+    PROF_END(g, P_ENC_B);
+}
+
+static int cpu_eval_loss(void* self, const int32_t* x, const int32_t* y, float* loss, char* err, size_t errlen) {
+    (void)err, (void)errlen;
+    cpu_model* g = (cpu_model*)self;
+    const int64_t n = count_targets(g, y);
+    *loss = n > 0 ? forward(g, x, y, n, 0) : 0.0f;
+    return 0;
+}
+
+static int cpu_compute_grads(void* self, const int32_t* x, const int32_t* y, float* loss, float* grads, char* err,
+                             size_t errlen) {
+    (void)err, (void)errlen;
+    cpu_model* g = (cpu_model*)self;
+    const int64_t n = count_targets(g, y);
+    if (n == 0) {
+        *loss = 0.0f;
+        memset(g->grads, 0, sizeof(float) * (size_t)g->P);
+    } else {
+        *loss = forward(g, x, y, n, 1);
+        backward(g, x);
+    }
+    if (grads) memcpy(grads, g->grads, sizeof(float) * (size_t)g->P);
+    return 0;
+}
+
+static int cpu_train_step(void* self, const int32_t* x, const int32_t* y, const gpt_hparams* h, gpt_step_result* out,
+                          char* err, size_t errlen) {
+    (void)err, (void)errlen;
+    cpu_model* g = (cpu_model*)self;
+    const int64_t n = count_targets(g, y);
+    memset(out, 0, sizeof *out);
+    out->n_targets = (int32_t)n;
+    if (n == 0) return 0; /* nothing to learn from: loss 0, no update (see gpt.h) */
+    const float loss = forward(g, x, y, n, 1);
+    backward(g, x);
+    PROF_BEGIN(g);
+    const double norm = sqrt(k_sumsq(g->pool, g->grads, g->P, g->sumsq_scratch));
+    PROF_END(g, P_NORM);
+    out->loss = loss;
+    out->grad_norm = (float)norm;
+    if (!isfinite(loss) || !isfinite(norm)) return 0;
+    /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1 */
+    float gscale = 1.0f;
+    if (h->grad_clip > 0.0f) {
+        const double coef = (double)h->grad_clip / (norm + 1e-6);
+        if (coef < 1.0) gscale = (float)coef;
+    }
+    const int64_t t = g->step + 1;
+    k_adamw_args a = {
+        .gscale = gscale,
+        .decay_factor = (float)(1.0 - (double)h->lr * (double)h->weight_decay),
+        .beta1 = h->beta1,
+        .beta2 = h->beta2,
+        .step_size = (float)((double)h->lr / (1.0 - pow((double)h->beta1, (double)t))),
+        .bc2_sqrt = (float)sqrt(1.0 - pow((double)h->beta2, (double)t)),
+        .eps = h->eps,
+    };
+    k_adamw(g->pool, g->params, g->m, g->v, g->grads, g->P, g->segs, g->nsegs, &a);
+    g->step = t;
+    out->applied = 1;
+    PROF_END(g, P_ADAMW);
+    return 0;
+}
+
+static int32_t cpu_profile_report(void* self, char* buf, int32_t buflen) {
+    cpu_model* g = (cpu_model*)self;
+    if (!g->profile || buflen <= 0) return 0;
+    int32_t used = 0;
+    for (int i = 0; i < P_COUNT; i++) {
+        int k = snprintf(buf + used, (size_t)(buflen - used), "%s %.6f\n", PROF_NAMES[i], g->prof[i]);
+        if (k < 0 || k >= buflen - used) break;
+        used += k;
+        g->prof[i] = 0.0;
+    }
+    buf[used < buflen ? used : buflen - 1] = '\0';
+    return used;
+}
+
+const gpt_backend gpt_cpu_backend = {
+    .name = "cpu",
+    .available = cpu_available,
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .set_threads = cpu_set_threads,
+    .set_params = cpu_set_params,
+    .get_params = cpu_get_params,
+    .set_opt_state = cpu_set_opt_state,
+    .get_opt_state = cpu_get_opt_state,
+    .train_step = cpu_train_step,
+    .eval_loss = cpu_eval_loss,
+    .compute_grads = cpu_compute_grads,
+    .profile_report = cpu_profile_report,
+};

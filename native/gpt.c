@@ -1,0 +1,309 @@
+/*
+ * gpt.c: the public ABI of native/include/gpt.h. Validates every argument once, here,
+ * then dispatches to the backend chosen at gpt_create (native/cpu/backend.h).
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/backend.h"
+#include "include/gpt.h"
+
+/* Largest accepted value of any dimension (V, T, C, L, H, d_ff, B): keeps every index
+ * product far from int64 overflow and every BLAS dimension within int. */
+#define GPT_MAX_DIM (1 << 24)
+
+struct gpt {
+    const gpt_backend* be;
+    void* impl;
+    gpt_cfg cfg;
+    int32_t B;
+    char err[GPT_ERR_LEN];
+};
+
+#define EXPORT __attribute__((visibility("default")))
+
+void gpt_errf(char* err, size_t errlen, const char* fmt, ...) {
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- layout ---- */
+
+int64_t gpt_layout_count(const gpt_cfg* cfg) { return 4 + 12 * (int64_t)cfg->L; }
+
+int64_t gpt_layout(const gpt_cfg* cfg, gpt_tensor* out) {
+    const int64_t V = cfg->V, T = cfg->T, C = cfg->C, F = cfg->d_ff;
+    int64_t off = 0, i = 0;
+#define ADD(r, c, d)                                                        \
+    do {                                                                    \
+        out[i].offset = off;                                                \
+        out[i].rows = (r);                                                  \
+        out[i].cols = (c);                                                  \
+        out[i].size = (r) * (c);                                            \
+        out[i].decay = (d);                                                 \
+        off += out[i].size;                                                 \
+        i++;                                                                \
+    } while (0)
+    ADD(V, C, 1); /* wte */
+    ADD(T, C, 1); /* wpe */
+    for (int64_t l = 0; l < cfg->L; l++) {
+        ADD(1, C, 0);     /* ln_1.weight */
+        ADD(1, C, 0);     /* ln_1.bias */
+        ADD(3 * C, C, 1); /* attn.c_attn.weight */
+        ADD(1, 3 * C, 0); /* attn.c_attn.bias */
+        ADD(C, C, 1);     /* attn.c_proj.weight */
+        ADD(1, C, 0);     /* attn.c_proj.bias */
+        ADD(1, C, 0);     /* ln_2.weight */
+        ADD(1, C, 0);     /* ln_2.bias */
+        ADD(F, C, 1);     /* mlp.c_fc.weight */
+        ADD(1, F, 0);     /* mlp.c_fc.bias */
+        ADD(C, F, 1);     /* mlp.c_proj.weight */
+        ADD(1, C, 0);     /* mlp.c_proj.bias */
+    }
+    ADD(1, C, 0); /* ln_f.weight */
+    ADD(1, C, 0); /* ln_f.bias */
+#undef ADD
+    return off;
+}
+
+/* ---- validation ---- */
+
+static int check_dim(const char* name, int64_t v, char* err, size_t errlen) {
+    if (v < 1 || v > GPT_MAX_DIM) {
+        gpt_errf(err, errlen, "model cfg %s=%lld is invalid: expected an integer in [1, %d]", name, (long long)v,
+                 GPT_MAX_DIM);
+        return 1;
+    }
+    return 0;
+}
+
+static int check_cfg(const gpt_cfg* cfg, char* err, size_t errlen) {
+    if (!cfg) {
+        gpt_errf(err, errlen, "model cfg is NULL");
+        return 1;
+    }
+    if (check_dim("V", cfg->V, err, errlen) || check_dim("T", cfg->T, err, errlen) ||
+        check_dim("C", cfg->C, err, errlen) || check_dim("L", cfg->L, err, errlen) ||
+        check_dim("H", cfg->H, err, errlen) || check_dim("d_ff", cfg->d_ff, err, errlen))
+        return 1;
+    if (cfg->C % cfg->H != 0) {
+        gpt_errf(err, errlen, "model cfg C=%d is not divisible by H=%d (heads must split the width evenly)", cfg->C,
+                 cfg->H);
+        return 1;
+    }
+    return 0;
+}
+
+static int check_tokens(const gpt_t* g, const int32_t* x, const int32_t* y, char* err, size_t errlen) {
+    if (!x) {
+        gpt_errf(err, errlen, "input token buffer x is NULL");
+        return 1;
+    }
+    if (!y) {
+        gpt_errf(err, errlen, "target token buffer y is NULL");
+        return 1;
+    }
+    const int64_t n = (int64_t)g->B * g->cfg.T;
+    const int32_t V = g->cfg.V;
+    for (int64_t i = 0; i < n; i++) {
+        if (x[i] < 0 || x[i] >= V) {
+            gpt_errf(err, errlen, "input token x[%lld] (batch row %lld, position %lld) = %d is out of range: expected an id in [0, V=%d)",
+                     (long long)i, (long long)(i / g->cfg.T), (long long)(i % g->cfg.T), x[i], V);
+            return 1;
+        }
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (y[i] != -100 && (y[i] < 0 || y[i] >= V)) {
+            gpt_errf(err, errlen, "target y[%lld] (batch row %lld, position %lld) = %d is invalid: expected an id in [0, V=%d) or -100 (ignored)",
+                     (long long)i, (long long)(i / g->cfg.T), (long long)(i % g->cfg.T), y[i], V);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int check_hparams(const gpt_hparams* h, char* err, size_t errlen) {
+    if (!h) {
+        gpt_errf(err, errlen, "hyperparameters pointer is NULL");
+        return 1;
+    }
+    if (!isfinite(h->lr) || h->lr < 0.0f) {
+        gpt_errf(err, errlen, "learning rate %g is invalid: expected a finite value >= 0", (double)h->lr);
+        return 1;
+    }
+    if (!isfinite(h->weight_decay) || h->weight_decay < 0.0f) {
+        gpt_errf(err, errlen, "weight_decay %g is invalid: expected a finite value >= 0", (double)h->weight_decay);
+        return 1;
+    }
+    if (!(h->beta1 >= 0.0f && h->beta1 < 1.0f) || !(h->beta2 >= 0.0f && h->beta2 < 1.0f)) {
+        gpt_errf(err, errlen, "betas (%g, %g) are invalid: expected values in [0, 1)", (double)h->beta1,
+                 (double)h->beta2);
+        return 1;
+    }
+    if (!isfinite(h->eps) || h->eps <= 0.0f) {
+        gpt_errf(err, errlen, "eps %g is invalid: expected a finite value > 0", (double)h->eps);
+        return 1;
+    }
+    if (isnan(h->grad_clip)) {
+        gpt_errf(err, errlen, "grad_clip is NaN: expected a max norm > 0, or <= 0 to disable clipping");
+        return 1;
+    }
+    return 0;
+}
+
+static const gpt_backend* backend_for(int32_t device) {
+    if (device == GPT_DEVICE_CPU) return &gpt_cpu_backend;
+#if defined(GPT_HAVE_MPS)
+    if (device == GPT_DEVICE_MPS) return &gpt_mps_backend;
+#endif
+    return NULL;
+}
+
+/* Every call on a handle starts here: NULL handle -> error code (no message holder). */
+#define HANDLE(g)                 \
+    do {                          \
+        if (!(g)) return -1;      \
+        (g)->err[0] = '\0';       \
+    } while (0)
+
+#define FAIL(g, ...)                                     \
+    do {                                                 \
+        gpt_errf((g)->err, sizeof (g)->err, __VA_ARGS__); \
+        return 1;                                        \
+    } while (0)
+
+/* ---- the ABI ---- */
+
+EXPORT int32_t gpt_device_available(int32_t device) {
+    const gpt_backend* be = backend_for(device);
+    return be && be->available() ? 1 : 0;
+}
+
+EXPORT int64_t gpt_num_params(const gpt_cfg* cfg) {
+    if (check_cfg(cfg, NULL, 0)) return -1;
+    const int64_t V = cfg->V, T = cfg->T, C = cfg->C, L = cfg->L, F = cfg->d_ff;
+    return V * C + T * C + L * (4 * C + 3 * C * C + 3 * C + C * C + C + 2 * F * C + F + C) + 2 * C;
+}
+
+EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, char* err, int32_t errlen) {
+    char local[GPT_ERR_LEN];
+    local[0] = '\0';
+    gpt_t* g = NULL;
+    const gpt_backend* be = NULL;
+    if (check_cfg(cfg, local, sizeof local)) goto fail;
+    if (B < 1 || B > GPT_MAX_DIM) {
+        gpt_errf(local, sizeof local, "batch size B=%d is invalid: expected an integer in [1, %d]", B, GPT_MAX_DIM);
+        goto fail;
+    }
+    if ((int64_t)B * cfg->T > 0x7fffffff) {
+        gpt_errf(local, sizeof local, "B*T = %lld token positions per batch is too many (at most 2^31-1)",
+                 (long long)B * cfg->T);
+        goto fail;
+    }
+    be = backend_for(device);
+    if (device != GPT_DEVICE_CPU && device != GPT_DEVICE_MPS) {
+        gpt_errf(local, sizeof local, "unknown device %d: expected %d (cpu) or %d (mps)", device, GPT_DEVICE_CPU,
+                 GPT_DEVICE_MPS);
+        goto fail;
+    }
+    if (!be || !be->available()) {
+        gpt_errf(local, sizeof local, "device %s is not available in this build or on this machine",
+                 device == GPT_DEVICE_MPS ? "mps" : "cpu");
+        goto fail;
+    }
+    g = (gpt_t*)calloc(1, sizeof *g);
+    if (!g) {
+        gpt_errf(local, sizeof local, "out of memory");
+        goto fail;
+    }
+    g->be = be;
+    g->cfg = *cfg;
+    g->B = B;
+    g->impl = be->create(cfg, B, local, sizeof local);
+    if (!g->impl) goto fail;
+    if (err && errlen > 0) err[0] = '\0';
+    return g;
+fail:
+    free(g);
+    if (err && errlen > 0) gpt_errf(err, (size_t)errlen, "gpt_create: %s", local[0] ? local : "failed");
+    return NULL;
+}
+
+EXPORT void gpt_free(gpt_t* g) {
+    if (!g) return;
+    g->be->destroy(g->impl);
+    free(g);
+}
+
+EXPORT const char* gpt_last_error(const gpt_t* g) { return g ? g->err : "null model handle"; }
+
+EXPORT int32_t gpt_set_threads(gpt_t* g, int32_t n) {
+    HANDLE(g);
+    if (n < 1 || n > 1024) FAIL(g, "thread count %d is invalid: expected an integer in [1, 1024]", n);
+    return g->be->set_threads(g->impl, n, g->err, sizeof g->err) ? 1 : 0;
+}
+
+EXPORT int32_t gpt_set_params(gpt_t* g, const float* src) {
+    HANDLE(g);
+    if (!src) FAIL(g, "gpt_set_params: parameter buffer is NULL");
+    return g->be->set_params(g->impl, src, g->err, sizeof g->err) ? 1 : 0;
+}
+
+EXPORT int32_t gpt_get_params(const gpt_t* cg, float* dst) {
+    gpt_t* g = (gpt_t*)cg; /* the message buffer is the only thing written */
+    HANDLE(g);
+    if (!dst) FAIL(g, "gpt_get_params: destination buffer is NULL");
+    return g->be->get_params(g->impl, dst, g->err, sizeof g->err) ? 1 : 0;
+}
+
+EXPORT int32_t gpt_set_opt_state(gpt_t* g, const float* m, const float* v, int64_t step) {
+    HANDLE(g);
+    if (!m && !v) {
+        if (step != 0) FAIL(g, "gpt_set_opt_state: m and v are NULL (a reset) but step is %lld, expected 0", (long long)step);
+    } else if (!m || !v) {
+        FAIL(g, "gpt_set_opt_state: %s is NULL: give both moments, or both NULL with step 0 to reset", m ? "v" : "m");
+    } else if (step < 0) {
+        FAIL(g, "gpt_set_opt_state: step %lld is invalid: expected >= 0", (long long)step);
+    }
+    return g->be->set_opt_state(g->impl, m, v, step, g->err, sizeof g->err) ? 1 : 0;
+}
+
+EXPORT int32_t gpt_get_opt_state(const gpt_t* cg, float* m, float* v, int64_t* step) {
+    gpt_t* g = (gpt_t*)cg;
+    HANDLE(g);
+    if (!m || !v || !step) FAIL(g, "gpt_get_opt_state: %s buffer is NULL", !m ? "m" : !v ? "v" : "step");
+    return g->be->get_opt_state(g->impl, m, v, step, g->err, sizeof g->err) ? 1 : 0;
+}
+
+EXPORT int32_t gpt_train_step(gpt_t* g, const int32_t* x, const int32_t* y, const gpt_hparams* h,
+                              gpt_step_result* out) {
+    HANDLE(g);
+    if (!out) FAIL(g, "gpt_train_step: result pointer is NULL");
+    if (check_hparams(h, g->err, sizeof g->err) || check_tokens(g, x, y, g->err, sizeof g->err)) return 1;
+    return g->be->train_step(g->impl, x, y, h, out, g->err, sizeof g->err) ? 1 : 0;
+}
+
+EXPORT int32_t gpt_eval_loss(gpt_t* g, const int32_t* x, const int32_t* y, float* loss) {
+    HANDLE(g);
+    if (!loss) FAIL(g, "gpt_eval_loss: loss pointer is NULL");
+    if (check_tokens(g, x, y, g->err, sizeof g->err)) return 1;
+    return g->be->eval_loss(g->impl, x, y, loss, g->err, sizeof g->err) ? 1 : 0;
+}
+
+EXPORT int32_t gpt_compute_grads(gpt_t* g, const int32_t* x, const int32_t* y, float* loss, float* grads) {
+    HANDLE(g);
+    if (!loss) FAIL(g, "gpt_compute_grads: loss pointer is NULL");
+    if (check_tokens(g, x, y, g->err, sizeof g->err)) return 1;
+    return g->be->compute_grads(g->impl, x, y, loss, grads, g->err, sizeof g->err) ? 1 : 0;
+}
+
+EXPORT int32_t gpt_profile_report(gpt_t* g, char* buf, int32_t buflen) {
+    if (!g || !buf || buflen <= 0) return 0;
+    return g->be->profile_report(g->impl, buf, buflen);
+}

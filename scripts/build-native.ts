@@ -1,0 +1,231 @@
+/**
+ * Builds the native library (native/include/gpt.h) with the system C compiler:
+ *   Linux: native/build/libgpt.so, OpenBLAS linked statically (no libopenblas.so or
+ *          libgfortran needed at run time; checked with ldd after linking).
+ *   macOS: native/build/libgpt.dylib with Accelerate, plus native/mps/*.m (Metal,
+ *          MPSGraph) when present.
+ * Skips the build when the library is newer than every file under native/ and this script.
+ *
+ *   bun scripts/build-native.ts            build if out of date
+ *   bun scripts/build-native.ts --force    always rebuild
+ *   GPT_SANITIZE=1 bun scripts/build-native.ts   ASan+UBSan build into libgpt-asan.so (for C tests)
+ * Environment: CC (default cc), OPENBLAS_LIB (path of libopenblas.a).
+ */
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { basename, dirname, join, relative } from "node:path";
+
+export const ROOT = join(import.meta.dir, "..");
+export const NATIVE = join(ROOT, "native");
+export const BUILD_DIR = join(NATIVE, "build");
+
+const isMac = process.platform === "darwin";
+
+export class BuildError extends Error {
+  override name = "BuildError";
+}
+
+interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function run(cmd: string[], cwd: string = ROOT): RunResult {
+  const p = Bun.spawnSync(cmd, { cwd, stdout: "pipe", stderr: "pipe" });
+  return { code: p.exitCode ?? 1, stdout: p.stdout.toString(), stderr: p.stderr.toString() };
+}
+
+/** The C compiler: $CC or cc, checked to exist. */
+export function compiler(): string {
+  const cc = process.env.CC ?? "cc";
+  if (!Bun.which(cc)) {
+    throw new BuildError(
+      `C compiler '${cc}' not found on PATH: install one (Debian: apt-get install build-essential; macOS: xcode-select --install) or set CC`,
+    );
+  }
+  return cc;
+}
+
+function multiarch(cc: string): string | null {
+  const r = run([cc, "-print-multiarch"]);
+  const s = r.stdout.trim();
+  return r.code === 0 && s ? s : null;
+}
+
+export interface BlasConfig {
+  /** Extra include directories (where cblas.h is). */
+  includes: string[];
+  /** Link arguments (static archive and what it needs). */
+  libs: string[];
+}
+
+/** Where the static OpenBLAS archive and its cblas.h are (Linux). */
+export function openblasConfig(cc: string = compiler()): BlasConfig {
+  const arch = multiarch(cc);
+  const libDirs = [
+    ...(arch ? [`/usr/lib/${arch}/openblas-pthread`, `/usr/lib/${arch}/openblas-openmp`, `/usr/lib/${arch}`] : []),
+    "/usr/lib64/openblas-pthread",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/opt/OpenBLAS/lib",
+  ];
+  const candidates = process.env.OPENBLAS_LIB ? [process.env.OPENBLAS_LIB] : libDirs.map((d) => join(d, "libopenblas.a"));
+  const lib = candidates.find((p) => existsSync(p));
+  if (!lib) {
+    throw new BuildError(
+      `static OpenBLAS (libopenblas.a) not found in ${candidates.join(", ")}: install it with 'apt-get install libopenblas-dev' or set OPENBLAS_LIB=/path/to/libopenblas.a`,
+    );
+  }
+  // cblas.h next to the archive's flavour (Debian: /usr/include/<arch>/openblas-pthread), else the default path
+  const flavour = basename(dirname(lib));
+  const incCandidates = [
+    ...(arch && flavour.startsWith("openblas") ? [`/usr/include/${arch}/${flavour}`] : []),
+    join(dirname(lib), "..", "include"),
+    ...(arch ? [`/usr/include/${arch}`] : []),
+    "/usr/include/openblas",
+    "/usr/include",
+  ];
+  const inc = incCandidates.find((d) => existsSync(join(d, "cblas.h")));
+  if (!inc) throw new BuildError(`cblas.h not found (looked in ${incCandidates.join(", ")}): apt-get install libopenblas-dev`);
+  return { includes: [inc], libs: [lib, "-lm", "-lpthread"] };
+}
+
+/** Flags of every C file of the library (and of the C test programs). */
+export function cflags(sanitize: boolean): string[] {
+  const opt = sanitize ? ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"] : ["-O3"];
+  return [
+    ...opt,
+    "-fPIC",
+    "-std=c11",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-fvisibility=hidden",
+    "-fno-math-errno",
+    "-ffp-contract=fast",
+    "-pthread",
+    ...(isMac ? ["-Wno-deprecated-declarations"] : []),
+  ];
+}
+
+function listFiles(dir: string, ext: string[]): string[] {
+  if (!existsSync(dir)) return [];
+  const out: string[] = [];
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) {
+      if (p !== BUILD_DIR) out.push(...listFiles(p, ext));
+    } else if (ext.some((x) => e.name.endsWith(x))) out.push(p);
+  }
+  return out.sort();
+}
+
+export function libraryPath(sanitize = process.env.GPT_SANITIZE === "1"): string {
+  return join(BUILD_DIR, `libgpt${sanitize ? "-asan" : ""}.${isMac ? "dylib" : "so"}`);
+}
+
+function upToDate(out: string, inputs: string[]): boolean {
+  if (!existsSync(out)) return false;
+  const t = statSync(out).mtimeMs;
+  return inputs.every((p) => statSync(p).mtimeMs < t);
+}
+
+/** Checks on Linux that the library needs no shared BLAS or Fortran runtime. */
+function checkLinkage(out: string): void {
+  if (isMac) return;
+  if (!Bun.which("ldd")) return;
+  const r = run(["ldd", out]);
+  if (r.code !== 0) throw new BuildError(`ldd ${out} failed: ${r.stderr || r.stdout}`);
+  const bad = r.stdout.split("\n").filter((l) => /openblas|gfortran|libblas|liblapack|not found/.test(l));
+  if (bad.length > 0) {
+    throw new BuildError(`${out} depends at run time on:\n${bad.join("\n")}\n(OpenBLAS must be linked statically)`);
+  }
+}
+
+export interface BuildOptions {
+  force?: boolean;
+  sanitize?: boolean;
+  quiet?: boolean;
+}
+
+/** Builds the library if needed; returns its path. Throws BuildError with the compiler's output. */
+export async function buildNative(opts: BuildOptions = {}): Promise<string> {
+  const sanitize = opts.sanitize ?? process.env.GPT_SANITIZE === "1";
+  const out = libraryPath(sanitize);
+  // native/mps (Objective-C + MPSGraph, and its C dispatch table) is built on macOS only
+  const mpsDir = join(NATIVE, "mps");
+  const cSources = listFiles(NATIVE, [".c"]).filter((p) => isMac || !p.startsWith(mpsDir + "/"));
+  const mSources = isMac ? listFiles(mpsDir, [".m"]) : [];
+  const inputs = [...listFiles(NATIVE, [".c", ".h", ".m", ".metal"]), join(ROOT, "scripts", "build-native.ts")];
+  if (!opts.force && upToDate(out, inputs)) return out;
+
+  const cc = compiler();
+  const objDir = join(BUILD_DIR, sanitize ? "obj-asan" : "obj");
+  mkdirSync(objDir, { recursive: true });
+  const defines = mSources.length > 0 ? ["-DGPT_HAVE_MPS"] : [];
+  const blas = isMac ? { includes: [], libs: ["-framework", "Accelerate"] } : openblasConfig(cc);
+  const flags = [...cflags(sanitize), ...defines, ...blas.includes.map((d) => `-I${d}`)];
+
+  // compile every source to its own object, all at once
+  const jobs = [...cSources, ...mSources].map((src) => {
+    const obj = join(objDir, relative(NATIVE, src).replace(/[\\/]/g, "_") + ".o");
+    const extra = src.endsWith(".m") ? ["-fobjc-arc", "-Wno-deprecated-declarations"] : [];
+    const cmd = [cc, ...flags.filter((f) => !(src.endsWith(".m") && f === "-std=c11")), ...extra, "-c", src, "-o", obj];
+    return { src, obj, proc: Bun.spawn(cmd, { cwd: ROOT, stdout: "ignore", stderr: "pipe" }) };
+  });
+  const failures: string[] = [];
+  await Promise.all(
+    jobs.map(async (j) => {
+      const [code, stderr] = await Promise.all([j.proc.exited, new Response(j.proc.stderr).text()]);
+      if (code !== 0) failures.push(`${relative(ROOT, j.src)}:\n${stderr}`);
+    }),
+  );
+  if (failures.length > 0) throw new BuildError(`compiling the native library failed:\n${failures.join("\n")}`);
+
+  const tmp = `${out}.tmp`;
+  const link = isMac
+    ? [
+        cc,
+        "-dynamiclib",
+        "-install_name",
+        `@rpath/${basename(out)}`,
+        ...(sanitize ? ["-fsanitize=address,undefined"] : []),
+        ...jobs.map((j) => j.obj),
+        "-o",
+        tmp,
+        ...blas.libs,
+        ...(mSources.length > 0
+          ? ["-framework", "Metal", "-framework", "MetalPerformanceShaders", "-framework", "MetalPerformanceShadersGraph", "-framework", "Foundation"]
+          : []),
+      ]
+    : [
+        cc,
+        "-shared",
+        "-pthread",
+        ...(sanitize ? ["-fsanitize=address,undefined"] : ["-Wl,-z,defs"]),
+        "-Wl,--exclude-libs,ALL",
+        ...jobs.map((j) => j.obj),
+        "-o",
+        tmp,
+        ...blas.libs,
+      ];
+  const r = run(link);
+  if (r.code !== 0) {
+    rmSync(tmp, { force: true });
+    throw new BuildError(`linking ${basename(out)} failed:\n${r.stderr || r.stdout}`);
+  }
+  checkLinkage(tmp);
+  renameSync(tmp, out);
+  if (!opts.quiet) console.log(`built ${relative(ROOT, out)}`);
+  return out;
+}
+
+if (import.meta.main) {
+  try {
+    await buildNative({ force: process.argv.includes("--force") });
+  } catch (e) {
+    console.error((e as Error).message);
+    process.exit(1);
+  }
+}
