@@ -109,7 +109,7 @@ interface PhaseConfigBase {
   file: string; // absolute path of the config file
   raw: Record<string, unknown>; // the file's JSON verbatim: stored as train_cfg in checkpoints
   modelCfgFile: string;
-  modelCfgRaw: Record<string, unknown>; // stored as model_cfg
+  modelCfgRaw: ModelCfg & Record<string, unknown>; // stored as model_cfg
   model: ModelCfg;
   train: TrainCfg;
 }
@@ -196,12 +196,13 @@ function fail(file: string, what: string, problems: string[]): never {
   throw new ConfigError(`${what} ${file} is invalid:\n${problems.map((p) => `  ${p}`).join("\n")}`);
 }
 
-function loadModelCfg(file: string): { raw: Record<string, unknown>; model: ModelCfg } {
+function loadModelCfg(file: string): { raw: ModelCfg & Record<string, unknown>; model: ModelCfg } {
   const raw = readJsonFile(file, "model cfg");
   const problems = schemaProblems(ModelCfgSchema, raw);
   if (problems.length === 0) problems.push(...modelCfgProblems(raw as Record<string, unknown>));
   if (problems.length > 0) fail(file, "model cfg", problems);
-  return { raw: raw as Record<string, unknown>, model: raw as ModelCfg };
+  const model = raw as ModelCfg & Record<string, unknown>;
+  return { raw: model, model };
 }
 
 export function loadPhaseConfig(file: string, phase: "pretrain" | "sft", repoRoot: string): PhaseConfig {

@@ -45,8 +45,8 @@ export interface LoopContext {
   stop: StopSignal;
   /** Writes the checkpoint files of `step`; returns the paths written. */
   save(step: number, bestValLoss: number | null, targets: SaveTargets): string[];
-  /** Called after each eval (the loss picture is redrawn there). */
-  afterEval?(): void;
+  /** Called after each eval (the loss picture is redrawn there), with the best step if known. */
+  afterEval?(bestStep: number | null): void;
 }
 
 export interface LoopResult {
@@ -133,7 +133,7 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
       }
       metrics.appendEval({ step, lr, val_loss: valLoss });
       reporter.eval({ step, valLoss, best: bestValLoss ?? valLoss, improved, seconds: (performance.now() - t0) / 1000 });
-      ctx.afterEval?.();
+      ctx.afterEval?.(bestStep);
     }
     const periodic = step % train.ckpt_every === 0 || last;
     if (periodic || improved) {

@@ -15,6 +15,7 @@ import { writeLossSvg } from "./loss-svg.ts";
 import { trainLoop, hparamsOf, type SaveTargets } from "./loop.ts";
 import { bestEval, MetricsLog, type MetricsPhase } from "./metrics.ts";
 import { openPhaseData } from "./phase-data.ts";
+import { learningRate } from "./schedule.ts";
 import { ProgressReporter, type ProgressStream } from "./progress.ts";
 import type { StopSignal } from "./stop.ts";
 import { formatSummary } from "./summary.ts";
@@ -148,15 +149,20 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
         `(${(model.numParams / 1e6).toFixed(2)}M params), B=${config.train.B}, device ${o.device}, steps ${start.step}..${config.train.total_steps}`,
     );
 
-    // The val loss before training, so a run can show what it learned.
+    // The val loss before training, so a run shows what it learned (step 0 of the picture).
     const firstValLoss = resumed ? null : data.evalLoss(model);
+    if (firstValLoss !== null) {
+      metrics.appendEval({ step: 0, lr: null, val_loss: firstValLoss });
+      reporter.print(`${phase}: val loss before training ${firstValLoss.toFixed(4)} (ln V = ${Math.log(config.model.V).toFixed(4)})`);
+    }
 
     const save = (step: number, bestValLoss: number | null, targets: SaveTargets): string[] => {
       const ckpt: Checkpoint = {
         modelCfg: config.modelCfgRaw,
         trainCfg: config.raw,
         params: model.getParams(),
-        opt: { ...model.getOptState(), hparams: hparamsOf(config.train, config.train.base_lr) },
+        // param_groups' lr is the lr of the last step taken, as torch's scheduler leaves it
+        opt: { ...model.getOptState(), hparams: hparamsOf(config.train, learningRate(Math.max(0, step - 1), config.train)) },
         step,
         bestValLoss,
       };
@@ -167,8 +173,12 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
       saveCheckpoint(files, ckpt);
       return files.map((f) => show(o.repoRoot, f));
     };
-    const redraw = () =>
-      writeLossSvg(join(o.runDir, "loss.svg"), metrics.records(), { pretrainEnd: o.pretrainEnd, title: "train: loss" });
+    const redraw = (bestStep: number | null) =>
+      writeLossSvg(join(o.runDir, "loss.svg"), metrics.records(), {
+        pretrainEnd: o.pretrainEnd,
+        title: "train: loss",
+        bestStep: bestStep === null ? {} : { [phase]: bestStep },
+      });
 
     try {
       const result = await trainLoop({
