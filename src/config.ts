@@ -178,7 +178,12 @@ function schemaProblems(schema: TSchema, value: unknown): string[] {
     }
     return `${path}: ${e.schema.description ?? e.message}${e.value === undefined ? "" : `, got ${JSON.stringify(e.value)}`}`;
   });
-  return [...new Set(lines)];
+  // one problem per JSON path: the first is the most telling (a missing key, not its type)
+  const seen = new Set<string>();
+  return lines.filter((line) => {
+    const path = line.slice(0, line.indexOf(": "));
+    return seen.has(path) ? false : (seen.add(path), true);
+  });
 }
 
 function probabilityProblems(probs: Record<string, number>, key: string): string[] {

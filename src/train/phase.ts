@@ -48,6 +48,14 @@ export interface PhaseOutcome {
   firstValLoss: number | null;
 }
 
+function article(word: string): string {
+  return `${/^[aeiou]|^sft/i.test(word) ? "an" : "a"} ${word}`;
+}
+
+function capitalize(s: string): string {
+  return s[0]!.toUpperCase() + s.slice(1);
+}
+
 function show(repoRoot: string, path: string): string {
   const rel = relative(repoRoot, path);
   return rel.startsWith("..") ? path : rel;
@@ -58,8 +66,8 @@ function checkCompatible(ckpt: Checkpoint, path: string, config: PhaseConfig, wh
   const phase = phaseOfTrainCfg(ckpt.trainCfg);
   if (phase !== config.phase) {
     throw new InputError(
-      `${path}: ${what} is a ${phase ?? "unknown-phase"} checkpoint, but this is the ${config.phase} phase. ` +
-        `A ${config.phase} run never resumes another phase's checkpoint: pass --resume PATH with a ${config.phase} checkpoint, ` +
+      `${path}: ${what} is ${article(phase ?? "unknown-phase")} checkpoint, but this is the ${config.phase} phase. ` +
+        `${capitalize(article(config.phase))} run never resumes another phase's checkpoint: pass --resume PATH with ${article(config.phase)} checkpoint, ` +
         `or --no-resume to start the ${config.phase} phase fresh (it then replaces the files in ${join(path, "..")}).`,
     );
   }
