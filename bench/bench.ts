@@ -9,6 +9,7 @@
  * the share of a step spent outside the native call, peak RSS, and ours/PyTorch ratios.
  */
 import { existsSync, writeFileSync } from "node:fs";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import type { ModelCfg } from "../src/model/config.ts";
@@ -138,7 +139,7 @@ function table(header: string[], rows: string[][]): string {
 
 const fmt = (v: number, digits = 0) => (Number.isFinite(v) ? v.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : "-");
 const mb = (bytes: number) => fmt(bytes / 2 ** 20);
-const pct = (v: number) => `${fmt(100 * v, 1)}%`;
+const pct = (v: number) => `${fmt(100 * v, Math.abs(v) < 0.01 ? 3 : 1)}%`;
 const shapeText = (s: Shape) => `V=${s.cfg.V} T=${s.cfg.T} C=${s.cfg.C} L=${s.cfg.L} H=${s.cfg.H} d_ff=${s.cfg.d_ff} B=${s.B}`;
 
 /** "name seconds" lines of the native profile, as a sorted table with shares and ms/step. */
@@ -154,7 +155,7 @@ function profileTable(report: string, steps: number): string {
   ops.sort((a, b) => b.s - a.s);
   return table(
     ["op", "ms/step", "share"],
-    ops.map((o) => [o.name, fmt((1e3 * o.s) / steps, 2), pct(o.s / total)]),
+    [...ops.map((o) => [o.name, fmt((1e3 * o.s) / steps, 2), pct(o.s / total)]), ["(sum of ops)", fmt((1e3 * total) / steps, 2), "100%"]],
   ).replace(/^/gm, "  ");
 }
 
@@ -174,6 +175,9 @@ async function main(): Promise<void> {
 
   console.log(`train benchmark: ${opt.threads} threads, ${opt.warmup} warm-up + ${opt.steps} timed steps (median), fp32, CPU`);
   console.log(FLOP_CONVENTION);
+  const load = () => loadavg()[0]!;
+  const loadAtStart = load();
+  if (loadAtStart > 0.5) console.log(`WARNING: load average ${fmt(loadAtStart, 2)} at start: other processes share the cores, figures are unreliable`);
 
   const sgemm = await runOurs<SgemmResult>({ kind: "sgemm", threads: opt.threads, sizes: [2048, 3072] }, opt.threads);
   const peak = sgemm.result.gflops;
@@ -200,7 +204,7 @@ async function main(): Promise<void> {
   console.log("\nTraining throughput (ours)");
   console.log(
     table(
-      ["shape", "matmul params", "tok/s", "GFLOP/s", "MFU", "eval tok/s", "outside native", "ffi call", "peak RSS MB"],
+      ["shape", "matmul params", "tok/s", "GFLOP/s", "MFU", "eval tok/s", "outside native/step", "ffi call", "peak RSS MB"],
       rows.map(({ shape, ours }) => {
         const tokens = shape.B * shape.cfg.T;
         const tps = tokens / ours.result.stepS;
@@ -212,7 +216,7 @@ async function main(): Promise<void> {
           fmt(gflops, 1),
           pct(gflops / peak),
           fmt(tokens / ours.result.evalS),
-          pct(ours.result.outsideShare),
+          `${fmt((ours.result.stepS - ours.result.nativeS) * 1e3, 2)} ms (${pct(ours.result.outsideShare)})`,
           `${fmt(ours.result.ffiCallUs, 2)} us`,
           mb(ours.maxRssBytes),
         ];
@@ -260,6 +264,9 @@ async function main(): Promise<void> {
 
   let scaling: ScalingRow[] = [];
   if (opt.scaling) scaling = await runScaling(opt, peak);
+  // The run itself keeps the 1-minute load near the thread count; more means contention.
+  const loadAtEnd = load();
+  if (loadAtEnd > opt.threads + 0.5) console.log(`\nWARNING: load average ${fmt(loadAtEnd, 2)} at the end (> ${opt.threads} threads + 0.5): other processes competed for the cores`);
 
   if (opt.json) {
     writeFileSync(
