@@ -66,12 +66,14 @@ function view(bytes: Uint8Array, dtype: Dtype): TokenArray {
   return new Int32Array(bytes.buffer, bytes.byteOffset, n);
 }
 
-/** Largest and smallest value of a token array (4 independent accumulators). */
+/**
+ * Largest and smallest value of a token array (4 independent accumulators; the minimum
+ * only for int32, the one dtype that can hold a negative id).
+ */
 export function idRange(a: TokenArray): { min: number; max: number } {
   const n = a.length;
   if (n === 0) return { min: 0, max: -1 };
   let m0 = a[0], m1 = a[0], m2 = a[0], m3 = a[0];
-  let l0 = a[0], l1 = a[0], l2 = a[0], l3 = a[0];
   let i = 0;
   for (; i + 4 <= n; i += 4) {
     const v0 = a[i], v1 = a[i + 1], v2 = a[i + 2], v3 = a[i + 3];
@@ -79,16 +81,17 @@ export function idRange(a: TokenArray): { min: number; max: number } {
     if (v1 > m1) m1 = v1;
     if (v2 > m2) m2 = v2;
     if (v3 > m3) m3 = v3;
-    if (v0 < l0) l0 = v0;
-    if (v1 < l1) l1 = v1;
-    if (v2 < l2) l2 = v2;
-    if (v3 < l3) l3 = v3;
   }
-  for (; i < n; i++) {
-    if (a[i] > m0) m0 = a[i];
+  for (; i < n; i++) if (a[i] > m0) m0 = a[i];
+  const max = Math.max(m0, m1, m2, m3);
+  if (!(a instanceof Int32Array)) return { min: 0, max };
+  let l0 = a[0], l1 = a[0];
+  for (i = 0; i + 2 <= n; i += 2) {
     if (a[i] < l0) l0 = a[i];
+    if (a[i + 1] < l1) l1 = a[i + 1];
   }
-  return { min: Math.min(l0, l1, l2, l3), max: Math.max(m0, m1, m2, m3) };
+  if (i < n && a[i] < l0) l0 = a[i];
+  return { min: Math.min(l0, l1), max };
 }
 
 /** Opens and validates a cache; throws a DataError naming the file and the problem. */
@@ -155,12 +158,13 @@ function readBoundaryFile(path: string, count: number): Float64Array {
     throw new DataError(`size ${size} bytes, expected ${count * 8} (count ${count} uint64 offsets from the meta)`, path);
   }
   const { bytes } = mapFile(path);
-  const raw = new BigUint64Array(bytes.buffer, bytes.byteOffset, count);
+  // uint64 little endian read as (low, high) uint32 words: no BigInt per offset
+  const words = new Uint32Array(bytes.buffer, bytes.byteOffset, count * 2);
   const out = new Float64Array(count);
   for (let i = 0; i < count; i++) {
-    const v = raw[i];
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new DataError(`offset ${i} is ${v}, beyond 2^53`, path);
-    out[i] = Number(v);
+    const hi = words[2 * i + 1];
+    if (hi >= 0x200000) throw new DataError(`offset ${i} is beyond 2^53`, path);
+    out[i] = hi * 4294967296 + words[2 * i];
   }
   return out;
 }
