@@ -406,8 +406,8 @@ static NSString* CheckHparams(const gpt_hparams* h) {
     if ([self loadTokens:x targets:y count:&count what:"gpt_train_step"] != 0) return 1;
     out->n_targets = (int32_t)count;
     if (count == 0) {
-        /* as torch: the mean over no targets is NaN, every gradient 0; nothing is applied */
-        out->loss = NAN;
+        /* nothing to learn from: loss 0, no update (as the CPU backend) */
+        out->loss = 0.0f;
         out->grad_norm = 0.0f;
         out->applied = 0;
         return 0;
@@ -450,7 +450,7 @@ static NSString* CheckHparams(const gpt_hparams* h) {
     int64_t count = 0;
     if ([self loadTokens:x targets:y count:&count what:"gpt_eval_loss"] != 0) return 1;
     if (count == 0) {
-        *loss = NAN;
+        *loss = 0.0f;
         return 0;
     }
     ((float*)_hp.contents)[MPS_HP_COUNT] = (float)count;
@@ -488,7 +488,7 @@ static NSString* CheckHparams(const gpt_hparams* h) {
     int64_t count = 0;
     if ([self loadTokens:x targets:y count:&count what:"gpt_compute_grads"] != 0) return 1;
     if (count == 0) {
-        if (loss != NULL) *loss = NAN;
+        if (loss != NULL) *loss = 0.0f;
         if (grads != NULL) memset(grads, 0, (size_t)_P * sizeof(float));
         return 0;
     }
