@@ -20,6 +20,7 @@ import { DOC_MODES, type DocMode, fileDocuments } from "../src/data/text.ts";
 const MAX_LISTED = 20;
 
 const common = {
+  files: { type: "positional" as const, description: "input files", required: false },
   out: { type: "string" as const, description: "cache root", default: DEFAULT_CACHE_ROOT },
   "val-fraction": { type: "string" as const, description: "fraction of documents/examples in the val split (--split auto)", default: "0.05" },
   split: { type: "enum" as const, options: ["auto", "train", "val"], description: "auto: both splits by --val-fraction; train|val: all input into that split", default: "auto" },
@@ -80,7 +81,7 @@ async function guarded(body: () => void | Promise<void>): Promise<void> {
 const text = defineCommand({
   meta: { name: "text", description: "plain text files -> stream caches <out>/streams/<source>_{train,val}.bin" },
   args: {
-    source: { type: "string", description: `one of ${STREAM_SOURCES.join(", ")}`, required: true },
+    source: { type: "string", description: `one of ${STREAM_SOURCES.join(", ")} (required)` },
     docs: { type: "enum", options: [...DOC_MODES], description: "what a document is: a file, a line, or a blank-line separated block", default: "file" },
     ...common,
   },

@@ -75,9 +75,9 @@ export function sftMask(x: Int32Array, y: Int32Array, T: number, ids: MaskIds, o
 }
 
 /**
- * Number of counted targets of an example of length n when truncated to T+1 tokens:
- * > 0 iff its first <|asst|> sits at a position p with p + 1 < min(n, T+1).
- * Returns the position of that first <|asst|>, or -1 when nothing would be learned.
+ * Whether an example of n tokens (from `start`), cut to its first T+1, has a counted
+ * target: iff its first <|asst|> sits at a position p with p + 1 < min(n, T+1) (then
+ * target p, the token after it, counts). Returns p, or -1 when nothing would be learned.
  */
 export function firstLearnableAsst(tokens: ArrayLike<number>, start: number, n: number, T: number, asstId: number): number {
   const L = Math.min(n, T + 1);
