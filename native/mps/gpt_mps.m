@@ -272,20 +272,17 @@ static MPSShape* ShapeOf(const mps_param* p) {
         ![self allocateSmall:&_applied data:&_appliedData bytes:4 shape:@[ @1 ] type:MPSDataTypeFloat32 error:error])
         return nil;
 
-    /* GPT_MPS_EMBEDDING=onehot forces the one-hot embedding; by default the gather is
-     * used, and the one-hot form only if MPSGraph cannot differentiate the gather. */
+    /* The token embedding as a one-hot matrix product by default: its gradient is a
+     * plain matmul, the same bits every run. GPT_MPS_EMBEDDING=gather reads it with a
+     * gather instead (less work for a large V), whose gradient MPSGraph forms with a
+     * scatter-add that need not be deterministic (see docs/mps.md). */
     const char* emb = getenv("GPT_MPS_EMBEDDING");
-    const BOOL forced = emb != NULL && emb[0] != '\0';
-    if (forced && strcmp(emb, "gather") != 0 && strcmp(emb, "onehot") != 0) {
-        *error = [NSString stringWithFormat:@"GPT_MPS_EMBEDDING = \"%s\", expected \"gather\" or \"onehot\"", emb];
+    if (emb != NULL && emb[0] != '\0' && strcmp(emb, "gather") != 0 && strcmp(emb, "onehot") != 0) {
+        *error = [NSString stringWithFormat:@"GPT_MPS_EMBEDDING = \"%s\", expected \"onehot\" (default) or \"gather\"", emb];
         return nil;
     }
-    _embedding = forced && strcmp(emb, "onehot") == 0 ? MPSGPTEmbeddingOneHot : MPSGPTEmbeddingGather;
-    if (![self buildGraphsWithError:error]) {
-        if (forced || _embedding == MPSGPTEmbeddingOneHot) return nil;
-        _embedding = MPSGPTEmbeddingOneHot;
-        if (![self buildGraphsWithError:error]) return nil;
-    }
+    _embedding = emb != NULL && strcmp(emb, "gather") == 0 ? MPSGPTEmbeddingGather : MPSGPTEmbeddingOneHot;
+    if (![self buildGraphsWithError:error]) return nil;
     const char* prof = getenv("GPT_PROFILE");
     _profile = prof != NULL && strcmp(prof, "1") == 0;
     return self;

@@ -52,11 +52,12 @@ typedef NS_ENUM(NSInteger, MPSGPTGraphKind) {
     MPSGPTGraphTrain,     /* loss, grad norm, applied flag, updated params/m/v */
 };
 
-/* How the token embedding is read: a gather (its gradient a scatter-add by
- * MPSGraph's autodiff), or a one-hot matrix product (plain matmul gradient). */
+/* How the token embedding is read: a one-hot (N, V) matrix times wte (its gradient
+ * a matmul: deterministic), or a gather (its gradient, by MPSGraph's autodiff, a
+ * scatter-add whose summation order need not be the same from run to run). */
 typedef NS_ENUM(NSInteger, MPSGPTEmbedding) {
-    MPSGPTEmbeddingGather = 0,
-    MPSGPTEmbeddingOneHot,
+    MPSGPTEmbeddingOneHot = 0,
+    MPSGPTEmbeddingGather,
 };
 
 @interface MPSGPTGraph : NSObject
