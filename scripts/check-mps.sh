@@ -369,13 +369,16 @@ if [ -f "$DYLIB" ]; then
     *) fail "not a Mach-O arm64 dylib: $desc" ;;
     esac
     bv=$(llvm-objdump --macho --private-headers "$DYLIB" | grep -A4 LC_BUILD_VERSION | tr -s ' ' | tr '\n' ' ')
-    if echo "$bv" | grep -q "platform 1 " && echo "$bv" | grep -q "minos 12.0"; then
+    if echo "$bv" | grep -Eq "platform (macos|1) " && echo "$bv" | grep -q "minos 12.0"; then
         pass "LC_BUILD_VERSION platform macos, minos 12.0"
     else
         fail "unexpected LC_BUILD_VERSION: $bv"
     fi
+    id=$(llvm-objdump --macho --dylib-id "$DYLIB" | tail -n +2 | tr -d '[:space:]')
+    [ "$id" = "@rpath/libgpt.dylib" ] && pass "install name $id" || fail "install name '$id', expected @rpath/libgpt.dylib"
     echo "  linked against:"
-    llvm-objdump --macho --dylibs-used "$DYLIB" | tail -n +2 | sed 's/^[[:space:]]*/    /'
+    llvm-objdump --macho --dylibs-used "$DYLIB" | tail -n +2 | grep -v "^[[:space:]]*@rpath/libgpt.dylib " |
+        sed 's/^[[:space:]]*/    /'
     # every function declared in gpt.h, exported as a defined global (_name)
     mapfile -t ABI < <(grep -oE '\bgpt_[a-z_]+[[:space:]]*\(' "$REPO/native/include/gpt.h" | tr -d '( \t' | sort -u)
     mapfile -t EXPORTED < <(llvm-nm -gU "$DYLIB" | awk '$2 == "T" { print $3 }' | sort -u)
