@@ -14,6 +14,8 @@
 /* Largest accepted value of any dimension (V, T, C, L, H, d_ff, B): keeps every index
  * product far from int64 overflow and every BLAS dimension within int. */
 #define GPT_MAX_DIM (1 << 24)
+/* Largest accepted parameter count (2^40 floats: far beyond any memory, far from overflow). */
+#define GPT_MAX_PARAMS 1099511627776.0
 
 struct gpt {
     const gpt_backend* be;
@@ -95,6 +97,14 @@ static int check_cfg(const gpt_cfg* cfg, char* err, size_t errlen) {
     if (cfg->C % cfg->H != 0) {
         gpt_errf(err, errlen, "model cfg C=%d is not divisible by H=%d (heads must split the width evenly)", cfg->C,
                  cfg->H);
+        return 1;
+    }
+    /* in double: each dimension is at most 2^24, the products are not */
+    const double C = cfg->C, F = cfg->d_ff;
+    const double P = (double)cfg->V * C + (double)cfg->T * C + cfg->L * (4.0 * C * C + 2.0 * F * C + F + 9.0 * C) + 2.0 * C;
+    if (P > GPT_MAX_PARAMS) {
+        gpt_errf(err, errlen, "model cfg V=%d T=%d C=%d L=%d d_ff=%d has %.3g parameters: too large (at most %.3g)",
+                 cfg->V, cfg->T, cfg->C, cfg->L, cfg->d_ff, P, GPT_MAX_PARAMS);
         return 1;
     }
     return 0;

@@ -91,8 +91,12 @@ export function openblasConfig(cc: string = compiler()): BlasConfig {
   return { includes: [inc], libs: [lib, "-lm", "-lpthread"] };
 }
 
+function isGcc(cc: string): boolean {
+  return /Free Software Foundation/.test(run([cc, "--version"]).stdout);
+}
+
 /** Flags of every C file of the library (and of the C test programs). */
-export function cflags(sanitize: boolean): string[] {
+export function cflags(sanitize: boolean, cc: string = compiler()): string[] {
   const opt = sanitize ? ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"] : ["-O3"];
   return [
     ...opt,
@@ -106,6 +110,8 @@ export function cflags(sanitize: boolean): string[] {
     "-ffp-contract=fast",
     "-pthread",
     ...(isMac ? ["-Wno-deprecated-declarations"] : []),
+    // GCC notes that 32-byte vectors change the ABI without AVX: they only cross static inline functions
+    ...(isGcc(cc) ? ["-Wno-psabi"] : []),
   ];
 }
 
@@ -165,7 +171,7 @@ export async function buildNative(opts: BuildOptions = {}): Promise<string> {
   mkdirSync(objDir, { recursive: true });
   const defines = mSources.length > 0 ? ["-DGPT_HAVE_MPS"] : [];
   const blas = isMac ? { includes: [], libs: ["-framework", "Accelerate"] } : openblasConfig(cc);
-  const flags = [...cflags(sanitize), ...defines, ...blas.includes.map((d) => `-I${d}`)];
+  const flags = [...cflags(sanitize, cc), ...defines, ...blas.includes.map((d) => `-I${d}`)];
 
   // compile every source to its own object, all at once
   const jobs = [...cSources, ...mSources].map((src) => {

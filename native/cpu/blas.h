@@ -25,7 +25,4 @@
 #endif
 #endif
 
-/* Threads the BLAS itself may use for one call (1 when the kernels split GEMMs). */
-void gpt_blas_set_threads(int n);
-
 #endif

@@ -28,6 +28,9 @@ void gpt_blas_set_threads(int n) {
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+/* A parallel loop on as many threads as `work` (about flops) is worth. */
+#define RUN(p, fn, ctx, work) gpt_pool_run_n((p), (fn), (ctx), gpt_pool_threads_for((p), (work)))
+
 /* ------------------------------------------------------------------------------------
  * GEMM jobs: C(M,N) = alpha op(A) op(B) + beta C, row-major, split by rows of C over the
  * pool, each thread then running an epilogue on the rows it computed.
@@ -106,7 +109,9 @@ static void run_gemm_jobs(gpt_pool* p, const gemm_job* jobs, int n) {
         }
         if (!any_epi) return;
     }
-    gpt_pool_run(p, jobs_worker, &t);
+    double work = 0.0;
+    for (int j = 0; j < n; j++) work += 2.0 * (double)jobs[j].g.M * (double)jobs[j].g.N * (double)(jobs[j].g.K + 1);
+    RUN(p, jobs_worker, &t, work);
 }
 
 /* ------------------------------------------------------------------------------------
@@ -187,7 +192,7 @@ static void encoder_fwd_task(void* vctx, int tid, int nt) {
 void k_encoder_fwd(gpt_pool* p, float* out, const int32_t* x, const float* wte, const float* wpe, int B, int T,
                    int C) {
     enc_ctx e = {.out = out, .x = x, .wte = wte, .wpe = wpe, .B = B, .T = T, .C = C};
-    gpt_pool_run(p, encoder_fwd_task, &e);
+    RUN(p, encoder_fwd_task, &e, 3.0 * B * T * C);
 }
 
 /* Split by channels: every thread walks all rows in order, over its own columns. */
@@ -208,7 +213,7 @@ static void encoder_bwd_task(void* vctx, int tid, int nt) {
 
 void k_encoder_bwd(gpt_pool* p, float* dwte, float* dwpe, const float* dout, const int32_t* x, int B, int T, int C) {
     enc_ctx e = {.dwte = dwte, .dwpe = dwpe, .dout = dout, .x = x, .B = B, .T = T, .C = C};
-    gpt_pool_run(p, encoder_bwd_task, &e);
+    RUN(p, encoder_bwd_task, &e, 4.0 * B * T * C);
 }
 
 /* ------------------------------------------------------------------------------------
@@ -273,7 +278,7 @@ static void ln_fwd_task(void* vctx, int tid, int nt) {
 void k_layernorm_fwd(gpt_pool* p, float* out, float* mean, float* rstd, const float* inp, const float* w,
                      const float* b, int64_t N, int C) {
     ln_ctx l = {.out = out, .mean = mean, .rstd = rstd, .inp = inp, .w = w, .b = b, .N = N, .C = C};
-    gpt_pool_run(p, ln_fwd_task, &l);
+    RUN(p, ln_fwd_task, &l, 8.0 * (double)N * C);
 }
 
 int64_t k_layernorm_bwd_scratch(int64_t N, int C) { return (N + LN_CHUNK - 1) / LN_CHUNK * 2 * (int64_t)C; }
@@ -355,8 +360,8 @@ void k_layernorm_bwd(gpt_pool* p, float* dinp, float* dw, float* db, float* scra
                      const float* inp, const float* w, const float* mean, const float* rstd, int64_t N, int C) {
     ln_ctx l = {.dinp = dinp, .dw = dw, .db = db, .scratch = scratch, .dout = dout, .inp = inp, .w = w,
                 .cmean = mean, .crstd = rstd, .N = N, .C = C};
-    gpt_pool_run(p, ln_bwd_task, &l);
-    gpt_pool_run(p, ln_bwd_reduce_task, &l);
+    RUN(p, ln_bwd_task, &l, 12.0 * (double)N * C);
+    RUN(p, ln_bwd_reduce_task, &l, 2.0 * (double)k_layernorm_bwd_scratch(N, C));
 }
 
 /* ------------------------------------------------------------------------------------
@@ -545,7 +550,7 @@ static void att_fwd_task(void* vctx, int tid, int nt) {
 
 void k_attention_fwd(gpt_pool* p, float* out, float* att, const float* qkv, int B, int T, int C, int H) {
     att_ctx a = {.out = out, .att = att, .qkv = qkv, .B = B, .T = T, .C = C, .H = H};
-    gpt_pool_run(p, att_fwd_task, &a);
+    RUN(p, att_fwd_task, &a, 2.0 * B * (double)T * T * (C + 10.0 * H));
 }
 
 int64_t k_attention_bwd_scratch(int T, int nthreads) { return (int64_t)T * T * (nthreads < 1 ? 1 : nthreads); }
@@ -602,7 +607,7 @@ void k_attention_bwd(gpt_pool* p, float* dqkv, float* scratch, const float* dout
                      int B, int T, int C, int H) {
     att_ctx a = {.dqkv = dqkv, .scratch = scratch, .dout = dout, .qkv = qkv, .catt = att, .B = B, .T = T, .C = C,
                  .H = H};
-    gpt_pool_run(p, att_bwd_task, &a);
+    RUN(p, att_bwd_task, &a, 4.0 * B * (double)T * T * (C + 10.0 * H));
 }
 
 /* ------------------------------------------------------------------------------------
@@ -628,7 +633,7 @@ static void gelu_fwd_task(void* vctx, int tid, int nt) {
 
 void k_gelu_fwd(gpt_pool* p, float* out, const float* inp, int64_t n) {
     ew_ctx e = {.out = out, .a = inp, .n = n};
-    gpt_pool_run(p, gelu_fwd_task, &e);
+    RUN(p, gelu_fwd_task, &e, 30.0 * (double)n);
 }
 
 static void gelu_bwd_task(void* vctx, int tid, int nt) {
@@ -640,7 +645,7 @@ static void gelu_bwd_task(void* vctx, int tid, int nt) {
 
 void k_gelu_bwd(gpt_pool* p, float* dinp, const float* inp, const float* dout, int64_t n) {
     ew_ctx e = {.out = dinp, .a = inp, .b = dout, .n = n};
-    gpt_pool_run(p, gelu_bwd_task, &e);
+    RUN(p, gelu_bwd_task, &e, 40.0 * (double)n);
 }
 
 static void residual_fwd_task(void* vctx, int tid, int nt) {
@@ -652,7 +657,7 @@ static void residual_fwd_task(void* vctx, int tid, int nt) {
 
 void k_residual_fwd(gpt_pool* p, float* out, const float* a, const float* b, int64_t n) {
     ew_ctx e = {.out = out, .a = a, .b = b, .n = n};
-    gpt_pool_run(p, residual_fwd_task, &e);
+    RUN(p, residual_fwd_task, &e, 3.0 * (double)n);
 }
 
 static void residual_bwd_task(void* vctx, int tid, int nt) {
@@ -667,7 +672,7 @@ static void residual_bwd_task(void* vctx, int tid, int nt) {
 
 void k_residual_bwd(gpt_pool* p, float* da, float* db, const float* dout, int64_t n) {
     ew_ctx e = {.out = da, .out2 = db, .a = dout, .n = n};
-    gpt_pool_run(p, residual_bwd_task, &e);
+    RUN(p, residual_bwd_task, &e, 6.0 * (double)n);
 }
 
 /* ------------------------------------------------------------------------------------
@@ -726,7 +731,7 @@ static void ce_task(void* vctx, int tid, int nt) {
 void k_softmax_ce(gpt_pool* p, float* logits, float* losses, const int32_t* y, int64_t N, int V, float dscale,
                   int grad) {
     ce_ctx c = {logits, losses, y, N, V, dscale, grad};
-    gpt_pool_run(p, ce_task, &c);
+    RUN(p, ce_task, &c, 20.0 * (double)N * V);
 }
 
 /* ------------------------------------------------------------------------------------
@@ -773,7 +778,7 @@ int64_t k_sumsq_scratch(int64_t n) { return (n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK;
 
 double k_sumsq(gpt_pool* p, const float* g, int64_t n, double* scratch) {
     sumsq_ctx s = {g, scratch, n};
-    gpt_pool_run(p, sumsq_task, &s);
+    RUN(p, sumsq_task, &s, 2.0 * (double)n);
     double total = 0.0;
     for (int64_t c = 0; c < k_sumsq_scratch(n); c++) total += scratch[c];
     return total;
@@ -822,5 +827,5 @@ static void adamw_task(void* vctx, int tid, int nt) {
 void k_adamw(gpt_pool* p, float* param, float* m, float* v, const float* g, int64_t n, const k_segment* segs,
              int nsegs, const k_adamw_args* a) {
     adamw_ctx c = {param, m, v, g, n, segs, nsegs, a};
-    gpt_pool_run(p, adamw_task, &c);
+    RUN(p, adamw_task, &c, 20.0 * (double)n);
 }

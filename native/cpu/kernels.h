@@ -18,6 +18,10 @@
 #define GPT_LN_EPS 1e-5f
 #define GPT_IGNORE_INDEX (-100)
 
+/* Threads the BLAS itself may use for one call (1 when the kernels split GEMMs over
+ * their pool, see blas.h). Process-wide; call it when the pool size changes. */
+void gpt_blas_set_threads(int n);
+
 /* ---- embedding ---- */
 /* out(B,T,C) = wte[x[b,t]] + wpe[t] (overwrites). */
 void k_encoder_fwd(gpt_pool* p, float* out, const int32_t* x, const float* wte, const float* wpe,

@@ -3,7 +3,6 @@
 #include "pool.h"
 
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -16,8 +15,10 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-/* Spin iterations before a waiting worker goes to sleep (tens of microseconds). */
-#define SPIN_LIMIT 20000
+/* Spin iterations (about 20-50 microseconds) before a waiting thread sleeps on a
+ * condition variable: long enough to bridge the gap between two parallel loops of a
+ * step, short enough not to steal a core from a thread that was descheduled. */
+#define SPIN_LIMIT 2000
 
 typedef struct {
     gpt_pool* pool;
@@ -27,15 +28,19 @@ typedef struct {
 
 struct gpt_pool {
     int n;
+    int active;                   /* threads taking part in the current run */
+    double grain;
     worker* workers;              /* n-1 of them, tid 1..n-1 */
     gpt_task_fn fn;
     void* ctx;
     atomic_uint_fast64_t generation;  /* bumped once per run */
     atomic_int pending;               /* workers still running the current task */
     atomic_int sleepers;              /* workers blocked on wake */
+    atomic_int caller_sleeping;       /* the caller blocked on done */
     atomic_int quit;
     pthread_mutex_t mu;
     pthread_cond_t wake;
+    pthread_cond_t done;
 };
 
 static void* worker_main(void* arg) {
@@ -59,8 +64,14 @@ static void* worker_main(void* arg) {
         }
         seen = g;
         if (atomic_load_explicit(&p->quit, memory_order_acquire)) return NULL;
-        p->fn(p->ctx, w->tid, p->n);
-        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+        if (w->tid < p->active) p->fn(p->ctx, w->tid, p->active);
+        /* the last one out wakes the caller if it went to sleep (seq_cst pairs with its
+         * store of caller_sleeping then re-check of pending) */
+        if (atomic_fetch_sub(&p->pending, 1) == 1 && atomic_load(&p->caller_sleeping)) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
 }
 
@@ -69,15 +80,23 @@ gpt_pool* gpt_pool_create(int n) {
     gpt_pool* p = (gpt_pool*)calloc(1, sizeof *p);
     if (!p) return NULL;
     p->n = n;
+    p->grain = GPT_POOL_GRAIN;
     atomic_init(&p->generation, 0);
     atomic_init(&p->pending, 0);
     atomic_init(&p->sleepers, 0);
+    atomic_init(&p->caller_sleeping, 0);
     atomic_init(&p->quit, 0);
     if (pthread_mutex_init(&p->mu, NULL) != 0) {
         free(p);
         return NULL;
     }
     if (pthread_cond_init(&p->wake, NULL) != 0) {
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+        return NULL;
+    }
+    if (pthread_cond_init(&p->done, NULL) != 0) {
+        pthread_cond_destroy(&p->wake);
         pthread_mutex_destroy(&p->mu);
         free(p);
         return NULL;
@@ -113,17 +132,31 @@ void gpt_pool_destroy(gpt_pool* p) {
     }
     free(p->workers);
     pthread_cond_destroy(&p->wake);
+    pthread_cond_destroy(&p->done);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
 
 int gpt_pool_size(const gpt_pool* p) { return p ? p->n : 1; }
 
-void gpt_pool_run(gpt_pool* p, gpt_task_fn fn, void* ctx) {
-    if (!p || p->n == 1) {
+int gpt_pool_threads_for(const gpt_pool* p, double work) {
+    if (!p) return 1;
+    const double k = work / p->grain;
+    return k >= p->n ? p->n : k < 1.0 ? 1 : (int)k;
+}
+
+void gpt_pool_set_grain(gpt_pool* p, double grain) {
+    if (p) p->grain = grain > 1.0 ? grain : 1.0;
+}
+
+void gpt_pool_run(gpt_pool* p, gpt_task_fn fn, void* ctx) { gpt_pool_run_n(p, fn, ctx, p ? p->n : 1); }
+
+void gpt_pool_run_n(gpt_pool* p, gpt_task_fn fn, void* ctx, int n) {
+    if (!p || p->n == 1 || n <= 1) {
         fn(ctx, 0, 1);
         return;
     }
+    p->active = n < p->n ? n : p->n;
     p->fn = fn;
     p->ctx = ctx;
     atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
@@ -135,10 +168,14 @@ void gpt_pool_run(gpt_pool* p, gpt_task_fn fn, void* ctx) {
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->mu);
     }
-    fn(ctx, 0, p->n);
-    int spins = 0;
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) {
-        if (++spins < SPIN_LIMIT) CPU_RELAX();
-        else sched_yield();
+    fn(ctx, 0, p->active);
+    for (int spins = 0; spins < SPIN_LIMIT; spins++) {
+        if (atomic_load_explicit(&p->pending, memory_order_acquire) == 0) return;
+        CPU_RELAX();
     }
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->caller_sleeping, 1);
+    while (atomic_load(&p->pending) != 0) pthread_cond_wait(&p->done, &p->mu);
+    atomic_store(&p->caller_sleeping, 0);
+    pthread_mutex_unlock(&p->mu);
 }

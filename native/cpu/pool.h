@@ -22,6 +22,16 @@ void gpt_pool_destroy(gpt_pool* p);
 int gpt_pool_size(const gpt_pool* p);
 /* Run fn on every thread of p (NULL p: fn(ctx, 0, 1) on the caller). Not reentrant. */
 void gpt_pool_run(gpt_pool* p, gpt_task_fn fn, void* ctx);
+/* Run fn(ctx, tid, nt) for tid in 0..nt-1 with nt = min(n, pool size), at least 1;
+ * with nt == 1 on the caller only, waking nobody. */
+void gpt_pool_run_n(gpt_pool* p, gpt_task_fn fn, void* ctx, int n);
+
+/* Threads worth using for `work` (about one unit per flop or byte touched): one per
+ * grain of work, at most the pool size. The grain (default GPT_POOL_GRAIN) only
+ * decides how small loops stay on one thread: set it to 1 to split everything (tests). */
+#define GPT_POOL_GRAIN 100000
+int gpt_pool_threads_for(const gpt_pool* p, double work);
+void gpt_pool_set_grain(gpt_pool* p, double grain);
 
 /* The tid-th of nt contiguous parts of [0, n): [*lo, *hi). Parts differ by at most 1. */
 static inline void gpt_split(int64_t n, int tid, int nt, int64_t* lo, int64_t* hi) {

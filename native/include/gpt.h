@@ -21,8 +21,17 @@
  * Linear weights are (out, in) as torch nn.Linear: y = x W^T + b.
  * AdamW moments m, v use the same layout. Weight decay applies to 2-D tensors only.
  *
- * Token buffers are int32, B*T each, row-major (b, t). A target of -100 is ignored;
- * the loss is the mean cross-entropy over the counted targets.
+ * Token buffers are int32, B*T each, row-major (b, t). Inputs must be ids in [0, V);
+ * targets ids in [0, V) or -100 (ignored); anything else is an error (checked before
+ * any work). The loss is the mean cross-entropy over the counted targets. A batch
+ * with no counted target has loss 0 (not NaN) and zero gradients, and gpt_train_step
+ * applies no update for it (applied 0, n_targets 0, t unchanged).
+ *
+ * Limits: each of V, T, C, L, H, d_ff and B is in [1, 2^24], C % H == 0, B*T < 2^31,
+ * at most 2^40 parameters; larger models are refused with a message, not attempted.
+ *
+ * Determinism (CPU backend): for a fixed thread count, results are bit-identical run
+ * to run (static work split, reductions summed in a fixed order).
  *
  * Every function that can fail returns 0 on success and nonzero on failure, with a
  * message from gpt_last_error(). Nothing here aborts the process on bad input.
@@ -44,20 +53,23 @@ typedef struct {
 } gpt_cfg;
 
 typedef struct {
-    float lr;            /* learning rate of this step */
-    float weight_decay;  /* decoupled (AdamW), 2-D tensors only */
-    float beta1, beta2, eps;
-    float grad_clip;     /* max global L2 norm; <= 0 disables clipping */
+    float lr;            /* learning rate of this step, finite, >= 0 */
+    float weight_decay;  /* decoupled (AdamW), 2-D tensors only; finite, >= 0 */
+    float beta1, beta2;  /* in [0, 1) */
+    float eps;           /* finite, > 0 */
+    float grad_clip;     /* max global L2 norm (torch clip_grad_norm_: scale by
+                            clip / (norm + 1e-6) when that is < 1); <= 0 disables */
 } gpt_hparams;
 
 enum { GPT_DEVICE_CPU = 0, GPT_DEVICE_MPS = 1 };
 
 /* Results of one training step. */
 typedef struct {
-    float loss;          /* mean CE over counted targets, before the update */
+    float loss;          /* mean CE over counted targets, before the update (0 when none) */
     float grad_norm;     /* global L2 norm of the gradient, before clipping */
     int32_t applied;     /* 1 if the update was applied; 0 if loss or grad_norm was
-                            not finite (weights and optimizer state left untouched) */
+                            not finite, or no target was counted (weights and
+                            optimizer state left untouched, t not incremented) */
     int32_t n_targets;   /* number of counted (non -100) targets */
 } gpt_step_result;
 
@@ -68,12 +80,18 @@ int32_t gpt_device_available(int32_t device);
 int64_t gpt_num_params(const gpt_cfg* cfg);
 
 /* Create a model for batches of B rows. Parameters start at zero: set them with
- * gpt_set_params. On failure returns NULL and writes a message into err. */
+ * gpt_set_params. All memory of the model is allocated here (and its worker
+ * threads started). On failure returns NULL and writes a message into err
+ * (err may be NULL). */
 gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, char* err, int32_t errlen);
-void   gpt_free(gpt_t* g);
+void   gpt_free(gpt_t* g);   /* NULL is a no-op */
+/* Message of the last failed call on g ("" after a successful one); a static
+ * message for g NULL. Valid until the next call on g. Calls given a NULL handle
+ * return nonzero. */
 const char* gpt_last_error(const gpt_t* g);
 
-/* Number of worker threads for this model's kernels (CPU backend; >=1). */
+/* Number of worker threads for this model's kernels, n in [1, 1024] (CPU backend;
+ * the default is the number of online cores). Returns 0 on success. */
 int32_t gpt_set_threads(gpt_t* g, int32_t n);
 
 int32_t gpt_set_params(gpt_t* g, const float* src);
@@ -87,7 +105,7 @@ int32_t gpt_get_opt_state(const gpt_t* g, float* m, float* v, int64_t* step);
 int32_t gpt_train_step(gpt_t* g, const int32_t* x, const int32_t* y,
                        const gpt_hparams* h, gpt_step_result* out);
 
-/* Forward only: mean CE over counted targets. */
+/* Forward only: mean CE over counted targets (0 when none). */
 int32_t gpt_eval_loss(gpt_t* g, const int32_t* x, const int32_t* y, float* loss);
 
 /* forward + backward without update; gradients (unclipped) copied to grads if not NULL. */
@@ -95,8 +113,9 @@ int32_t gpt_compute_grads(gpt_t* g, const int32_t* x, const int32_t* y,
                           float* loss, float* grads);
 
 /* Per-op time breakdown of the steps run since the last call (CPU backend), as
- * "name seconds\n" lines into buf; enabled when env GPT_PROFILE=1 at create time.
- * Returns the number of bytes written (0 when profiling is off). */
+ * "name seconds\n" lines into buf (NUL-terminated), then resets the counters;
+ * enabled when env GPT_PROFILE=1 at create time. Returns the number of bytes
+ * written (0 when profiling is off or for a NULL handle or buffer). */
 int32_t gpt_profile_report(gpt_t* g, char* buf, int32_t buflen);
 
 #ifdef __cplusplus

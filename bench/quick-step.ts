@@ -1,0 +1,86 @@
+/**
+ * Quick native training throughput at one shape (default S2) with the per-op profile.
+ *
+ *   bun bench/quick-step.ts [--steps 5] [--threads 2] [--shape S2|S1] [--device cpu|mps]
+ * Prints tokens/s of the best and the median timed step, and the profile of the
+ * timed steps with --profile (which runs the script again with GPT_PROFILE=1).
+ */
+import { NativeModel } from "../src/backend/native.ts";
+import type { ModelCfg } from "../src/model/config.ts";
+import { initParams } from "../src/model/layout.ts";
+import { Rng } from "../src/util/random.ts";
+import { buildNative } from "../scripts/build-native.ts";
+
+const SHAPES: Record<string, { cfg: ModelCfg; B: number }> = {
+  S1: { cfg: { V: 512, T: 128, C: 128, L: 4, H: 4, d_ff: 512 }, B: 16 },
+  S2: { cfg: { V: 4096, T: 256, C: 384, L: 6, H: 6, d_ff: 1536 }, B: 16 },
+};
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1]! : fallback;
+}
+
+const shapeName = arg("shape", "S2");
+const shape = SHAPES[shapeName];
+if (!shape) throw new Error(`unknown shape ${shapeName}: expected one of ${Object.keys(SHAPES).join(", ")}`);
+const steps = Number(arg("steps", "5"));
+const threads = Number(arg("threads", "0"));
+const device = arg("device", "cpu") as "cpu" | "mps";
+const profile = process.argv.includes("--profile");
+if (profile && process.env.GPT_PROFILE !== "1") {
+  // the library reads GPT_PROFILE from the process environment at gpt_create: re-run with it set
+  const p = Bun.spawnSync([process.execPath, ...process.argv.slice(1)], {
+    env: { ...process.env, GPT_PROFILE: "1" },
+    stdout: "inherit",
+    stderr: "inherit",
+  });
+  process.exit(p.exitCode ?? 1);
+}
+
+await buildNative({ quiet: true });
+const { cfg, B } = shape;
+const model = NativeModel.open(cfg, B, device);
+if (threads > 0) model.setThreads(threads);
+model.setParams(initParams(cfg, 1));
+model.setOptState(null, null, 0);
+const rng = new Rng(7);
+const n = B * cfg.T;
+const x = new Int32Array(n);
+const y = new Int32Array(n);
+const hp = { lr: 3e-4, weightDecay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, gradClip: 1.0 };
+
+const times: number[] = [];
+for (let s = 0; s <= steps; s++) {
+  for (let i = 0; i < n; i++) {
+    x[i] = rng.below(cfg.V);
+    y[i] = rng.below(cfg.V);
+  }
+  const t0 = performance.now();
+  const r = model.trainStep(x, y, hp);
+  const dt = (performance.now() - t0) / 1000;
+  if (s === 0) {
+    model.profileReport(); // drop the warm-up step's profile
+    continue;
+  }
+  times.push(dt);
+  console.log(`step ${s}: loss ${r.loss.toFixed(4)} norm ${r.gradNorm.toFixed(3)} ${dt.toFixed(3)} s ${(n / dt).toFixed(0)} tok/s`);
+}
+times.sort((a, b) => a - b);
+const best = times[0]!;
+const median = times[Math.floor(times.length / 2)]!;
+console.log(`${shapeName} B=${B} ${device}: best ${(n / best).toFixed(0)} tok/s, median ${(n / median).toFixed(0)} tok/s over ${steps} steps`);
+if (profile) {
+  const report = model.profileReport().trim();
+  if (!report) throw new Error("the native library returned no profile (GPT_PROFILE=1 not seen at gpt_create)");
+  const lines = report
+    .split("\n")
+    .map((l) => l.split(" "))
+    .map(([name, sec]) => [name!, Number(sec) / steps] as const);
+  const total = lines.reduce((a, [, s]) => a + s, 0);
+  for (const [name, s] of [...lines].sort((a, b) => b[1] - a[1])) {
+    console.log(`  ${name.padEnd(32)} ${(s * 1000).toFixed(1).padStart(8)} ms/step ${((100 * s) / total).toFixed(1).padStart(5)}%`);
+  }
+  console.log(`  ${"total".padEnd(32)} ${(total * 1000).toFixed(1).padStart(8)} ms/step`);
+}
+model.close();

@@ -1,0 +1,79 @@
+/**
+ * Finite-difference check of every backward kernel of the CPU backend in isolation:
+ * compiles tests/native/gradcheck.c against native/cpu/kernels.c (cc from PATH, the
+ * same BLAS as the library) and runs it with 3 threads (uneven splits) and with 1.
+ */
+import { beforeAll, describe, expect, test } from "bun:test";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { BUILD_DIR, cflags, compiler, NATIVE, openblasConfig, ROOT } from "../scripts/build-native.ts";
+
+const BIN = join(BUILD_DIR, "tests", "gradcheck");
+const KERNELS = ["encoder", "layernorm", "matmul", "attention", "gelu", "residual", "softmax_ce"];
+
+interface Line {
+  name: string;
+  error: number;
+  tol: number;
+  pass: boolean;
+}
+
+function runGradcheck(threads: number): { lines: Line[]; code: number; out: string } {
+  const p = Bun.spawnSync([BIN, String(threads)], { stdout: "pipe", stderr: "pipe" });
+  const out = p.stdout.toString() + p.stderr.toString();
+  const lines: Line[] = [];
+  for (const l of out.split("\n")) {
+    const m = /^(.*?)\s+(\S+)\s+(\S+)\s+(PASS|FAIL)\b/.exec(l);
+    if (m) lines.push({ name: m[1]!, error: Number(m[2]), tol: Number(m[3]), pass: m[4] === "PASS" });
+  }
+  return { lines, code: p.exitCode ?? 1, out };
+}
+
+beforeAll(() => {
+  mkdirSync(join(BUILD_DIR, "tests"), { recursive: true });
+  const cc = compiler();
+  const blas =
+    process.platform === "darwin" ? { includes: [], libs: ["-framework", "Accelerate"] } : openblasConfig(cc);
+  const cmd = [
+    cc,
+    ...cflags(false, cc).filter((f) => f !== "-fvisibility=hidden"),
+    ...blas.includes.map((d) => `-I${d}`),
+    `-I${join(NATIVE, "cpu")}`,
+    join(ROOT, "tests", "native", "gradcheck.c"),
+    join(NATIVE, "cpu", "kernels.c"),
+    join(NATIVE, "cpu", "pool.c"),
+    "-o",
+    BIN,
+    ...blas.libs,
+  ];
+  const p = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
+  if (p.exitCode !== 0) throw new Error(`compiling gradcheck failed:\n${cmd.join(" ")}\n${p.stderr.toString()}`);
+}, 120_000);
+
+for (const threads of [3, 1]) {
+  describe(`native backward kernels vs finite differences (${threads} thread${threads > 1 ? "s" : ""})`, () => {
+    let result: ReturnType<typeof runGradcheck>;
+    beforeAll(() => {
+      result = runGradcheck(threads);
+    }, 60_000);
+
+    test("the checker rejects a gradient that is 1% off", () => {
+      const l = result.lines.find((x) => x.name === "checker rejects a 1% error");
+      expect(l?.pass).toBe(true);
+    });
+
+    for (const kernel of KERNELS) {
+      test(`${kernel}: every check within tolerance`, () => {
+        const mine = result.lines.filter((l) => l.name.startsWith(kernel));
+        expect(mine.length).toBeGreaterThan(0);
+        const bad = mine.filter((l) => !l.pass || !(l.error <= l.tol)).map((l) => `${l.name}: ${l.error} > ${l.tol}`);
+        expect(bad).toEqual([]);
+      });
+    }
+
+    test("the program exits 0 and every line passes", () => {
+      expect(result.lines.filter((l) => !l.pass)).toEqual([]);
+      expect(result.code).toBe(0);
+    });
+  });
+}
