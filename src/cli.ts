@@ -5,7 +5,8 @@
  * Flags only: everything else is in src/train. Exit codes: 0 done, 2 usage/config/data
  * errors (one clear message, no stack trace), 1 runtime failure, 130/143 interrupted.
  */
-import { parseArgs, renderUsage, type ArgsDef, type CommandDef } from "citty";
+import { renderUsage, type ArgsDef, type CommandDef } from "citty";
+import { stripVTControlCharacters } from "node:util";
 import { exitCodeOf } from "./errors.ts";
 import { runTraining, type RunRequest } from "./train/run.ts";
 
@@ -15,9 +16,10 @@ const args = {
   device: { type: "string", description: "mps | cpu (default: mps where a Metal device exists, else cpu)", valueHint: "device" },
   resume: {
     type: "string",
-    description: "resume from this checkpoint; without it, checkpoints/latest.pt is resumed if present (--no-resume: start fresh)",
+    description: "resume from this checkpoint (default: checkpoints/latest.pt of the phase if present)",
     valueHint: "path",
   },
+  "no-resume": { type: "boolean", description: "start fresh even if checkpoints/latest.pt exists" },
 } as const satisfies ArgsDef;
 
 const command: CommandDef<typeof args> = {
@@ -25,31 +27,77 @@ const command: CommandDef<typeof args> = {
   args,
 };
 
+/** Flags that take a value (--flag VALUE or --flag=VALUE) and switches. */
+const VALUE_FLAGS = new Set(["phase", "config", "device", "resume"]);
+const SWITCHES = new Set(["no-resume", "help", "h"]);
+
 class UsageError extends Error {}
 
+/**
+ * Checks the shape of argv ourselves (citty's parser is lenient: it would take
+ * `--no-foo` for `--foo=false` and let a repeated flag silently win), then reads the values.
+ */
 function parseRequest(argv: string[]): RunRequest {
-  const parsed = parseArgs(argv, args) as Record<string, unknown> & { _: string[] };
-  const known = new Set(["_", "phase", "config", "device", "resume"]);
-  const unknown = Object.keys(parsed).filter((k) => !known.has(k));
-  if (unknown.length > 0) throw new UsageError(`unknown flag${unknown.length > 1 ? "s" : ""}: ${unknown.map((k) => `--${k}`).join(", ")}`);
-  if (parsed._.length > 0) throw new UsageError(`unexpected argument: ${parsed._.join(" ")}`);
-  const phase = parsed.phase;
-  if (phase !== "pretrain" && phase !== "sft" && phase !== "pipeline") {
-    throw new UsageError(`--phase must be one of pretrain, sft, pipeline${phase ? ` (got "${phase}")` : ""}`);
+  const unknown: string[] = [];
+  const positional: string[] = [];
+  const values = new Map<string, string>();
+  const counts = new Map<string, number>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--") {
+      positional.push(...argv.slice(i + 1));
+      break;
+    }
+    if (!a.startsWith("-") || a === "-") {
+      positional.push(a);
+      continue;
+    }
+    const eq = a.indexOf("=");
+    const name = (eq < 0 ? a : a.slice(0, eq)).replace(/^--?/, "");
+    if (VALUE_FLAGS.has(name) && a.startsWith("--")) {
+      let value: string | undefined = eq < 0 ? undefined : a.slice(eq + 1);
+      if (value === undefined && i + 1 < argv.length && !argv[i + 1]!.startsWith("--")) value = argv[++i];
+      if (value === undefined || value === "") throw new UsageError(`--${name} needs a value${name === "resume" ? " (a checkpoint path)" : ""}`);
+      values.set(name, value);
+    } else if (SWITCHES.has(name) && (a.startsWith("--") || name === "h")) {
+      if (eq >= 0) throw new UsageError(`--${name} takes no value (got "${a}")`);
+      values.set(name, "");
+    } else {
+      unknown.push(eq < 0 ? a : a.slice(0, eq));
+      continue;
+    }
+    counts.set(name, (counts.get(name) ?? 0) + 1);
   }
-  if (typeof parsed.config !== "string" || parsed.config === "") throw new UsageError("--config PATH is required");
-  const device = parsed.device ?? "auto";
-  if (device !== "auto" && device !== "mps" && device !== "cpu") throw new UsageError(`--device must be mps or cpu (got "${device}")`);
-  const saysResume = argv.some((a) => a === "--resume" || a.startsWith("--resume="));
-  const saysNoResume = argv.includes("--no-resume");
-  if (saysResume && saysNoResume) throw new UsageError("--resume PATH and --no-resume contradict each other: give one of them");
-  if (saysResume && (typeof parsed.resume !== "string" || parsed.resume === "")) throw new UsageError("--resume needs a checkpoint path");
+  if (unknown.length > 0) throw new UsageError(`unknown flag${unknown.length > 1 ? "s" : ""}: ${unknown.join(", ")}`);
+  if (positional.length > 0) throw new UsageError(`unexpected argument${positional.length > 1 ? "s" : ""}: ${positional.join(" ")}`);
+  const repeated = [...counts].filter(([, n]) => n > 1).map(([k]) => `--${k}`);
+  if (repeated.length > 0) throw new UsageError(`${repeated.join(", ")} given more than once`);
+
+  const phase = values.get("phase");
+  const config = values.get("config");
+  if (phase === undefined && config === undefined) throw new UsageError("--phase and --config are required");
+  if (phase === undefined) throw new UsageError("--phase is required (pretrain, sft or pipeline)");
+  if (phase !== "pretrain" && phase !== "sft" && phase !== "pipeline") {
+    throw new UsageError(`--phase must be one of pretrain, sft, pipeline (got "${phase}")`);
+  }
+  if (config === undefined) throw new UsageError("--config PATH is required");
+  const device = values.get("device") ?? "auto";
+  if (device !== "mps" && device !== "cpu" && device !== "auto") throw new UsageError(`--device must be mps or cpu (got "${device}")`);
+  const resume = values.get("resume");
+  const noResume = values.has("no-resume");
+  if (resume !== undefined && noResume) throw new UsageError("--resume PATH and --no-resume contradict each other: give one of them");
   return {
     phase,
-    configPath: parsed.config,
+    configPath: config,
     device,
-    resume: saysNoResume ? { kind: "none" } : saysResume ? { kind: "path", path: parsed.resume as string } : { kind: "auto" },
+    resume: noResume ? { kind: "none" } : resume !== undefined ? { kind: "path", path: resume } : { kind: "auto" },
   };
+}
+
+/** citty colours its usage text; not in a pipe or a file. */
+async function usageFor(stream: NodeJS.WriteStream): Promise<string> {
+  const text = await renderUsage(command);
+  return stream.isTTY ? text : stripVTControlCharacters(text);
 }
 
 export interface MainOptions {
@@ -58,8 +106,10 @@ export interface MainOptions {
 }
 
 export async function main(argv: string[], options: MainOptions = {}): Promise<number> {
-  if (argv.includes("--help") || argv.includes("-h")) {
-    console.log(await renderUsage(command));
+  const end = argv.indexOf("--");
+  const flags = end < 0 ? argv : argv.slice(0, end);
+  if (flags.includes("--help") || flags.includes("-h")) {
+    console.log(await usageFor(process.stdout));
     return 0;
   }
   let request: RunRequest;
@@ -67,7 +117,7 @@ export async function main(argv: string[], options: MainOptions = {}): Promise<n
     request = parseRequest(argv);
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
-    console.error(`train: ${e.message}\n\n${await renderUsage(command)}`);
+    console.error(`train: ${e.message}\n\n${await usageFor(process.stderr)}`);
     return 2;
   }
   try {

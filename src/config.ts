@@ -4,13 +4,13 @@
  * Relative paths inside configs resolve against REPO_ROOT (the folder `train` runs from).
  */
 import { Type, type Static, type TSchema } from "@sinclair/typebox";
-import { Value } from "@sinclair/typebox/value";
+import { Value, ValueErrorType } from "@sinclair/typebox/value";
 import { parse as parseJsonc, printParseErrorCode, type ParseError } from "jsonc-parser";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { SFT_SOURCES, STREAM_SOURCES, type SftSource, type StreamSource } from "./data/paths.ts";
 import { InputError } from "./errors.ts";
-import { modelCfgProblems, type ModelCfg } from "./model/config.ts";
+import { modelCfgDifferences, modelCfgProblems, type ModelCfg } from "./model/config.ts";
 
 /** A problem with the user's input: the CLI prints the message and exits 2. */
 export class ConfigError extends InputError {
@@ -143,14 +143,16 @@ export function phaseOfTrainCfg(trainCfg: unknown): "pretrain" | "sft" | null {
   return null;
 }
 
-/** Reads a JSON file; syntax errors name the file, line and column. */
-export function readJsonFile(file: string, what: string): unknown {
+/** A JSON file read: its value, or why it could not be read (missing, unreadable, bad syntax). */
+type JsonRead = { ok: true; value: unknown } | { ok: false; missing: boolean; message: string };
+
+function readJson(file: string): JsonRead {
   let text: string;
   try {
     text = readFileSync(file, "utf8");
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new ConfigError(`${what} ${file}: ${code === "ENOENT" ? "file not found" : (e as Error).message}`);
+    return { ok: false, missing: code === "ENOENT", message: code === "ENOENT" ? "file not found" : (e as Error).message };
   }
   const errors: ParseError[] = [];
   const value = parseJsonc(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false });
@@ -159,24 +161,38 @@ export function readJsonFile(file: string, what: string): unknown {
     const before = text.slice(0, e.offset).split("\n");
     const line = before.length;
     const column = before[before.length - 1]!.length + 1;
-    throw new ConfigError(`${what} ${file}: invalid JSON at line ${line}, column ${column}: ${printParseErrorCode(e.error)}`);
+    return { ok: false, missing: false, message: `invalid JSON at line ${line}, column ${column}: ${printParseErrorCode(e.error)}` };
   }
-  return value;
+  return { ok: true, value };
+}
+
+/** Reads a JSON file; syntax errors name the file, line and column. */
+export function readJsonFile(file: string, what: string): unknown {
+  const r = readJson(file);
+  if (!r.ok) throw new ConfigError(`${what} ${file}: ${r.message}`);
+  return r.value;
+}
+
+/** A value as the user wrote it (JSON.stringify shows Infinity, from 1e999, as null). */
+function shown(v: unknown): string {
+  return typeof v === "number" && !Number.isFinite(v) ? String(v) : JSON.stringify(v);
 }
 
 /** typebox's errors as "json/path: what is wrong", one line per distinct problem. */
 function schemaProblems(schema: TSchema, value: unknown): string[] {
   const lines = [...Value.Errors(schema, value)].map((e) => {
     const path = e.path || "/";
-    if (e.message === "Unexpected property" && e.schema.properties) {
-      const key = path.slice(path.lastIndexOf("/") + 1);
+    const key = path.slice(path.lastIndexOf("/") + 1);
+    if (e.type === ValueErrorType.ObjectAdditionalProperties && e.schema.properties) {
       return `${path}: unknown key "${key}" (expected one of: ${Object.keys(e.schema.properties).join(", ")})`;
     }
+    if (e.type === ValueErrorType.ObjectRequiredProperty) return `${path}: missing required key "${key}"`;
     if (e.schema.anyOf && e.schema.anyOf.every((s: TSchema) => "const" in s)) {
       const allowed = e.schema.anyOf.map((s: TSchema) => JSON.stringify(s.const)).join(", ");
-      return `${path}: expected one of ${allowed}, got ${JSON.stringify(e.value)}`;
+      return `${path}: expected one of ${allowed}, got ${shown(e.value)}`;
     }
-    return `${path}: ${e.schema.description ?? e.message}${e.value === undefined ? "" : `, got ${JSON.stringify(e.value)}`}`;
+    if (typeof e.value === "number" && !Number.isFinite(e.value)) return `${path}: expected a finite number, got ${shown(e.value)}`;
+    return `${path}: ${e.schema.description ?? e.message}${e.value === undefined ? "" : `, got ${shown(e.value)}`}`;
   });
   // one problem per JSON path: the first is the most telling (a missing key, not its type)
   const seen = new Set<string>();
@@ -197,69 +213,149 @@ function normalize<K extends string>(probs: Partial<Record<K, number>>): Partial
   return Object.fromEntries(entries.filter(([, p]) => p > 0).map(([k, p]) => [k, p / total])) as Partial<Record<K, number>>;
 }
 
-function fail(file: string, what: string, problems: string[]): never {
-  throw new ConfigError(`${what} ${file} is invalid:\n${problems.map((p) => `  ${p}`).join("\n")}`);
+/** What is wrong with one file: the whole file (unreadable), or a list of "json/path: problem". */
+interface Section {
+  title: string; // e.g. "pretrain config /abs/configs/pretrain.json"
+  whole?: string;
+  problems: string[];
 }
 
-function loadModelCfg(file: string): { raw: ModelCfg & Record<string, unknown>; model: ModelCfg } {
-  const raw = readJsonFile(file, "model cfg");
-  const problems = schemaProblems(ModelCfgSchema, raw);
-  if (problems.length === 0) problems.push(...modelCfgProblems(raw as Record<string, unknown>));
-  if (problems.length > 0) fail(file, "model cfg", problems);
-  const model = raw as ModelCfg & Record<string, unknown>;
-  return { raw: model, model };
+function failIfAny(sections: readonly Section[]): void {
+  const bad = sections.filter((s) => s.whole !== undefined || s.problems.length > 0);
+  if (bad.length === 0) return;
+  throw new ConfigError(
+    bad
+      .map((s) => (s.whole !== undefined ? `${s.title}: ${s.whole}` : `${s.title} is invalid:\n${s.problems.map((p) => `  ${p}`).join("\n")}`))
+      .join("\n"),
+  );
 }
 
-export function loadPhaseConfig(file: string, phase: "pretrain" | "sft", repoRoot: string): PhaseConfig {
+function isObject(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v);
+}
+
+/** The model cfg a phase config names: problems of a missing file go to the naming key. */
+function checkModelCfg(
+  file: string,
+  namedBy: string,
+  keyProblems: string[],
+): { cfg: (ModelCfg & Record<string, unknown>) | null; sections: Section[] } {
+  const title = `model cfg ${file} (model_cfg_path of ${namedBy})`;
+  const r = readJson(file);
+  if (!r.ok) {
+    if (r.missing) keyProblems.push(`/model_cfg_path: model cfg file ${file} not found`);
+    return { cfg: null, sections: r.missing ? [] : [{ title, whole: r.message, problems: [] }] };
+  }
+  const problems = schemaProblems(ModelCfgSchema, r.value);
+  if (problems.length === 0) problems.push(...modelCfgProblems(r.value as Record<string, unknown>).map((p) => `/${p}`));
+  return { cfg: problems.length === 0 ? (r.value as ModelCfg & Record<string, unknown>) : null, sections: [{ title, problems }] };
+}
+
+/** Loads and checks a phase config and its model cfg, collecting every problem. */
+function checkPhaseConfig(
+  file: string,
+  phase: "pretrain" | "sft",
+  repoRoot: string,
+  namedBy?: { key: string; file: string; problems: string[] },
+): { config: PhaseConfig | null; sections: Section[] } {
   const abs = resolve(repoRoot, file);
-  const raw = readJsonFile(abs, `${phase} config`);
+  const title = `${phase} config ${abs}`;
+  const r = readJson(abs);
+  if (!r.ok) {
+    if (r.missing && namedBy) {
+      namedBy.problems.push(`/${namedBy.key}: ${phase} config file ${abs} not found`);
+      return { config: null, sections: [] };
+    }
+    return { config: null, sections: [{ title, whole: r.message, problems: [] }] };
+  }
+  const raw = r.value;
   const schema = phase === "pretrain" ? PretrainSchema : SftSchema;
   const problems = schemaProblems(schema, raw);
   const other = phase === "pretrain" ? "sft" : "pretrain";
-  if (raw !== null && typeof raw === "object" && phaseOfTrainCfg(raw) === other) {
-    problems.unshift(`/: this is a ${other} config (it has "${other === "sft" ? "sft_sources" : "sources"}"), expected a ${phase} config`);
+  if (phaseOfTrainCfg(raw) === other) {
+    problems.unshift(`/: this is ${other === "sft" ? "an sft" : "a pretrain"} config (it has "${other === "sft" ? "sft_sources" : "sources"}"), expected ${phase === "sft" ? "an sft" : "a pretrain"} config`);
   }
-  const obj = raw as Record<string, unknown>;
+  const obj = isObject(raw) ? raw : {};
+  if (phase === "pretrain" && obj.val_source === "sft") {
+    const i = problems.findIndex((p) => p.startsWith("/val_source: "));
+    const hint = `/val_source: "sft" (the SFT val caches) is only allowed in an sft config; pretrain validates on a stream source: "wiki", "roam" or "primer"`;
+    if (i >= 0) problems[i] = hint;
+  }
   const probsKey = phase === "pretrain" ? "sources" : "sft_sources";
-  if (problems.length === 0) problems.push(...probabilityProblems(obj[probsKey] as Record<string, number>, probsKey));
-  const train = { ...TRAIN_DEFAULTS, ...((obj?.train_cfg ?? {}) as object) } as TrainCfg;
-  if (problems.length === 0 && train.min_lr > train.base_lr) {
+  const clean = (prefix: string) => !problems.some((p) => p.startsWith(`${prefix}/`) || p.startsWith(`${prefix}:`));
+  if (isObject(obj[probsKey]) && clean(`/${probsKey}`)) {
+    problems.push(...probabilityProblems(obj[probsKey] as Record<string, number>, probsKey));
+  }
+  const train = { ...TRAIN_DEFAULTS, ...(isObject(obj.train_cfg) ? obj.train_cfg : {}) } as TrainCfg;
+  if (isObject(obj.train_cfg) && clean("/train_cfg/min_lr") && clean("/train_cfg/base_lr") && train.min_lr > train.base_lr) {
     problems.push(`/train_cfg/min_lr: ${train.min_lr} is above base_lr ${train.base_lr}`);
   }
-  if (problems.length > 0) fail(abs, `${phase} config`, problems);
+  let model: (ModelCfg & Record<string, unknown>) | null = null;
+  const modelSections: Section[] = [];
+  let modelCfgFile = "";
+  if (typeof obj.model_cfg_path === "string" && obj.model_cfg_path !== "") {
+    modelCfgFile = resolve(repoRoot, obj.model_cfg_path);
+    const m = checkModelCfg(modelCfgFile, abs, problems);
+    model = m.cfg;
+    modelSections.push(...m.sections);
+  }
+  const sections = [{ title: namedBy ? `${title} (${namedBy.key} of ${namedBy.file})` : title, problems }, ...modelSections];
+  if (model === null || sections.some((s) => s.whole !== undefined || s.problems.length > 0)) return { config: null, sections };
 
-  const modelCfgFile = resolve(repoRoot, obj.model_cfg_path as string);
-  const { raw: modelCfgRaw, model } = loadModelCfg(modelCfgFile);
-  const base = { file: abs, raw: obj, modelCfgFile, modelCfgRaw, model, train };
+  const base = { file: abs, raw: obj, modelCfgFile, modelCfgRaw: model, model: model as ModelCfg, train };
   if (phase === "pretrain") {
-    return {
+    const config: PretrainConfig = {
       ...base,
       phase,
       sources: normalize(obj.sources as Partial<Record<StreamSource, number>>),
       valSource: (obj.val_source as StreamSource | undefined) ?? "wiki",
     };
+    return { config, sections: [] };
   }
   const initFrom = obj.init_from as string | null | undefined;
-  return {
+  const config: SftConfig = {
     ...base,
     phase,
     sources: normalize(obj.sft_sources as Partial<Record<SftSource, number>>),
     valSource: (obj.val_source as StreamSource | "sft" | undefined) ?? "wiki",
     initFrom: initFrom ? resolve(repoRoot, initFrom) : null,
   };
+  return { config, sections: [] };
 }
 
+/** Loads a pretrain or sft config and the model cfg it names; throws one ConfigError listing every problem. */
+export function loadPhaseConfig(file: string, phase: "pretrain" | "sft", repoRoot: string): PhaseConfig {
+  const { config, sections } = checkPhaseConfig(file, phase, repoRoot);
+  failIfAny(sections);
+  return config!;
+}
+
+/** Loads a pipeline config and both phase configs it names; every problem of every file at once. */
 export function loadPipelineConfig(file: string, repoRoot: string): PipelineConfig {
   const abs = resolve(repoRoot, file);
   const raw = readJsonFile(abs, "pipeline config");
   const problems = schemaProblems(PipelineSchema, raw);
-  if (problems.length > 0) fail(abs, "pipeline config", problems);
-  const obj = raw as Static<typeof PipelineSchema>;
-  const pretrain = loadPhaseConfig(obj.pretrain_config_path, "pretrain", repoRoot) as PretrainConfig;
-  const sft = loadPhaseConfig(obj.sft_config_path, "sft", repoRoot) as SftConfig;
-  const differing = (["V", "T", "C", "L", "H", "d_ff"] as const).filter((k) => pretrain.model[k] !== sft.model[k]);
-  if (differing.length > 0) {
-    fail(abs, "pipeline config", [`the pretrain and sft configs name different models (${differing.join(", ")} differ)`]);
+  const obj = isObject(raw) ? raw : {};
+  const sections: Section[] = [{ title: `pipeline config ${abs}`, problems }];
+  const sub = <P extends "pretrain" | "sft">(phase: P): PhaseConfig | null => {
+    const key = `${phase}_config_path`;
+    const path = obj[key];
+    if (typeof path !== "string" || path === "") return null;
+    const r = checkPhaseConfig(path, phase, repoRoot, { key, file: abs, problems });
+    sections.push(...r.sections);
+    return r.config;
+  };
+  const pretrain = sub("pretrain") as PretrainConfig | null;
+  const sft = sub("sft") as SftConfig | null;
+  if (pretrain && sft) {
+    const differing = modelCfgDifferences(pretrain.model, sft.model);
+    if (differing.length > 0) {
+      problems.push(
+        `the pretrain and sft configs name different models (${pretrain.modelCfgFile} vs ${sft.modelCfgFile}: ${differing.join(", ")}); ` +
+          `SFT starts from the pretrained weights, so both must name the same model shape`,
+      );
+    }
   }
-  return { file: abs, pretrain, sft };
+  failIfAny(sections);
+  return { file: abs, pretrain: pretrain!, sft: sft! };
 }
