@@ -735,6 +735,56 @@ void k_softmax_ce(gpt_pool* p, float* logits, float* losses, const int32_t* y, i
 }
 
 /* ------------------------------------------------------------------------------------
+ * Row gather / scatter
+ * ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    float* dst;
+    const float* src;
+    const int32_t* rows;
+    int64_t n, N;
+    int C;
+} rows_ctx;
+
+static void gather_task(void* vctx, int tid, int nt) {
+    const rows_ctx* r = (const rows_ctx*)vctx;
+    int64_t k0, k1;
+    gpt_split(r->n, tid, nt, &k0, &k1);
+    for (int64_t k = k0; k < k1; k++)
+        memcpy(r->dst + k * r->C, r->src + (int64_t)r->rows[k] * r->C, sizeof(float) * (size_t)r->C);
+}
+
+void k_gather_rows(gpt_pool* p, float* dst, const float* src, const int32_t* rows, int64_t n, int C) {
+    rows_ctx r = {dst, src, rows, n, 0, C};
+    RUN(p, gather_task, &r, 2.0 * (double)n * C);
+}
+
+/* Split by destination rows: each thread zeroes its rows and copies the selected ones. */
+static void scatter_task(void* vctx, int tid, int nt) {
+    const rows_ctx* r = (const rows_ctx*)vctx;
+    int64_t i0, i1;
+    gpt_split(r->N, tid, nt, &i0, &i1);
+    /* first selected row at or after i0 (rows is increasing) */
+    int64_t lo = 0, hi = r->n;
+    while (lo < hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (r->rows[mid] < i0) lo = mid + 1;
+        else hi = mid;
+    }
+    int64_t k = lo;
+    for (int64_t i = i0; i < i1; i++) {
+        float* d = r->dst + i * r->C;
+        if (k < r->n && r->rows[k] == i) memcpy(d, r->src + k++ * r->C, sizeof(float) * (size_t)r->C);
+        else memset(d, 0, sizeof(float) * (size_t)r->C);
+    }
+}
+
+void k_scatter_rows(gpt_pool* p, float* dst, const float* src, const int32_t* rows, int64_t n, int64_t N, int C) {
+    rows_ctx r = {dst, src, rows, n, N, C};
+    RUN(p, scatter_task, &r, 2.0 * (double)N * C);
+}
+
+/* ------------------------------------------------------------------------------------
  * Gradient norm and AdamW
  * ---------------------------------------------------------------------------------- */
 

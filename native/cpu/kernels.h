@@ -84,6 +84,12 @@ void k_residual_bwd(gpt_pool* p, float* da, float* db, const float* dout, int64_
 void k_softmax_ce(gpt_pool* p, float* logits, float* losses, const int32_t* y, int64_t N, int V,
                   float dscale, int grad);
 
+/* ---- row selection (the LM head runs on the rows with a counted target only) ---- */
+/* dst[k] = src[rows[k]] for k < n (rows of C floats). */
+void k_gather_rows(gpt_pool* p, float* dst, const float* src, const int32_t* rows, int64_t n, int C);
+/* dst (N rows) = 0, then dst[rows[k]] = src[k] for k < n; rows strictly increasing. */
+void k_scatter_rows(gpt_pool* p, float* dst, const float* src, const int32_t* rows, int64_t n, int64_t N, int C);
+
 /* ---- optimizer ---- */
 /* Floats... doubles of scratch k_sumsq needs for n values. */
 int64_t k_sumsq_scratch(int64_t n);

@@ -72,6 +72,14 @@ typedef struct {
     layer_a* a;
     float *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
 
+    /* the LM head runs on the head_n rows with a counted target: all N rows, or
+     * (some targets ignored) the rows head_rows gathered into head_in / head_y */
+    int64_t head_n;
+    const float* head_in;
+    const int32_t* head_y;
+    int32_t *head_rows, *head_yc;
+    float *head_x, *head_dx;
+
     float* work; /* backward buffers */
     float *dres, *dtmp, *dqkv, *dfch, *ln_scratch;
     double* sumsq_scratch;
@@ -156,6 +164,10 @@ static void layout_work(cpu_model* g, carver* c) {
     g->dqkv = carve(c, N * 3 * C);
     g->dfch = carve(c, N * F);
     g->ln_scratch = carve(c, k_layernorm_bwd_scratch(N, (int)C));
+    g->head_rows = (int32_t*)carve(c, N);
+    g->head_yc = (int32_t*)carve(c, N);
+    g->head_x = carve(c, N * C);
+    g->head_dx = carve(c, N * C);
     g->sumsq_scratch = (double*)carve(c, 2 * k_sumsq_scratch(g->P));
 }
 
@@ -163,7 +175,7 @@ static void layout_work(cpu_model* g, carver* c) {
 static double estimate_floats(const gpt_cfg* cfg, int B, double P) {
     const double N = (double)B * cfg->T, C = cfg->C, F = cfg->d_ff, T = cfg->T, V = cfg->V;
     const double per_layer = N * (9 * C + 2 * F + 4) + (double)B * cfg->H * T * T;
-    return 4 * P + N * C + cfg->L * per_layer + N * (C + V + 3) + N * (6 * C + F) + 2.0 * (T * T) * 64;
+    return 4 * P + N * C + cfg->L * per_layer + N * (C + V + 3) + N * (8 * C + F + 2) + 2.0 * (T * T) * 64;
 }
 
 static void set_views(const cpu_model* g, float* base, weights* w) {
@@ -387,12 +399,28 @@ static float forward(cpu_model* g, const int32_t* x, const int32_t* y, int64_t n
     }
     k_layernorm_fwd(p, g->lnf, g->lnf_mean, g->lnf_rstd, res, g->w.lnfw, g->w.lnfb, N, C);
     PROF_END(g, P_LN_F);
-    /* logits(N,V) = lnf wte^T (the tied LM head) */
-    k_matmul_fwd(p, g->logits, g->lnf, g->w.wte, NULL, N, C, V);
+    /* the LM head only where a target counts: ignored rows get no logits and no gradient */
+    g->head_n = n;
+    if (n == N) {
+        g->head_in = g->lnf;
+        g->head_y = y;
+    } else {
+        int64_t k = 0;
+        for (int64_t i = 0; i < N; i++)
+            if (y[i] != GPT_IGNORE_INDEX) {
+                g->head_rows[k] = (int32_t)i;
+                g->head_yc[k++] = y[i];
+            }
+        k_gather_rows(p, g->head_x, g->lnf, g->head_rows, n, C);
+        g->head_in = g->head_x;
+        g->head_y = g->head_yc;
+    }
+    /* logits(n,V) = lnf wte^T (the tied LM head) */
+    k_matmul_fwd(p, g->logits, g->head_in, g->w.wte, NULL, n, C, V);
     PROF_END(g, P_LMHEAD_F);
-    k_softmax_ce(p, g->logits, g->losses, y, N, V, 1.0f / (float)n, grad);
+    k_softmax_ce(p, g->logits, g->losses, g->head_y, n, V, 1.0f / (float)n, grad);
     double sum = 0.0;
-    for (int64_t i = 0; i < N; i++) sum += g->losses[i];
+    for (int64_t i = 0; i < n; i++) sum += g->losses[i];
     PROF_END(g, P_CE);
     return (float)(sum / (double)n);
 }
@@ -404,7 +432,12 @@ static void backward(cpu_model* g, const int32_t* x) {
     gpt_pool* p = g->pool;
     PROF_BEGIN(g);
     /* LM head: dlnf = dlogits wte, dwte = dlogits^T lnf (the embedding adds to it last) */
-    k_matmul_bwd(p, g->dtmp, g->gw.wte, NULL, g->logits, g->lnf, g->w.wte, NULL, N, C, V);
+    if (g->head_n == N) {
+        k_matmul_bwd(p, g->dtmp, g->gw.wte, NULL, g->logits, g->lnf, g->w.wte, NULL, N, C, V);
+    } else {
+        k_matmul_bwd(p, g->head_dx, g->gw.wte, NULL, g->logits, g->head_in, g->w.wte, NULL, g->head_n, C, V);
+        k_scatter_rows(p, g->dtmp, g->head_dx, g->head_rows, g->head_n, N, C);
+    }
     PROF_END(g, P_LMHEAD_B);
     const float* res_last = g->cfg.L > 0 ? g->a[g->cfg.L - 1].res_out : g->encoded;
     memset(g->dres, 0, sizeof(float) * (size_t)(N * C));
