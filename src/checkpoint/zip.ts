@@ -19,7 +19,8 @@ const CENTRAL_HEADER_SIZE = 46;
 const EOCD_SIZE = 22;
 const ZIP64_EOCD_SIZE = 56;
 const ZIP64_LOCATOR_SIZE = 20;
-const FLAGS = 0x0808; // bit 3: sizes in a data descriptor; bit 11: UTF-8 names
+const FLAG_DESCRIPTOR = 0x0008; // sizes and CRC-32 in a data descriptor after the data
+const FLAG_UTF8 = 0x0800; // UTF-8 names
 const U32_MAX = 0xffffffff;
 const U16_MAX = 0xffff;
 const ZIP64_EXTRA_ID = 0x0001;
@@ -89,6 +90,7 @@ interface CentralEntry {
   offset: number;
   size: number;
   crc: number;
+  flags: number;
 }
 
 const textEncoder = new TextEncoder();
@@ -110,6 +112,8 @@ export function* zipStoredChunks(records: Iterable<ZipRecord>, options: ZipWrite
     const name = textEncoder.encode(rec.name);
     if (name.length > U16_MAX) throw new Error(`zip record name too long: ${rec.name}`);
     const size = rec.data.length;
+    // miniz (so torch) writes empty records without a data descriptor.
+    const flags = size > 0 ? FLAG_UTF8 | FLAG_DESCRIPTOR : FLAG_UTF8;
     const sizeBig = size >= big;
     const offsetBig = offset >= big;
     const z64 = sizeBig || offsetBig ? zip64Extra([...(sizeBig ? [size, size] : []), ...(offsetBig ? [offset] : [])]) : new Uint8Array(0);
@@ -120,7 +124,7 @@ export function* zipStoredChunks(records: Iterable<ZipRecord>, options: ZipWrite
     const header = new Bytes(LOCAL_HEADER_SIZE + name.length + extraLen)
       .u32(SIG_LOCAL)
       .u16(0) // version needed (as torch writes it)
-      .u16(FLAGS)
+      .u16(flags)
       .u16(0) // STORED
       .u16(0) // time
       .u16(0) // date
@@ -138,11 +142,13 @@ export function* zipStoredChunks(records: Iterable<ZipRecord>, options: ZipWrite
     yield header;
     if (size > 0) yield rec.data;
     const crc = crc32(rec.data) >>> 0;
-    const descriptor = z64.length > 0
-      ? new Bytes(24).u32(SIG_DESCRIPTOR).u32(crc).u64(size).u64(size).done()
-      : new Bytes(16).u32(SIG_DESCRIPTOR).u32(crc).u32(size).u32(size).done();
-    yield descriptor;
-    central.push({ name, offset, size, crc });
+    const descriptor = size === 0
+      ? new Uint8Array(0)
+      : z64.length > 0
+        ? new Bytes(24).u32(SIG_DESCRIPTOR).u32(crc).u64(size).u64(size).done()
+        : new Bytes(16).u32(SIG_DESCRIPTOR).u32(crc).u32(size).u32(size).done();
+    if (descriptor.length > 0) yield descriptor;
+    central.push({ name, offset, size, crc, flags });
     offset += header.length + size + descriptor.length;
   }
 
@@ -156,7 +162,7 @@ export function* zipStoredChunks(records: Iterable<ZipRecord>, options: ZipWrite
       .u32(SIG_CENTRAL)
       .u16(0) // version made by
       .u16(0) // version needed
-      .u16(FLAGS)
+      .u16(e.flags)
       .u16(0) // STORED
       .u16(0)
       .u16(0)
