@@ -5,7 +5,7 @@
  */
 import { Type, type Static, type TSchema } from "@sinclair/typebox";
 import { Value, ValueErrorType } from "@sinclair/typebox/value";
-import { parse as parseJsonc, printParseErrorCode, type ParseError } from "jsonc-parser";
+import { parse as parseJsonc, printParseErrorCode, visit, type ParseError } from "jsonc-parser";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { SFT_SOURCES, STREAM_SOURCES, type SftSource, type StreamSource } from "./data/paths.ts";
@@ -144,7 +144,40 @@ export function phaseOfTrainCfg(trainCfg: unknown): "pretrain" | "sft" | null {
 }
 
 /** A JSON file read: its value, or why it could not be read (missing, unreadable, bad syntax). */
-type JsonRead = { ok: true; value: unknown } | { ok: false; missing: boolean; message: string };
+type JsonRead = { ok: true; value: unknown; duplicates: string[] } | { ok: false; missing: boolean; message: string };
+
+const SYNTAX_ERRORS: Readonly<Record<string, string>> = {
+  InvalidSymbol: "unexpected character",
+  InvalidNumberFormat: "invalid number",
+  PropertyNameExpected: "expected a key in double quotes (a trailing comma?)",
+  ValueExpected: "expected a value",
+  ColonExpected: "expected ':' after the key",
+  CommaExpected: "expected ',' between two entries",
+  CloseBraceExpected: "expected '}'",
+  CloseBracketExpected: "expected ']'",
+  EndOfFileExpected: "unexpected text after the end of the JSON value",
+  InvalidCommentToken: "comments are not allowed in JSON",
+  UnexpectedEndOfString: "unterminated string",
+};
+
+/** Keys given twice in one object (JSON.parse would silently keep the last), as "/path: ..." problems. */
+function duplicateKeys(text: string): string[] {
+  const found: string[] = [];
+  const open: Array<Set<string>> = [];
+  visit(text, {
+    onObjectBegin: () => void open.push(new Set()),
+    onObjectEnd: () => void open.pop(),
+    onObjectProperty: (key, _offset, _length, line, character, path) => {
+      const keys = open[open.length - 1];
+      if (keys === undefined) return;
+      if (keys.has(key)) {
+        found.push(`/${[...path(), key].join("/")}: key "${key}" given twice (again at line ${line + 1}, column ${character + 1}); give it once`);
+      }
+      keys.add(key);
+    },
+  });
+  return found;
+}
 
 function readJson(file: string): JsonRead {
   let text: string;
@@ -154,6 +187,7 @@ function readJson(file: string): JsonRead {
     const code = (e as NodeJS.ErrnoException).code;
     return { ok: false, missing: code === "ENOENT", message: code === "ENOENT" ? "file not found" : (e as Error).message };
   }
+  if (text.startsWith("\uFEFF")) text = text.slice(1); // a byte order mark, as some editors write
   const errors: ParseError[] = [];
   const value = parseJsonc(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false });
   if (errors.length > 0) {
@@ -161,9 +195,11 @@ function readJson(file: string): JsonRead {
     const before = text.slice(0, e.offset).split("\n");
     const line = before.length;
     const column = before[before.length - 1]!.length + 1;
-    return { ok: false, missing: false, message: `invalid JSON at line ${line}, column ${column}: ${printParseErrorCode(e.error)}` };
+    const code = printParseErrorCode(e.error);
+    const what = SYNTAX_ERRORS[code] ?? code;
+    return { ok: false, missing: false, message: `invalid JSON at line ${line}, column ${column}: ${what}` };
   }
-  return { ok: true, value };
+  return { ok: true, value, duplicates: duplicateKeys(text) };
 }
 
 /** Reads a JSON file; syntax errors name the file, line and column. */
@@ -246,8 +282,8 @@ function checkModelCfg(
     if (r.missing) keyProblems.push(`/model_cfg_path: model cfg file ${file} not found`);
     return { cfg: null, sections: r.missing ? [] : [{ title, whole: r.message, problems: [] }] };
   }
-  const problems = schemaProblems(ModelCfgSchema, r.value);
-  if (problems.length === 0) problems.push(...modelCfgProblems(r.value as Record<string, unknown>).map((p) => `/${p}`));
+  const problems = [...r.duplicates, ...schemaProblems(ModelCfgSchema, r.value)];
+  if (problems.length === r.duplicates.length) problems.push(...modelCfgProblems(r.value as Record<string, unknown>).map((p) => `/${p}`));
   return { cfg: problems.length === 0 ? (r.value as ModelCfg & Record<string, unknown>) : null, sections: [{ title, problems }] };
 }
 
@@ -270,7 +306,7 @@ function checkPhaseConfig(
   }
   const raw = r.value;
   const schema = phase === "pretrain" ? PretrainSchema : SftSchema;
-  const problems = schemaProblems(schema, raw);
+  const problems = [...r.duplicates, ...schemaProblems(schema, raw)];
   const other = phase === "pretrain" ? "sft" : "pretrain";
   if (phaseOfTrainCfg(raw) === other) {
     problems.unshift(`/: this is ${other === "sft" ? "an sft" : "a pretrain"} config (it has "${other === "sft" ? "sft_sources" : "sources"}"), expected ${phase === "sft" ? "an sft" : "a pretrain"} config`);
@@ -333,8 +369,10 @@ export function loadPhaseConfig(file: string, phase: "pretrain" | "sft", repoRoo
 /** Loads a pipeline config and both phase configs it names; every problem of every file at once. */
 export function loadPipelineConfig(file: string, repoRoot: string): PipelineConfig {
   const abs = resolve(repoRoot, file);
-  const raw = readJsonFile(abs, "pipeline config");
-  const problems = schemaProblems(PipelineSchema, raw);
+  const r = readJson(abs);
+  if (!r.ok) throw new ConfigError(`pipeline config ${abs}: ${r.message}`);
+  const raw = r.value;
+  const problems = [...r.duplicates, ...schemaProblems(PipelineSchema, raw)];
   const obj = isObject(raw) ? raw : {};
   const sections: Section[] = [{ title: `pipeline config ${abs}`, problems }];
   const sub = <P extends "pretrain" | "sft">(phase: P): PhaseConfig | null => {
