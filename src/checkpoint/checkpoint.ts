@@ -34,8 +34,9 @@ export interface OptState {
 }
 
 export interface Checkpoint {
-  /** Written verbatim as model_cfg (extra keys kept); V, T, C, L, H, d_ff give the shapes. */
-  modelCfg: ModelCfg & Readonly<Record<string, unknown>>;
+  /** Written as model_cfg with all of the object's own keys (a verbatim config may have more
+   * than V, T, C, L, H, d_ff); loading returns the file's dict, validated. */
+  modelCfg: ModelCfg;
   /** Written verbatim as train_cfg. */
   trainCfg: Readonly<Record<string, unknown>>;
   params: Float32Array; // flat layout
@@ -85,7 +86,7 @@ function checkFlat(name: string, a: Float32Array, n: number): void {
 
 /** The checkpoint dict (tensors view the given buffers: nothing is copied). */
 export function encodeCheckpoint(ckpt: Checkpoint): PyDict {
-  const problems = modelCfgProblems(ckpt.modelCfg as unknown as Record<string, unknown>);
+  const problems = modelCfgProblems({ ...ckpt.modelCfg });
   if (problems.length > 0) throw new RangeError(`checkpoint model_cfg: ${problems.join("; ")}`);
   const cfg = ckpt.modelCfg;
   const layout = paramLayout(cfg);
@@ -351,7 +352,7 @@ export function decodeCheckpoint(value: PyValue, source: string, expected?: Mode
   const modelCfg = r.json(r.dict(value.get("model_cfg"), "model_cfg"), "model_cfg") as Record<string, unknown>;
   const problems = modelCfgProblems(modelCfg);
   if (problems.length > 0) r.fail("model_cfg", problems.join("; "));
-  const cfg = modelCfg as unknown as ModelCfg & Record<string, unknown>;
+  const cfg = modelCfg as unknown as ModelCfg;
   if (expected) {
     const diff = modelCfgDifferences(cfg, expected);
     if (diff.length > 0) r.fail("model_cfg", `differs from the expected model (checkpoint vs expected: ${diff.join(", ")})`);
