@@ -279,6 +279,16 @@ describe("loadCheckpoint checks every tensor against the model cfg", () => {
     expect(e.message).toContain("model_cfg: differs from the expected model (checkpoint vs expected: C: 16 vs 32)");
   });
 
+  test("accepts names wrapped by DDP and torch.compile (module._orig_mod.*)", () => {
+    const path = join(folder(), "wrapped.pt");
+    const ck = sampleCheckpoint({ opt: null });
+    const dict = encodeCheckpoint(ck);
+    const sd = dict.get("model_state") as PyDict;
+    dict.set("model_state", new PyDict(true, [...sd.entries()].map(([k, v]) => [`module._orig_mod.${String(k)}`, v])));
+    saveTorchFile(path, dict);
+    expect(bitsEqual(loadCheckpoint(path).params, ck.params)).toBe(true);
+  });
+
   test("accepts what torch users write: an untied copy of the head, fp16 weights, one optimizer group, 1-element step", () => {
     const path = join(folder(), "variants.pt");
     const ck = sampleCheckpoint({ opt: { ...sampleCheckpoint().opt!, hparams: { lr: 1e-3, weightDecay: 0, beta1: 0.9, beta2: 0.99, eps: 1e-8 } } });

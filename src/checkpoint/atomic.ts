@@ -56,7 +56,8 @@ function errCode(e: unknown): string | undefined {
   return typeof code === "string" ? code : undefined;
 }
 
-function causeText(e: unknown): string {
+/** A file-system error as words and code, e.g. "no space left on device (ENOSPC)". */
+export function describeFsError(e: unknown): string {
   const code = errCode(e);
   if (code && CAUSES[code]) return `${CAUSES[code]} (${code})`;
   return (e as Error)?.message ?? String(e);
@@ -88,7 +89,7 @@ export function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>, io: 
       fd = io.openSync(tmp, "wx", 0o666);
     } catch (e) {
       if (errCode(e) === "EEXIST" && attempt < 100) continue;
-      throw new FileWriteError(`cannot write ${path}: ${causeText(e)}; ${keep}`, path, errCode(e), { cause: e });
+      throw new FileWriteError(`cannot write ${path}: ${describeFsError(e)}; ${keep}`, path, errCode(e), { cause: e });
     }
   }
 
@@ -116,7 +117,7 @@ export function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>, io: 
     } catch {
       // nothing more to do: the temp file name is in the message
     }
-    throw new FileWriteError(`cannot write ${path}: ${causeText(e)}; ${keep}`, path, errCode(e), { cause: e });
+    throw new FileWriteError(`cannot write ${path}: ${describeFsError(e)}; ${keep}`, path, errCode(e), { cause: e });
   }
 
   // Make the rename itself durable. Some file systems cannot fsync a folder: that is not an error.
@@ -127,7 +128,7 @@ export function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>, io: 
   } catch (e) {
     const code = errCode(e);
     if (code === "EIO" || code === "ENOSPC") {
-      throw new FileWriteError(`wrote ${path} but could not flush its folder: ${causeText(e)}`, path, code, { cause: e });
+      throw new FileWriteError(`wrote ${path} but could not flush its folder: ${describeFsError(e)}`, path, code, { cause: e });
     }
   } finally {
     if (dfd >= 0) io.closeSync(dfd);

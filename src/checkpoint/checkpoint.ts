@@ -216,8 +216,10 @@ function decodeModelState(r: Reader, value: PyValue | undefined, cfg: ModelCfg):
   const keys = [...sd.keys()];
   // torch.compile and DDP wrap the names; nanoGPT strips "_orig_mod." the same way.
   let prefix = "";
-  for (const p of ["_orig_mod.", "module."]) {
-    if (keys.length > 0 && keys.every((k) => typeof k === "string" && k.startsWith(prefix + p))) prefix += p;
+  for (let more = keys.length > 0; more; ) {
+    const p = ["_orig_mod.", "module."].find((w) => keys.every((k) => typeof k === "string" && k.startsWith(prefix + w)));
+    if (p) prefix += p;
+    more = p !== undefined;
   }
   const get = (name: string) => sd.get(prefix + name);
 
