@@ -22,6 +22,7 @@ import { describeValue } from "./fixtures/checkpoint/describe.ts";
 import { makeTempDir, readF32, readJson, removeDir, runPython, torchVersion, writeJson } from "./helpers/torch.ts";
 
 const SCRIPT = "torch_checkpoint_check.py";
+const HOOK_TIMEOUT = 120_000; // hooks that start PyTorch (bun's hook default is 5 s)
 
 interface Manifest {
   cfg: ModelCfg;
@@ -37,7 +38,7 @@ beforeAll(() => {
   torchDir = makeTempDir("ckpt-torch-");
   runPython(SCRIPT, ["make", torchDir]);
   manifest = readJson<Manifest>(join(torchDir, "manifest.json"));
-});
+}, HOOK_TIMEOUT);
 
 afterAll(() => removeDir(torchDir));
 
@@ -191,7 +192,7 @@ describe("files written by us, read by torch.load", () => {
     }
     runPython(SCRIPT, ["check", join(dir, "latest.pt"), dir]);
     report = readJson<CheckReport>(join(dir, "check.json"));
-  });
+  }, HOOK_TIMEOUT);
 
   afterAll(() => removeDir(dir));
 
