@@ -157,8 +157,9 @@ for (const c of CASES) {
         const wCpu = cpu.getParams();
         const wMps = mps.getParams();
         expect(mismatches(layout, wMps, wCpu, WEIGHT_TOL)).toEqual([]);
-        // the steps moved every tensor far beyond the tolerance
-        expect(mismatches(layout, params, wCpu, 10 * WEIGHT_TOL).length).toBe(layout.length);
+        // the steps moved every tensor beyond the tolerance (Adam's first step alone moves
+        // each element with a nonzero gradient by lr = 3e-3, LayerNorm weights being 1)
+        expect(mismatches(layout, params, wCpu, 2 * WEIGHT_TOL).length).toBe(layout.length);
         const oCpu = cpu.getOptState();
         const oMps = mps.getOptState();
         expect(oMps.step).toBe(STEPS);
