@@ -159,9 +159,8 @@ describe("config and data errors: exit 2, the message alone, nothing written", (
     expect(existsSync(join(repo.root, "checkpoints"))).toBe(false);
   });
 
-  // Known bug (src/train/run.ts): the pipeline checks the SFT caches only when its SFT phase
-  // starts, i.e. after the whole pretrain ran. Flip to test() when fixed.
-  test.failing("--phase pipeline with the SFT caches absent is refused before pretraining", () => {
+  // Checked before pretraining (src/train/run.ts): a late refusal would cost the whole pretrain.
+  test("--phase pipeline with the SFT caches absent is refused before pretraining", () => {
     const repo = makeTinyRepo({ sft: false });
     const r = cli(["--phase", "pipeline", "--config", "configs/pipeline.json"], repo.root);
     expect(r.code).toBe(2);
