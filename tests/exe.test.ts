@@ -1,0 +1,187 @@
+/**
+ * The single executable (issue 5): dist/train, built by scripts/build-native.ts +
+ * scripts/build-exe.ts (reused when newer than everything it is built from), copied alone
+ * into a tiny REPO_ROOT and run without bun or node on PATH; its embedded native library
+ * needs no OpenBLAS / gfortran shared library; and it still runs when its temp folder is
+ * mounted noexec (src/backend/native.ts then loads a copy from the cache folder).
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
+import { makeTinyRepo, TINY_MODEL, type TinyRepo } from "./helpers/repo.ts";
+
+const ROOT = join(import.meta.dir, "..");
+const EXE = join(ROOT, "dist", "train");
+const LIB = join(ROOT, "native", "build", process.platform === "darwin" ? "libgpt.dylib" : "libgpt.so");
+const linux = process.platform === "linux";
+
+function newestMtime(path: string): number {
+  const s = statSync(path);
+  if (!s.isDirectory()) return s.mtimeMs;
+  return Math.max(s.mtimeMs, ...readdirSync(path).map((f) => newestMtime(join(path, f))));
+}
+
+function sh(cmd: string[], opts: { cwd?: string; env?: Record<string, string> } = {}) {
+  const p = Bun.spawnSync(cmd, { cwd: opts.cwd ?? ROOT, env: opts.env, stdout: "pipe", stderr: "pipe" });
+  return { code: p.exitCode ?? -1, stdout: p.stdout.toString(), stderr: p.stderr.toString() };
+}
+
+/** dist/train, rebuilt when the library, a source file or the build script is newer. */
+function ensureExe(): void {
+  const native = sh([process.execPath, "scripts/build-native.ts"]);
+  if (native.code !== 0) throw new Error(`build-native failed:\n${native.stderr}`);
+  const inputs = Math.max(newestMtime(LIB), newestMtime(join(ROOT, "src")), newestMtime(join(ROOT, "scripts", "build-exe.ts")));
+  if (existsSync(EXE) && statSync(EXE).mtimeMs >= inputs) return;
+  const exe = sh([process.execPath, "scripts/build-exe.ts"]);
+  if (exe.code !== 0) throw new Error(`build-exe failed:\n${exe.stdout}${exe.stderr}`);
+}
+
+/** A clean environment: no bun or node on PATH, HOME and TMPDIR of the test's own. */
+function bareEnv(home: string, tmp: string, path = "/usr/bin:/bin"): Record<string, string> {
+  return { PATH: path, HOME: home, TMPDIR: tmp, LANG: "C" };
+}
+
+const made: string[] = []; // each holds a 100+ MB copy of the exe: removed after the tests
+afterAll(() => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
+
+/** The tiny repo with dist/train copied in, its own HOME and TMPDIR. */
+function exeRepo(): TinyRepo & { home: string; tmp: string } {
+  const repo = makeTinyRepo({ pretrain: { total_steps: 6, eval_every: 3, ckpt_every: 3 } });
+  made.push(repo.root);
+  copyFileSync(EXE, join(repo.root, "train"));
+  const home = join(repo.root, "home");
+  const tmp = join(repo.root, "tmp");
+  mkdirSync(home);
+  mkdirSync(tmp);
+  return { ...repo, home, tmp };
+}
+
+function expectCheckpoints(root: string): void {
+  expect(readdirSync(join(root, "checkpoints")).sort()).toEqual(["best.pt", "latest.pt", "loss.svg", "metrics.jsonl", "step_0000003.pt", "step_0000006.pt"]);
+  const latest = loadCheckpoint(join(root, "checkpoints", "latest.pt"), TINY_MODEL);
+  expect(latest.step).toBe(6);
+  expect(latest.opt!.step).toBe(6);
+  expect(Number.isFinite(latest.bestValLoss!)).toBe(true);
+  expect(latest.bestValLoss!).toBeLessThan(Math.log(TINY_MODEL.V));
+}
+
+/** Shared libraries a file needs, as ldd lists them. */
+function lddNames(file: string): string[] {
+  const r = sh(["ldd", file]);
+  expect(r.code).toBe(0);
+  expect(r.stdout).not.toContain("not found");
+  return r.stdout
+    .split("\n")
+    .map((l) => l.trim().split(/\s+/)[0] ?? "")
+    .filter((n) => n !== "");
+}
+
+beforeAll(ensureExe, 120_000);
+
+describe("dist/train alone", () => {
+  test("bun is not on the PATH the exe gets", () => {
+    expect(sh(["sh", "-c", "command -v bun || echo none"], { env: { PATH: "/usr/bin:/bin" } }).stdout.trim()).toBe("none");
+  });
+
+  test("a short pretrain in an empty folder with tiny caches, PATH=/usr/bin:/bin", () => {
+    const repo = exeRepo();
+    const r = sh(["./train", "--phase", "pretrain", "--config", "configs/pretrain.json", "--device", "cpu"], { cwd: repo.root, env: bareEnv(repo.home, repo.tmp) });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("run summary");
+    expectCheckpoints(repo.root);
+  });
+
+  test("no PATH at all: the exe spawns no tool (node, bun or other)", () => {
+    const repo = exeRepo();
+    const empty = join(repo.root, "empty-bin");
+    mkdirSync(empty);
+    const r = sh([join(repo.root, "train"), "--phase", "pretrain", "--config", "configs/pretrain.json"], { cwd: repo.root, env: bareEnv(repo.home, repo.tmp, empty) });
+    expect(r.code).toBe(0);
+    expectCheckpoints(repo.root);
+  });
+
+  test("its exit codes: --help 0, a usage error 2 with the usage, missing caches 2 with nothing written", () => {
+    const repo = exeRepo();
+    const env = bareEnv(repo.home, repo.tmp);
+    const help = sh(["./train", "--help"], { cwd: repo.root, env });
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("--no-resume");
+    const usage = sh(["./train", "--phase", "pretrain"], { cwd: repo.root, env });
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toContain("--config PATH is required");
+    const sft = sh(["./train", "--phase", "sft", "--config", "configs/sft.json"], { cwd: repo.root, env });
+    expect(sft.code).toBe(2);
+    expect(sft.stderr).toContain(join(repo.root, "data/cache/sft/dolly_train.bin"));
+    expect(existsSync(join(repo.root, "checkpoints"))).toBe(false);
+  });
+});
+
+describe.skipIf(!linux)("the embedded native library (Linux)", () => {
+  test("native/build/libgpt.so links no OpenBLAS and no gfortran dynamically", () => {
+    const names = lddNames(LIB);
+    expect(names.some((n) => n.startsWith("libc.so"))).toBe(true); // ldd did list the dependencies
+    expect(names.filter((n) => /openblas|gfortran|quadmath|libblas|liblapack/.test(n))).toEqual([]);
+  });
+
+  test("the copy the exe extracts (to its TMPDIR) is that library, with the same dependencies", () => {
+    const repo = exeRepo();
+    const r = sh(["./train", "--phase", "pretrain", "--config", "configs/pretrain.json"], { cwd: repo.root, env: bareEnv(repo.home, repo.tmp) });
+    expect(r.code).toBe(0);
+    const extracted = readdirSync(repo.tmp).filter((f) => f.endsWith(".so"));
+    expect(extracted).toHaveLength(1);
+    const file = join(repo.tmp, extracted[0]!);
+    expect(readFileSync(file).equals(readFileSync(LIB))).toBe(true);
+    expect(lddNames(file).filter((n) => /openblas|gfortran/.test(n))).toEqual([]);
+  });
+});
+
+/** A noexec tmpfs (root only; skipped where mounting is not allowed). */
+function mountNoexec(): string | null {
+  if (!linux || process.getuid?.() !== 0) return null;
+  const dir = mkdtempSync(join(tmpdir(), "train-noexec-"));
+  if (sh(["mount", "-t", "tmpfs", "-o", "noexec,nosuid,size=128m", "tmpfs", dir]).code !== 0) {
+    rmSync(dir, { recursive: true, force: true });
+    return null;
+  }
+  return dir;
+}
+
+const noexec = mountNoexec();
+afterAll(() => {
+  if (noexec === null) return;
+  sh(["umount", noexec]);
+  rmSync(noexec, { recursive: true, force: true });
+});
+
+describe.skipIf(noexec === null)("TMPDIR on a noexec mount", () => {
+  test("the exe falls back to a copy in ~/.cache/train and trains", () => {
+    const repo = exeRepo();
+    const r = sh(["./train", "--phase", "pretrain", "--config", "configs/pretrain.json"], { cwd: repo.root, env: bareEnv(repo.home, noexec!) });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expectCheckpoints(repo.root);
+    const cacheDir = join(repo.home, ".cache", "train");
+    const copies = readdirSync(cacheDir).filter((f) => f.endsWith(".so"));
+    expect(copies).toHaveLength(1);
+    expect(readFileSync(join(cacheDir, copies[0]!)).equals(readFileSync(LIB))).toBe(true);
+    expect(lddNames(join(cacheDir, copies[0]!)).filter((n) => /openblas|gfortran/.test(n))).toEqual([]);
+    // a second run reuses the copy (named by content hash) instead of adding one
+    rmSync(join(repo.root, "checkpoints"), { recursive: true });
+    expect(sh(["./train", "--phase", "pretrain", "--config", "configs/pretrain.json"], { cwd: repo.root, env: bareEnv(repo.home, noexec!) }).code).toBe(0);
+    expect(readdirSync(cacheDir).filter((f) => f.endsWith(".so"))).toEqual(copies);
+  });
+
+  test("XDG_CACHE_HOME is where the copy goes when set", () => {
+    const repo = exeRepo();
+    const xdg = join(repo.root, "xdg");
+    const r = sh(["./train", "--phase", "pretrain", "--config", "configs/pretrain.json"], { cwd: repo.root, env: { ...bareEnv(repo.home, noexec!), XDG_CACHE_HOME: xdg } });
+    expect(r.code).toBe(0);
+    expect(readdirSync(join(xdg, "train")).filter((f) => f.endsWith(".so"))).toHaveLength(1);
+    expect(existsSync(join(repo.home, ".cache"))).toBe(false);
+  });
+});
