@@ -120,6 +120,9 @@ export async function main(argv: string[], options: MainOptions = {}): Promise<n
     console.error(`train: ${e.message}\n\n${await usageFor(process.stderr)}`);
     return 2;
   }
+  // A closed stdout or stderr (`train | head`, a `tee` ended by the same Ctrl-C) loses the
+  // output, not the run: without a listener the write error would end the process mid-step.
+  for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {});
   try {
     return await runTraining(request, { repoRoot: process.cwd(), out: process.stdout, libraryPath: options.embeddedLibrary });
   } catch (e) {

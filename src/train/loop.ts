@@ -6,6 +6,10 @@
  *
  * Steps count completed updates: after the loop body for step s, `step` is s+1, the
  * number a checkpoint written then carries (step_{step:07d}.pt).
+ *
+ * A stop request (first Ctrl-C / SIGTERM) is honoured between steps: latest.pt is written
+ * unless it already holds this step, then Interrupted is thrown. Whether the weights are
+ * sound enough to be written is the save's decision (it gets this step's val loss).
  */
 import type { HParams, NativeModel } from "../backend/native.ts";
 import type { TrainCfg } from "../config.ts";
@@ -34,6 +38,9 @@ export interface SaveTargets {
   latestOnly?: boolean; // an interrupted run saves latest.pt alone
 }
 
+/** Where the loop's train and eval records go (a MetricsLog). */
+export type LoopMetrics = Pick<MetricsLog, "appendTrain" | "appendEval">;
+
 export interface LoopContext {
   model: NativeModel;
   train: TrainCfg;
@@ -41,10 +48,13 @@ export interface LoopContext {
   startStep: number;
   bestValLoss: number | null;
   reporter: ProgressReporter;
-  metrics: MetricsLog;
+  metrics: LoopMetrics;
   stop: StopSignal;
-  /** Writes the checkpoint files of `step`; returns the paths written. */
-  save(step: number, bestValLoss: number | null, targets: SaveTargets): string[];
+  /**
+   * Writes the checkpoint files of `step`; returns the paths written. valLoss: the eval of
+   * this step, if one ran (else the save measures the weights itself).
+   */
+  save(step: number, bestValLoss: number | null, targets: SaveTargets, valLoss: number | null): string[];
   /** Called after each eval (the loss picture is redrawn there), with the best step if known. */
   afterEval?(bestStep: number | null): void;
 }
@@ -90,11 +100,15 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
   let bestValLoss = ctx.bestValLoss;
   let bestStep: number | null = null;
   let nonFiniteInARow = 0;
+  let savedStep = ctx.startStep; // the last step on disk (the start's state can be recreated)
 
   while (step < train.total_steps) {
     if (stop.requested) {
-      const paths = ctx.save(step, bestValLoss, { periodic: false, best: false, latestOnly: true });
-      reporter.print(`${stop.requested}: stopped after step ${step}, saved ${paths.join(", ")}`);
+      const saved =
+        step === savedStep
+          ? `nothing new to save since step ${step}`
+          : `saved ${ctx.save(step, bestValLoss, { periodic: false, best: false, latestOnly: true }, null).join(", ")}`;
+      reporter.print(`${stop.requested}: stopped after step ${step}, ${saved}`);
       throw new Interrupted(stop.requested, `interrupted by ${stop.requested} at step ${step}; resume with the same command`);
     }
     const lr = learningRate(step, train);
@@ -122,10 +136,11 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
 
     const last = step === train.total_steps;
     let improved = false;
+    let valLoss: number | null = null;
     if (step % train.eval_every === 0 || last) {
       reporter.activity("eval");
       const t0 = performance.now();
-      const valLoss = evaluate(model, data.evalBatches);
+      valLoss = evaluate(model, data.evalBatches);
       improved = Number.isFinite(valLoss) && (bestValLoss === null || valLoss < bestValLoss);
       if (improved) {
         bestValLoss = valLoss;
@@ -138,7 +153,8 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
     const periodic = step % train.ckpt_every === 0 || last;
     if (periodic || improved) {
       reporter.activity("saving");
-      reporter.checkpoint({ step, paths: ctx.save(step, bestValLoss, { periodic, best: improved }) });
+      reporter.checkpoint({ step, paths: ctx.save(step, bestValLoss, { periodic, best: improved }, valLoss) });
+      if (periodic) savedStep = step;
     }
     await yieldToEventLoop();
   }

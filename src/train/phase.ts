@@ -3,18 +3,19 @@
  * start (resume, init from a pretrain checkpoint, or fresh), open the native model, run
  * the loop, write checkpoints, metrics and the loss picture.
  */
-import { existsSync, mkdirSync } from "node:fs";
-import { join, relative } from "node:path";
+import { existsSync, mkdirSync, readdirSync, unlinkSync } from "node:fs";
+import { join, relative, resolve } from "node:path";
 import { NativeModel, type Device, type NativeLibrary } from "../backend/native.ts";
+import { describeFsError, FileWriteError } from "../checkpoint/atomic.ts";
 import { loadCheckpoint, saveCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
 import { phaseOfTrainCfg, type PhaseConfig } from "../config.ts";
-import { InputError } from "../errors.ts";
-import { modelCfgDifferences } from "../model/config.ts";
-import { initParams } from "../model/layout.ts";
+import { exitCodeOf, InputError } from "../errors.ts";
+import { modelCfgDifferences, type ModelCfg } from "../model/config.ts";
+import { initParams, paramLayout } from "../model/layout.ts";
 import { writeLossSvg } from "./loss-svg.ts";
-import { trainLoop, hparamsOf, type SaveTargets } from "./loop.ts";
+import { trainLoop, hparamsOf, DivergedError, type LoopMetrics, type SaveTargets } from "./loop.ts";
 import { bestEval, MetricsLog, type MetricsPhase } from "./metrics.ts";
-import { openPhaseData } from "./phase-data.ts";
+import { openPhaseData, type OpenedPhaseData } from "./phase-data.ts";
 import { learningRate } from "./schedule.ts";
 import { ProgressReporter, type ProgressStream } from "./progress.ts";
 import type { StopSignal } from "./stop.ts";
@@ -80,47 +81,159 @@ function checkCompatible(ckpt: Checkpoint, path: string, config: PhaseConfig, wh
   }
 }
 
+/** The --resume PATH of the command line (relative to REPO_ROOT, or absolute); it must exist. */
+export function resumePathOf(repoRoot: string, path: string): string {
+  const abs = resolve(repoRoot, path);
+  if (!existsSync(abs)) throw new InputError(`--resume ${path}: no such checkpoint file (${abs})`);
+  return abs;
+}
+
+/** Where to go when latest.pt cannot be read: the newest step_*.pt that loads, else a fresh start. */
+function olderCheckpointHint(o: ResumeOptions): string {
+  const steps = readdirSync(o.checkpointDir).filter((f) => /^step_\d+\.pt$/.test(f)).sort().reverse();
+  for (const name of steps) {
+    const path = join(o.checkpointDir, name);
+    try {
+      checkCompatible(loadCheckpoint(path), path, o.config, "");
+      return `to resume from the newest intact checkpoint pass --resume ${show(o.repoRoot, path)}, or start fresh with --no-resume`;
+    } catch {
+      // torn or foreign as well: try an older one
+    }
+  }
+  return "no step_*.pt beside it can be resumed instead: start fresh with --no-resume";
+}
+
+export type ResumeOptions = Pick<PhaseOptions, "config" | "repoRoot" | "checkpointDir" | "resume">;
+
+/**
+ * The checkpoint a phase resumes from (--resume PATH, or latest.pt unless --no-resume),
+ * checked against the phase and model of the config; null: nothing to resume.
+ */
+export function resumeCheckpoint(o: ResumeOptions): { ckpt: Checkpoint; path: string } | null {
+  if (o.resume.kind === "path") {
+    const path = resumePathOf(o.repoRoot, o.resume.path);
+    const ckpt = loadCheckpoint(path);
+    checkCompatible(ckpt, path, o.config, "the --resume checkpoint");
+    return { ckpt, path };
+  }
+  const latest = join(o.checkpointDir, "latest.pt");
+  if (o.resume.kind === "none" || !existsSync(latest)) return null;
+  let ckpt: Checkpoint;
+  try {
+    ckpt = loadCheckpoint(latest);
+  } catch (e) {
+    if (exitCodeOf(e) !== 2) throw e;
+    throw new InputError(`${(e as Error).message}; ${olderCheckpointHint(o)}`);
+  }
+  checkCompatible(ckpt, latest, o.config, "the latest checkpoint");
+  return { ckpt, path: latest };
+}
+
 interface Start {
   params: Float32Array;
   opt: Checkpoint["opt"];
   step: number;
   bestValLoss: number | null;
   from: string;
+  /** The checkpoint file resumed from, or null (fresh weights or SFT's init_from). */
+  resumedFrom: string | null;
 }
 
 function decideStart(o: PhaseOptions): Start {
   const { config } = o;
-  const latest = join(o.checkpointDir, "latest.pt");
-  let resumePath: string | null = null;
-  if (o.resume.kind === "path") {
-    resumePath = join(o.repoRoot, o.resume.path);
-    if (!existsSync(resumePath)) throw new InputError(`--resume ${o.resume.path}: no such checkpoint file (${resumePath})`);
-  } else if (o.resume.kind === "auto" && existsSync(latest)) {
-    resumePath = latest;
-  }
-  if (resumePath !== null) {
-    const ckpt = loadCheckpoint(resumePath, config.model);
-    checkCompatible(ckpt, resumePath, config, o.resume.kind === "path" ? "the --resume checkpoint" : "the latest checkpoint");
-    return { params: ckpt.params, opt: ckpt.opt, step: ckpt.step, bestValLoss: ckpt.bestValLoss, from: `resumed from ${show(o.repoRoot, resumePath)} at step ${ckpt.step}` };
+  const resumed = resumeCheckpoint(o);
+  if (resumed !== null) {
+    const { ckpt, path } = resumed;
+    return { params: ckpt.params, opt: ckpt.opt, step: ckpt.step, bestValLoss: ckpt.bestValLoss, from: `resumed from ${show(o.repoRoot, path)} at step ${ckpt.step}`, resumedFrom: path };
   }
   if (o.initFrom !== null) {
     if (!existsSync(o.initFrom)) {
       throw new InputError(`${o.initFrom}: the checkpoint to start SFT from does not exist (init_from in ${config.file}); run the pretrain phase first or fix init_from`);
     }
-    const ckpt = loadCheckpoint(o.initFrom, config.model);
+    const ckpt = loadCheckpoint(o.initFrom);
     const diff = modelCfgDifferences(ckpt.modelCfg, config.model);
     if (diff.length > 0) {
       throw new InputError(`${o.initFrom}: its model differs from ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")})`);
     }
-    return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}), fresh optimizer` };
+    return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}), fresh optimizer`, resumedFrom: null };
   }
-  return { params: initParams(config.model, config.train.seed), opt: null, step: 0, bestValLoss: null, from: `fresh GPT-2 init (seed ${config.train.seed})` };
+  return { params: initParams(config.model, config.train.seed), opt: null, step: 0, bestValLoss: null, from: `fresh GPT-2 init (seed ${config.train.seed})`, resumedFrom: null };
+}
+
+/** The first NaN / infinity of a flat buffer, named by its tensor and index, or null. */
+function firstNonFinite(cfg: ModelCfg, what: string, values: Float32Array): string | null {
+  for (let i = 0; i < values.length; i++) {
+    if (Number.isFinite(values[i]!)) continue;
+    const p = paramLayout(cfg).find((q) => i < q.offset + q.size)!;
+    return `${what} ${p.name}[${i - p.offset}] is ${values[i]}`;
+  }
+  return null;
+}
+
+/** Temp files of atomic writes whose writer is gone (killed mid-write): `.<name>.<pid>.<n>.tmp`. */
+function removeStaleTempFiles(dir: string, print: (line: string) => void): void {
+  if (!existsSync(dir)) return;
+  for (const name of readdirSync(dir)) {
+    const pid = /^\..+?\.(\d+)(?:\.\d+){0,2}\.tmp$/.exec(name)?.[1];
+    if (pid === undefined || Number(pid) === process.pid || processAlive(Number(pid))) continue;
+    try {
+      unlinkSync(join(dir, name));
+      print(`removed ${join(dir, name)}, left by an interrupted write`);
+    } catch {
+      // another run removed it first, or the folder is read-only: the write itself will say
+    }
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Runs a write to `path`; a failing file system becomes a FileWriteError naming the file. */
+function writingTo<T>(path: string, write: () => T): T {
+  try {
+    return write();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (e instanceof FileWriteError || typeof code !== "string" || !code.startsWith("E")) throw e;
+    throw new FileWriteError(`cannot write ${path}: ${describeFsError(e)}`, path, code, { cause: e });
+  }
+}
+
+/**
+ * A checkpoint is written only for sound weights: every value finite, and a finite loss
+ * (this step's val loss, or the loss of one val batch). Else the run stops (exit 1) and
+ * the files written before stay as they are.
+ */
+function assertSound(config: PhaseConfig, data: OpenedPhaseData, model: NativeModel, ckpt: Checkpoint, valLoss: number | null, intact: string): void {
+  const m = config.model;
+  let why =
+    firstNonFinite(m, "weight", ckpt.params) ??
+    (ckpt.opt && (firstNonFinite(m, "optimizer exp_avg", ckpt.opt.m) ?? firstNonFinite(m, "optimizer exp_avg_sq", ckpt.opt.v)));
+  if (!why) {
+    const batch = data.evalBatches[0]!;
+    const loss = valLoss ?? model.evalLoss(batch.x, batch.y);
+    if (!Number.isFinite(loss)) why = `${valLoss === null ? "the loss of the weights on a val batch" : "the val loss"} is ${loss}`;
+  }
+  if (why) {
+    throw new DivergedError(
+      `training diverged at step ${ckpt.step}: ${why}; no checkpoint was written at this step, ${intact}. ` +
+        `Lower base_lr (or grad_clip) in the config and resume.`,
+    );
+  }
 }
 
 export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
   const { config } = o;
   const phase: MetricsPhase = config.phase;
   const bestPath = join(o.checkpointDir, "best.pt");
+  const latestPath = join(o.checkpointDir, "latest.pt");
+  const metricsPath = join(o.runDir, "metrics.jsonl");
   const data = openPhaseData(config, o.repoRoot); // validates every cache first: nothing is written before
   const start = decideStart(o);
   const print = (line: string) => o.out.write(`${line}\n`);
@@ -130,19 +243,30 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
     return { step: start.step, bestValLoss: start.bestValLoss, bestPath, alreadyFinished: true, firstValLoss: null };
   }
 
+  // What a rerun of the same command resumes from, for the messages of a failed write.
+  let onDisk = start.resumedFrom === null ? null : { path: start.resumedFrom, step: start.step };
+  const intact = () => (onDisk === null ? "no checkpoint of this run is on disk yet" : `${show(o.repoRoot, onDisk.path)} (step ${onDisk.step}) is intact`);
+
   const model = NativeModel.open(config.model, config.train.B, o.device, o.library);
   try {
     model.setParams(start.params);
     if (start.opt) model.setOptState(start.opt.m, start.opt.v, start.opt.step);
     else model.setOptState(null, null, 0);
 
-    mkdirSync(o.checkpointDir, { recursive: true });
+    writingTo(o.checkpointDir, () => mkdirSync(o.checkpointDir, { recursive: true }));
+    for (const dir of new Set([o.checkpointDir, o.runDir])) removeStaleTempFiles(dir, print);
     const resumed = start.step > 0 || start.opt !== null;
-    const metrics = MetricsLog.open(join(o.runDir, "metrics.jsonl"), {
-      phase,
-      resumeStep: resumed ? start.step : null,
-      dropPhases: !resumed && phase === "pretrain" ? ["sft"] : [],
-    });
+    const metrics = writingTo(metricsPath, () =>
+      MetricsLog.open(metricsPath, {
+        phase,
+        resumeStep: resumed ? start.step : null,
+        dropPhases: !resumed && phase === "pretrain" ? ["sft"] : [],
+      }),
+    );
+    const metricsOut: LoopMetrics = {
+      appendTrain: (r) => writingTo(metricsPath, () => metrics.appendTrain(r)),
+      appendEval: (r) => writingTo(metricsPath, () => metrics.appendEval(r)),
+    };
     const lastEval = metrics.lastEval(phase);
     const reporter = new ProgressReporter({
       phase,
@@ -160,11 +284,11 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
     // The val loss before training, so a run shows what it learned (step 0 of the picture).
     const firstValLoss = resumed ? null : data.evalLoss(model);
     if (firstValLoss !== null) {
-      metrics.appendEval({ step: 0, lr: null, val_loss: firstValLoss });
+      metricsOut.appendEval({ step: 0, lr: null, val_loss: firstValLoss });
       reporter.print(`${phase}: val loss before training ${firstValLoss.toFixed(4)} (ln V = ${Math.log(config.model.V).toFixed(4)})`);
     }
 
-    const save = (step: number, bestValLoss: number | null, targets: SaveTargets): string[] => {
+    const save = (step: number, bestValLoss: number | null, targets: SaveTargets, valLoss: number | null): string[] => {
       const ckpt: Checkpoint = {
         modelCfg: config.modelCfgRaw,
         trainCfg: config.raw,
@@ -174,19 +298,24 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
         step,
         bestValLoss,
       };
+      assertSound(config, data, model, ckpt, valLoss, intact());
       const files: string[] = [];
       if (targets.best) files.push(bestPath);
       if (targets.periodic) files.push(join(o.checkpointDir, `step_${String(step).padStart(7, "0")}.pt`));
-      if (targets.periodic || targets.latestOnly) files.push(join(o.checkpointDir, "latest.pt"));
+      if (targets.periodic || targets.latestOnly) files.push(latestPath);
       saveCheckpoint(files, ckpt);
+      if (files.includes(latestPath)) onDisk = { path: latestPath, step };
       return files.map((f) => show(o.repoRoot, f));
     };
+    const svgPath = join(o.runDir, "loss.svg");
     const redraw = (bestStep: number | null) =>
-      writeLossSvg(join(o.runDir, "loss.svg"), metrics.records(), {
-        pretrainEnd: o.pretrainEnd,
-        title: "train: loss",
-        bestStep: bestStep === null ? {} : { [phase]: bestStep },
-      });
+      writingTo(svgPath, () =>
+        writeLossSvg(svgPath, metrics.records(), {
+          pretrainEnd: o.pretrainEnd,
+          title: "train: loss",
+          bestStep: bestStep === null ? {} : { [phase]: bestStep },
+        }),
+      );
 
     try {
       const result = await trainLoop({
@@ -196,7 +325,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
         startStep: start.step,
         bestValLoss: start.bestValLoss,
         reporter,
-        metrics,
+        metrics: metricsOut,
         stop: o.stop,
         save,
         afterEval: redraw,
@@ -204,9 +333,9 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
       reporter.finish();
       const files = [
         ["best checkpoint", bestPath],
-        ["latest checkpoint", join(o.checkpointDir, "latest.pt")],
-        ["metrics", join(o.runDir, "metrics.jsonl")],
-        ["loss curve", join(o.runDir, "loss.svg")],
+        ["latest checkpoint", latestPath],
+        ["metrics", metricsPath],
+        ["loss curve", svgPath],
       ].map(([label, path]) => ({ label: label!, path: show(o.repoRoot, path!) }));
       o.out.write(
         formatSummary({
@@ -231,6 +360,9 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
     } finally {
       reporter.finish();
     }
+  } catch (e) {
+    if (!(e instanceof FileWriteError)) throw e;
+    throw new FileWriteError(`${e.message}. Training stopped; ${intact()}: fix the cause and run the same command again`, e.path, e.code, { cause: e });
   } finally {
     model.close();
   }

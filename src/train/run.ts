@@ -10,7 +10,8 @@ import { deviceAvailable, openLibrary, type Device } from "../backend/native.ts"
 import { phaseOfCheckpointFile } from "../checkpoint/checkpoint.ts";
 import { loadPhaseConfig, loadPipelineConfig, type SftConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
-import { runPhase, type PhaseOutcome, type ResumeRequest } from "./phase.ts";
+import { openPhaseData } from "./phase-data.ts";
+import { resumeCheckpoint, resumePathOf, runPhase, type PhaseOutcome, type ResumeRequest } from "./phase.ts";
 import type { ProgressStream } from "./progress.ts";
 import { StopOnSignals, type StopSignal } from "./stop.ts";
 
@@ -62,7 +63,11 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
     }
     const pretrainDir = join(checkpoints, "pretrain");
     // An explicit --resume applies to the phase its checkpoint belongs to (runPhase checks).
-    const resumePhase = req.resume.kind === "path" ? phaseOfCheckpointFile(join(env.repoRoot, req.resume.path)) : null;
+    const resumePhase = req.resume.kind === "path" ? phaseOfCheckpointFile(resumePathOf(env.repoRoot, req.resume.path)) : null;
+    const sftResume: ResumeRequest = resumePhase === "sft" ? req.resume : req.resume.kind === "none" ? { kind: "none" } : { kind: "auto" };
+    // Before hours of pretraining: the SFT caches, and the SFT checkpoint a rerun resumes.
+    openPhaseData(configs.sft, env.repoRoot);
+    resumeCheckpoint({ config: configs.sft, repoRoot: env.repoRoot, checkpointDir: checkpoints, resume: sftResume });
     let pre: PhaseOutcome | null = null;
     if (resumePhase !== "sft") {
       pre = await runPhase({
@@ -77,7 +82,7 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
       ...common,
       config: configs.sft,
       checkpointDir: checkpoints,
-      resume: resumePhase === "sft" ? req.resume : req.resume.kind === "none" ? { kind: "none" } : { kind: "auto" },
+      resume: sftResume,
       initFrom: join(pretrainDir, "best.pt"),
       pretrainEnd: configs.pretrain.train.total_steps,
     });
