@@ -3,14 +3,25 @@
  * across files; the spec's defaults; JSON syntax errors at the right line and column; and
  * the configs stored verbatim in checkpoints (train_cfg, model_cfg).
  */
-import { describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, readFileSync, writeFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
-import { loadPhaseConfig, loadPipelineConfig, TRAIN_DEFAULTS, type PhaseConfig } from "../src/config.ts";
+import { loadPhaseConfig, loadPipelineConfig, TRAIN_DEFAULTS, type PhaseConfig, type PretrainConfig } from "../src/config.ts";
 import { exitCodeOf } from "../src/errors.ts";
 import { runTraining } from "../src/train/run.ts";
-import { captureStream, makeTinyRepo, TINY_MODEL, TINY_TRAIN, type TinyRepo } from "./helpers/repo.ts";
+import { captureStream, makeTinyRepo as makeRepo, TINY_MODEL, TINY_TRAIN, type TinyRepo } from "./helpers/repo.ts";
+
+/** Tiny repos of this file, removed at the end. */
+const repos: string[] = [];
+afterAll(() => {
+  for (const dir of repos) rmSync(dir, { recursive: true, force: true });
+});
+function makeTinyRepo(...args: Parameters<typeof makeRepo>): ReturnType<typeof makeRepo> {
+  const repo = makeRepo(...args);
+  repos.push(repo.root);
+  return repo;
+}
 
 const REPO = join(import.meta.dir, "..");
 
@@ -67,7 +78,7 @@ describe("defaults and the shipped configs", () => {
       accum_steps: 1,
       log_every: 50,
     });
-    expect(c.train).toEqual(TRAIN_DEFAULTS);
+    expect(c.train as unknown).toEqual(TRAIN_DEFAULTS);
     expect(c.valSource).toBe("wiki");
     const s = sftWith(repo, goodSft)();
     expect(s.valSource).toBe("wiki");
@@ -75,7 +86,7 @@ describe("defaults and the shipped configs", () => {
   });
 
   test("configs/pretrain.json, sft.json, pipeline.json and configs/demo load; pretrain mixes the spec's default probabilities", () => {
-    const p = loadPhaseConfig("configs/pretrain.json", "pretrain", REPO);
+    const p = loadPhaseConfig("configs/pretrain.json", "pretrain", REPO) as PretrainConfig;
     expect(JSON.parse(readFileSync(join(REPO, "configs/pretrain.json"), "utf8")).sources).toEqual({ wiki: 0.784, roam: 0.196, primer: 0.02 });
     expect(p.valSource).toBe("wiki");
     expect(p.sources.wiki! + p.sources.roam! + p.sources.primer!).toBeCloseTo(1, 12);

@@ -4,7 +4,7 @@
  * here), `--phase sft` with init_from, checkpoints of another phase or model refused, and
  * metrics.jsonl / loss.svg after an interrupted and resumed pipeline.
  */
-import { describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { NativeModel } from "../src/backend/native.ts";
@@ -16,7 +16,18 @@ import { openPhaseData } from "../src/train/phase-data.ts";
 import { runTraining, type RunRequest } from "../src/train/run.ts";
 import { learningRate } from "../src/train/schedule.ts";
 import type { StopSignal } from "../src/train/stop.ts";
-import { captureStream, makeTinyRepo, TINY_MODEL, type TinyRepo } from "./helpers/repo.ts";
+import { captureStream, makeTinyRepo as makeRepo, TINY_MODEL, type TinyRepo } from "./helpers/repo.ts";
+
+/** Tiny repos of this file, removed at the end. */
+const repos: string[] = [];
+afterAll(() => {
+  for (const dir of repos) rmSync(dir, { recursive: true, force: true });
+});
+function makeTinyRepo(...args: Parameters<typeof makeRepo>): ReturnType<typeof makeRepo> {
+  const repo = makeRepo(...args);
+  repos.push(repo.root);
+  return repo;
+}
 
 const never: StopSignal = { requested: null };
 
@@ -45,8 +56,8 @@ function bytes(a: Float32Array): Buffer {
   return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 }
 
-function json(root: string, rel: string): unknown {
-  return JSON.parse(readFileSync(join(root, rel), "utf8"));
+function json(root: string, rel: string): Record<string, unknown> {
+  return JSON.parse(readFileSync(join(root, rel), "utf8")) as Record<string, unknown>;
 }
 
 interface Rec {
@@ -113,16 +124,16 @@ describe("--phase pipeline", () => {
     expect(code).toBe(0);
     expect(readdirSync(join(repo.root, "checkpoints/pretrain")).sort()).toEqual(["best.pt", "latest.pt", "step_0000005.pt", "step_0000010.pt"]);
     for (const f of readdirSync(join(repo.root, "checkpoints/pretrain"))) {
-      expect(ckpt(repo.root, `checkpoints/pretrain/${f}`).trainCfg).toEqual(json(repo.root, "configs/pretrain.json") as object);
+      expect(ckpt(repo.root, `checkpoints/pretrain/${f}`).trainCfg).toEqual(json(repo.root, "configs/pretrain.json"));
     }
     const best = ckpt(repo.root, "checkpoints/best.pt");
-    expect(best.trainCfg).toEqual(json(repo.root, "configs/sft.json") as object);
-    expect(best.modelCfg).toEqual(json(repo.root, "configs/model.json") as object);
+    expect(best.trainCfg).toEqual(json(repo.root, "configs/sft.json"));
+    expect(best.modelCfg as unknown).toEqual(json(repo.root, "configs/model.json"));
     expect(best.params.length).toBeGreaterThan(0);
     expect(best.bestValLoss).not.toBeNull();
     // loadable: a native model takes its weights and evaluates to its recorded best val loss
     expect(sftEvalLoss(repo, best.params)).toBeCloseTo(best.bestValLoss!, 5);
-    expect(ckpt(repo.root, "checkpoints/latest.pt").trainCfg).toEqual(json(repo.root, "configs/sft.json") as object);
+    expect(ckpt(repo.root, "checkpoints/latest.pt").trainCfg).toEqual(json(repo.root, "configs/sft.json"));
     expect(text).toContain("the SFT model is checkpoints/best.pt");
   });
 
@@ -168,7 +179,7 @@ describe("--phase sft with init_from", () => {
     const repo = makeTinyRepo({ sft: true });
     expect((await run(repo.root, { phase: "pretrain", configPath: "configs/pretrain.json" })).code).toBe(0);
     renameSync(join(repo.root, "checkpoints"), join(repo.root, "pre"));
-    const sft = json(repo.root, "configs/sft.json") as Record<string, unknown>;
+    const sft = json(repo.root, "configs/sft.json");
     repo.writeConfig("sft.json", { ...sft, init_from: "pre/step_0000005.pt" });
     const { code, text } = await run(repo.root, { phase: "sft", configPath: "configs/sft.json" });
     expect(code).toBe(0);
@@ -184,7 +195,7 @@ describe("--phase sft with init_from", () => {
 
   test("init_from that does not exist, or holds another model shape: exit 2, nothing written", async () => {
     const repo = makeTinyRepo({ sft: true });
-    const sft = json(repo.root, "configs/sft.json") as Record<string, unknown>;
+    const sft = json(repo.root, "configs/sft.json");
     repo.writeConfig("sft.json", { ...sft, init_from: "pre/none.pt" });
     const missing = await refused(repo.root, { phase: "sft", configPath: "configs/sft.json" });
     expect(missing).toContain(join(repo.root, "pre/none.pt"));
@@ -218,7 +229,7 @@ describe("checkpoints of another phase or another model are refused", () => {
 
   test("auto-resume: a pretrain run with an sft latest.pt exits 2; so does --resume of the other phase's file", async () => {
     const repo = makeTinyRepo({ sft: true });
-    const sft = json(repo.root, "configs/sft.json") as Record<string, unknown>;
+    const sft = json(repo.root, "configs/sft.json");
     repo.writeConfig("sft.json", { ...sft, init_from: null });
     expect((await run(repo.root, { phase: "sft", configPath: "configs/sft.json" })).code).toBe(0);
     expect(await refused(repo.root, { phase: "pretrain", configPath: "configs/pretrain.json" })).toContain("is an sft checkpoint, but this is the pretrain phase");
