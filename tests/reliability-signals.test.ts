@@ -1,0 +1,101 @@
+/**
+ * Ctrl-C and SIGTERM on the real command (`bun src/cli.ts` in a tiny REPO_ROOT): the first
+ * signal finishes the step, writes latest.pt, says so and exits 130 / 143; the resumed run
+ * ends byte-identical to an uninterrupted one. A second signal ends the process at once,
+ * even in the middle of a native step. A closed stdout does not end the run.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { makeTinyRepo, type TinyRepo } from "./helpers/repo.ts";
+import { cli, finalCheckpoints, LiveRun, load, sameState, tempFiles } from "./reliability-helpers.ts";
+
+const PRETRAIN = ["--phase", "pretrain", "--config", "configs/pretrain.json", "--device", "cpu"];
+// Long enough that a signal sent after the first checkpoint lands mid-run (about 1 s of steps).
+const LONG = { total_steps: 400, ckpt_every: 50, eval_every: 50, log_every: 50 };
+
+const repos: TinyRepo[] = [];
+function repo(o: Parameters<typeof makeTinyRepo>[0]): TinyRepo {
+  const r = makeTinyRepo(o);
+  repos.push(r);
+  return r;
+}
+afterAll(() => {
+  for (const r of repos) rmSync(r.root, { recursive: true, force: true });
+});
+
+let reference: TinyRepo;
+beforeAll(() => {
+  reference = repo({ pretrain: LONG });
+  const r = cli(PRETRAIN, reference.root);
+  if (r.code !== 0) throw new Error(`the uninterrupted reference run failed:\n${r.stderr}`);
+});
+
+function ckptFile(root: string, name: string): Buffer {
+  return readFileSync(join(root, "checkpoints", name));
+}
+
+describe.each([
+  ["SIGINT", 130],
+  ["SIGTERM", 143],
+] as const)("%s", (signal, exitCode) => {
+  test(`finishes the step, saves latest.pt at the step it reports, exits ${exitCode}; the resumed run equals an uninterrupted one to the byte`, async () => {
+    const r = repo({ pretrain: LONG });
+    const run = new LiveRun(PRETRAIN, r.root);
+    await run.waitFor(/checkpoint step\s+50\/400/);
+    run.signal(signal);
+    const stopped = await run.finish();
+
+    expect(stopped.signal).toBeNull();
+    expect(stopped.code).toBe(exitCode);
+    expect(stopped.stdout).toContain(`${signal}: finishing the current step, then saving latest.pt (send it again to stop at once)`);
+    const step = Number(/stopped after step (\d+), saved checkpoints\/latest\.pt/.exec(stopped.stdout)?.[1]);
+    expect(step).toBeGreaterThan(50);
+    expect(step).toBeLessThan(400);
+    expect(stopped.stderr).toBe(`train: interrupted by ${signal} at step ${step}; resume with the same command\n`);
+    const latest = load(join(r.root, "checkpoints", "latest.pt"));
+    expect(latest.step).toBe(step);
+    expect(latest.opt!.step).toBe(step);
+    expect(tempFiles(join(r.root, "checkpoints"))).toEqual([]);
+
+    const resumed = cli(PRETRAIN, r.root);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toContain(`resumed from checkpoints/latest.pt at step ${step}`);
+    expect(sameState(load(join(r.root, "checkpoints/latest.pt")), load(join(reference.root, "checkpoints/latest.pt")))).toBe(true);
+    for (const name of ["latest.pt", "best.pt", "step_0000400.pt"]) {
+      expect(ckptFile(r.root, name).equals(ckptFile(reference.root, name))).toBe(true);
+    }
+  });
+});
+
+test("a second SIGINT ends the process at once, in the middle of a native step, leaving only whole files", async () => {
+  // One step of B=4096 rows takes about a second here: both signals land inside the first step.
+  const r = repo({ pretrain: { total_steps: 3, ckpt_every: 1, eval_every: 1, eval_batches: 1, B: 4096 } });
+  const run = new LiveRun(PRETRAIN, r.root);
+  await run.waitFor(/val loss before training/);
+  await Bun.sleep(150);
+  run.signal("SIGINT");
+  await Bun.sleep(100);
+  const second = performance.now();
+  run.signal("SIGINT");
+  const end = await run.finish();
+  const afterSecond = performance.now() - second;
+
+  expect(end.signal).toBe("SIGINT"); // killed by the signal's default action, not an exit(130) after a save
+  expect(end.stdout).not.toContain("stopped after step");
+  expect(afterSecond).toBeLessThan(500);
+  for (const f of finalCheckpoints(join(r.root, "checkpoints"))) expect(() => load(f)).not.toThrow();
+});
+
+test("a closed stdout (`train | head -n 2`) loses the output, not the run", () => {
+  const r = repo({ pretrain: { total_steps: 60, ckpt_every: 20, eval_every: 20, log_every: 1 } });
+  const p = Bun.spawnSync(["bash", "-c", `set -o pipefail; "${process.execPath}" "$0" "$@" | head -n 2`, join(import.meta.dir, "..", "src", "cli.ts"), ...PRETRAIN], {
+    cwd: r.root,
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  expect(p.stderr.toString()).toBe("");
+  expect(p.exitCode).toBe(0);
+  expect(p.stdout.toString().trim().split("\n")).toHaveLength(2);
+  expect(load(join(r.root, "checkpoints", "latest.pt")).step).toBe(60);
+});
