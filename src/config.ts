@@ -326,6 +326,10 @@ function checkPhaseConfig(
   if (isObject(obj.train_cfg) && clean("/train_cfg/min_lr") && clean("/train_cfg/base_lr") && train.min_lr > train.base_lr) {
     problems.push(`/train_cfg/min_lr: ${train.min_lr} is above base_lr ${train.base_lr}`);
   }
+  // An explicit warmup longer than the run is a mistake; the default 200 on a tiny run is not.
+  if (isObject(obj.train_cfg) && obj.train_cfg.warmup_steps !== undefined && clean("/train_cfg/warmup_steps") && clean("/train_cfg/total_steps") && train.warmup_steps > train.total_steps) {
+    problems.push(`/train_cfg/warmup_steps: ${train.warmup_steps} is above total_steps ${train.total_steps}: the learning rate would never reach base_lr`);
+  }
   let model: (ModelCfg & Record<string, unknown>) | null = null;
   const modelSections: Section[] = [];
   let modelCfgFile = "";

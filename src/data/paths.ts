@@ -158,6 +158,9 @@ export function missingCachesMessage(root: string, spec: PhaseDataSpec, missing:
   lines.push(`  ${join(root, "sft")}/{source}_{split}.bin with source in ${SFT_SOURCES.join("|")}, split in ${SPLITS.join("|")}`);
   lines.push("  each with <same path>.meta.json (format: docs/cache-format.md)");
   if (kind === "sft") lines.push("the sft phase reads SFT example caches only: there is no fallback to the pretraining streams.");
+  if (spec.valSource === "sft" && missing.some((m) => m.path.endsWith("_val.bin") && m.path.includes(`${join(root, "sft")}`))) {
+    lines.push('val_source "sft" validates on the _val caches of the SFT mixture: build them, or set "val_source": "wiki" in the sft config.');
+  }
   lines.push("build them with scripts/prepare-data.ts, e.g.");
   lines.push(
     kind === "streams"

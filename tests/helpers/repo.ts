@@ -2,7 +2,7 @@
  * A throwaway REPO_ROOT for runner tests: tiny caches written with the project's own
  * cache writer, a tiny model cfg and phase configs. Nothing here touches the real repo.
  */
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CacheWriter } from "../../src/data/writer.ts";
@@ -70,8 +70,19 @@ export interface TinyRepoOptions {
   sftVal?: "wiki" | "sft";
 }
 
+/** All tiny repos of this test process live under one folder, removed when it exits. */
+let parent: string | null = null;
+function reposFolder(): string {
+  if (parent === null) {
+    const dir = mkdtempSync(join(tmpdir(), "train-tests-"));
+    process.on("exit", () => rmSync(dir, { recursive: true, force: true }));
+    parent = dir;
+  }
+  return parent;
+}
+
 export function makeTinyRepo(o: TinyRepoOptions = {}): TinyRepo {
-  const root = mkdtempSync(join(tmpdir(), "train-repo-"));
+  const root = mkdtempSync(join(reposFolder(), "repo-"));
   mkdirSync(join(root, "configs"), { recursive: true });
   const writeConfig = (name: string, value: unknown): string => {
     const path = join("configs", name);
