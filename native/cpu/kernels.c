@@ -4,6 +4,9 @@
  * simd.h with reductions in a fixed order, so results never depend on vectorization.
  */
 #define _POSIX_C_SOURCE 200809L
+#if defined(__APPLE__)
+#define _DARWIN_C_SOURCE /* sysconf(_SC_NPROCESSORS_ONLN), and what Accelerate's headers need */
+#endif
 #include "kernels.h"
 
 #include <math.h>
@@ -122,29 +125,36 @@ static void run_gemm_jobs(gpt_pool* p, const gemm_job* jobs, int n) {
 #define GELU_K1 0.044715f
 
 /* gelu(x) = 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) */
-GPT_INLINE v8f v8_gelu(v8f x) {
-    v8f u = x * (GELU_K0 + (GELU_K0 * GELU_K1) * (x * x));
-    return x / (1.0f + v8_exp(-2.0f * u));
-}
+#define v8_gelu(xin)                                                    \
+    ({                                                                  \
+        v8f gx_ = (xin);                                                \
+        v8f gu_ = gx_ * (GELU_K0 + (GELU_K0 * GELU_K1) * (gx_ * gx_)); \
+        gx_ / (1.0f + v8_exp(-2.0f * gu_));                             \
+    })
 
 /* gelu'(x) = s + 2 x s (1 - s) du/dx, s = sigmoid(2u) (0.5 (1 + tanh u) = s, 1 - tanh^2 u = 4 s (1 - s)) */
-GPT_INLINE v8f v8_gelu_grad(v8f x) {
-    v8f x2 = x * x;
-    v8f u = x * (GELU_K0 + (GELU_K0 * GELU_K1) * x2);
-    v8f s = 1.0f / (1.0f + v8_exp(-2.0f * u));
-    v8f du = GELU_K0 + (3.0f * GELU_K0 * GELU_K1) * x2;
-    return s + 2.0f * x * s * (1.0f - s) * du;
-}
+#define v8_gelu_grad(xin)                                                 \
+    ({                                                                    \
+        v8f gg_x_ = (xin);                                                \
+        v8f gg_x2_ = gg_x_ * gg_x_;                                       \
+        v8f gg_u_ = gg_x_ * (GELU_K0 + (GELU_K0 * GELU_K1) * gg_x2_);     \
+        v8f gg_s_ = 1.0f / (1.0f + v8_exp(-2.0f * gg_u_));                \
+        v8f gg_du_ = GELU_K0 + (3.0f * GELU_K0 * GELU_K1) * gg_x2_;       \
+        gg_s_ + 2.0f * gg_x_ * gg_s_ * (1.0f - gg_s_) * gg_du_;           \
+    })
 
 /* Loads/stores of the first n < 8 lanes (tails), zero-filled. */
-GPT_INLINE v8f v8_load_part(const float* p, int64_t n) {
-    v8f v = v8_zero();
-    for (int64_t i = 0; i < n; i++) v[i] = p[i];
-    return v;
-}
-GPT_INLINE void v8_store_part(float* p, v8f v, int64_t n) {
-    for (int64_t i = 0; i < n; i++) p[i] = v[i];
-}
+#define v8_load_part(p, n)                                            \
+    ({                                                                \
+        v8f lp_v_ = v8_zero();                                        \
+        for (int64_t lp_i_ = 0; lp_i_ < (n); lp_i_++) lp_v_[lp_i_] = (p)[lp_i_]; \
+        lp_v_;                                                        \
+    })
+#define v8_store_part(p, v, n)                                        \
+    do {                                                              \
+        v8f sp_v_ = (v);                                              \
+        for (int64_t sp_i_ = 0; sp_i_ < (n); sp_i_++) (p)[sp_i_] = sp_v_[sp_i_]; \
+    } while (0)
 
 GPT_HOT static void gelu_fwd_span(float* out, const float* inp, int64_t n) {
     int64_t i = 0;

@@ -6,6 +6,9 @@
  * Shapes: B batch rows, T positions, C width, H heads, F = d_ff, V vocab, N = B*T.
  */
 #define _POSIX_C_SOURCE 200809L
+#if defined(__APPLE__)
+#define _DARWIN_C_SOURCE /* sysconf(_SC_NPROCESSORS_ONLN), and what Accelerate's headers need */
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

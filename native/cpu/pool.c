@@ -1,5 +1,8 @@
 /* pool.c: see pool.h. Synchronisation only: no reduction ever goes through an atomic. */
 #define _POSIX_C_SOURCE 200809L
+#if defined(__APPLE__)
+#define _DARWIN_C_SOURCE /* sysconf(_SC_NPROCESSORS_ONLN), and what Accelerate's headers need */
+#endif
 #include "pool.h"
 
 #include <pthread.h>

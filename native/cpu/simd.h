@@ -18,8 +18,6 @@
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
-#define GPT_INLINE static inline __attribute__((always_inline))
-
 /* Functions worth an AVX2+FMA copy on x86-64 (picked at load time by the ifunc resolver). */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(GPT_NO_CLONES)
 #define GPT_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
@@ -27,48 +25,72 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 #define GPT_HOT
 #endif
 
-GPT_INLINE v8f v8_load(const float* p) { v8f v; memcpy(&v, p, sizeof v); return v; }
-GPT_INLINE void v8_store(float* p, v8f v) { memcpy(p, &v, sizeof v); }
-GPT_INLINE v8f v8_set1(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
-GPT_INLINE v8f v8_zero(void) { return (v8f){0, 0, 0, 0, 0, 0, 0, 0}; }
+/* The helpers are macros (GNU statement expressions), not inline functions: clang
+ * rejects 32-byte vector arguments and returns on x86 without AVX ("changes the ABI")
+ * even for always_inline functions. Macro-local names end in _ to avoid capture. */
+
+#define v8_load(p)                        \
+    ({                                    \
+        v8f ld_v_;                        \
+        memcpy(&ld_v_, (p), sizeof ld_v_); \
+        ld_v_;                            \
+    })
+#define v8_store(p, v)                     \
+    do {                                   \
+        v8f st_v_ = (v);                   \
+        memcpy((p), &st_v_, sizeof st_v_); \
+    } while (0)
+#define v8_zero() ((v8f){0, 0, 0, 0, 0, 0, 0, 0})
+#define v8_set1(x) ((v8f){0, 0, 0, 0, 0, 0, 0, 0} + (float)(x))
 /* m ? a : b, per lane (m lanes are all ones or all zeros). */
-GPT_INLINE v8f v8_select(v8i m, v8f a, v8f b) { return (v8f)((m & (v8i)a) | (~m & (v8i)b)); }
+#define v8_select(m, a, b) ((v8f)(((m) & (v8i)(a)) | (~(m) & (v8i)(b))))
 /* max(a, b) per lane; a NaN in a is kept. */
-GPT_INLINE v8f v8_max(v8f a, v8f b) { return v8_select(a < b, b, a); }
-GPT_INLINE float v8_hsum(v8f v) { return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7])); }
-GPT_INLINE float v8_hmax(v8f v) {
-    float m = v[0];
-    for (int i = 1; i < 8; i++) m = v[i] > m ? v[i] : m;
-    return m;
-}
+#define v8_max(a, b)                                  \
+    ({                                                \
+        v8f mx_a_ = (a), mx_b_ = (b);                 \
+        v8_select(mx_a_ < mx_b_, mx_b_, mx_a_);       \
+    })
+#define v8_hsum(v)                                                                          \
+    ({                                                                                      \
+        v8f hs_v_ = (v);                                                                    \
+        ((hs_v_[0] + hs_v_[4]) + (hs_v_[1] + hs_v_[5])) + ((hs_v_[2] + hs_v_[6]) + (hs_v_[3] + hs_v_[7])); \
+    })
+#define v8_hmax(v)                                                    \
+    ({                                                                \
+        v8f hm_v_ = (v);                                              \
+        float hm_m_ = hm_v_[0];                                       \
+        for (int hm_i_ = 1; hm_i_ < 8; hm_i_++) hm_m_ = hm_v_[hm_i_] > hm_m_ ? hm_v_[hm_i_] : hm_m_; \
+        hm_m_;                                                        \
+    })
 
 /* exp(x), about 2 ulp over [-87.3, 88]; clamps outside that range; NaN stays NaN.
- * Cephes-style: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial. */
-GPT_INLINE v8f v8_exp(v8f x) {
-    const v8f hi = v8_set1(88.0f), lo = v8_set1(-87.33654475f);
-    x = v8_select(x > hi, hi, x);
-    x = v8_select(x < lo, lo, x);
-    /* round(x / ln2) by the 1.5*2^23 trick: t's low mantissa bits hold n */
-    const float magic = 12582912.0f;
-    v8f t = x * 1.44269504088896341f + magic;
-    v8f n = t - magic;
-    v8f r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    v8f p = v8_set1(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    const int32_t magic_bits = 0x4B400000;
-    v8i e = ((v8i)t - magic_bits + 127) << 23; /* 2^n as float bits */
-    return p * (v8f)e;
-}
+ * Cephes-style: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial; 2^n is
+ * built in the exponent bits, n read from the low mantissa bits of x/ln2 + 1.5*2^23. */
+#define v8_exp(xin)                                                          \
+    ({                                                                       \
+        v8f ex_x_ = (xin);                                                   \
+        const v8f ex_hi_ = v8_set1(88.0f), ex_lo_ = v8_set1(-87.33654475f);  \
+        ex_x_ = v8_select(ex_x_ > ex_hi_, ex_hi_, ex_x_);                    \
+        ex_x_ = v8_select(ex_x_ < ex_lo_, ex_lo_, ex_x_);                    \
+        v8f ex_t_ = ex_x_ * 1.44269504088896341f + 12582912.0f;              \
+        v8f ex_n_ = ex_t_ - 12582912.0f;                                     \
+        v8f ex_r_ = ex_x_ - ex_n_ * 0.693359375f;                            \
+        ex_r_ = ex_r_ - ex_n_ * -2.12194440e-4f;                             \
+        v8f ex_p_ = v8_set1(1.9875691500e-4f);                               \
+        ex_p_ = ex_p_ * ex_r_ + 1.3981999507e-3f;                            \
+        ex_p_ = ex_p_ * ex_r_ + 8.3334519073e-3f;                            \
+        ex_p_ = ex_p_ * ex_r_ + 4.1665795894e-2f;                            \
+        ex_p_ = ex_p_ * ex_r_ + 1.6666665459e-1f;                            \
+        ex_p_ = ex_p_ * ex_r_ + 5.0000001201e-1f;                            \
+        ex_p_ = ex_p_ * (ex_r_ * ex_r_) + ex_r_ + 1.0f;                      \
+        v8i ex_e_ = ((v8i)ex_t_ - 0x4B400000 + 127) << 23;                   \
+        ex_p_ * (v8f)ex_e_;                                                  \
+    })
 
-GPT_INLINE float s_exp(float x) {
-    v8f v = v8_exp(v8_set1(x));
-    return v[0];
-}
+#define s_exp(x)                               \
+    ({                                         \
+        v8f se_v_ = v8_exp(v8_set1(x));        \
+        se_v_[0];                              \
+    })
 
 #endif

@@ -14,6 +14,9 @@
  *      <libopenblas.a> -lm -lpthread
  */
 #define _POSIX_C_SOURCE 200809L
+#if defined(__APPLE__)
+#define _DARWIN_C_SOURCE /* sysconf(_SC_NPROCESSORS_ONLN), and what Accelerate's headers need */
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
