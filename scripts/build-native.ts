@@ -11,7 +11,7 @@
  *   GPT_SANITIZE=1 bun scripts/build-native.ts   ASan+UBSan build into libgpt-asan.so (for C tests)
  * Environment: CC (default cc), OPENBLAS_LIB (path of libopenblas.a).
  */
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { basename, dirname, join, relative } from "node:path";
 
 export const ROOT = join(import.meta.dir, "..");
@@ -167,8 +167,26 @@ export async function buildNative(opts: BuildOptions = {}): Promise<string> {
   if (!opts.force && upToDate(out, inputs)) return out;
 
   const cc = compiler();
-  const objDir = join(BUILD_DIR, sanitize ? "obj-asan" : "obj");
-  mkdirSync(objDir, { recursive: true });
+  // objects in a private directory and the library renamed into place: concurrent
+  // builds (several test processes) never see each other's half-written files
+  mkdirSync(BUILD_DIR, { recursive: true });
+  const objDir = mkdtempSync(join(BUILD_DIR, "obj-"));
+  try {
+    return await compileAndLink(cc, sanitize, out, objDir, cSources, mSources, opts.quiet ?? false);
+  } finally {
+    rmSync(objDir, { recursive: true, force: true });
+  }
+}
+
+async function compileAndLink(
+  cc: string,
+  sanitize: boolean,
+  out: string,
+  objDir: string,
+  cSources: string[],
+  mSources: string[],
+  quiet: boolean,
+): Promise<string> {
   const defines = mSources.length > 0 ? ["-DGPT_HAVE_MPS"] : [];
   const blas = isMac ? { includes: [], libs: ["-framework", "Accelerate"] } : openblasConfig(cc);
   const flags = [...cflags(sanitize, cc), ...defines, ...blas.includes.map((d) => `-I${d}`)];
@@ -189,7 +207,7 @@ export async function buildNative(opts: BuildOptions = {}): Promise<string> {
   );
   if (failures.length > 0) throw new BuildError(`compiling the native library failed:\n${failures.join("\n")}`);
 
-  const tmp = `${out}.tmp`;
+  const tmp = join(objDir, basename(out));
   const link = isMac
     ? [
         cc,
@@ -217,13 +235,10 @@ export async function buildNative(opts: BuildOptions = {}): Promise<string> {
         ...blas.libs,
       ];
   const r = run(link);
-  if (r.code !== 0) {
-    rmSync(tmp, { force: true });
-    throw new BuildError(`linking ${basename(out)} failed:\n${r.stderr || r.stdout}`);
-  }
+  if (r.code !== 0) throw new BuildError(`linking ${basename(out)} failed:\n${r.stderr || r.stdout}`);
   checkLinkage(tmp);
   renameSync(tmp, out);
-  if (!opts.quiet) console.log(`built ${relative(ROOT, out)}`);
+  if (!quiet) console.log(`built ${relative(ROOT, out)}`);
   return out;
 }
 
