@@ -10,7 +10,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { chmodSync, mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { makeTinyRepo, type TinyRepo } from "./helpers/repo.ts";
-import { CLI, load, snapshot, tempFiles, type CliResult } from "./reliability-helpers.ts";
+import { CLI, load, signalName, snapshot, tempFiles, type CliResult } from "./reliability-helpers.ts";
 
 const PRETRAIN = ["--phase", "pretrain", "--config", "configs/pretrain.json", "--device", "cpu"];
 const mounts: string[] = [];
@@ -40,7 +40,7 @@ function repoWithCheckpointDir(): { repo: TinyRepo; dir: string; tmpfs: boolean 
 function train(root: string, limitKiB?: number): CliResult {
   const limit = limitKiB === undefined ? "" : `trap '' XFSZ; ulimit -f ${limitKiB}; `;
   const p = Bun.spawnSync(["bash", "-c", `${limit}exec "$0" "$@"`, process.execPath, CLI, ...PRETRAIN], { cwd: root, stdout: "pipe", stderr: "pipe" });
-  return { code: p.exitCode, signal: p.signalCode ?? null, stdout: p.stdout.toString(), stderr: p.stderr.toString() };
+  return { code: p.exitCode, signal: signalName(p.signalCode), stdout: p.stdout.toString(), stderr: p.stderr.toString() };
 }
 
 function setTotalSteps(root: string, total: number): void {
@@ -82,7 +82,7 @@ describe("the checkpoints folder fails while saving", () => {
     expect(resumed.code).toBe(0);
     expect(resumed.stdout).toContain("resumed from checkpoints/latest.pt at step 5");
     expect(load(join(dir, "latest.pt")).step).toBe(20);
-  });
+  }, 60_000);
 
   test("unwritable folder: exit 1, the file and the cause named, nothing changed, then resume", () => {
     const { repo, dir, tmpfs } = repoWithCheckpointDir();
@@ -108,5 +108,5 @@ describe("the checkpoints folder fails while saving", () => {
     const resumed = train(repo.root);
     expect(resumed.code).toBe(0);
     expect(load(join(dir, "latest.pt")).step).toBe(20);
-  });
+  }, 60_000);
 });

@@ -54,7 +54,7 @@ describe("an absurd learning rate after 4 healthy steps", () => {
         "checkpoints/latest.pt (step 4) is intact. Lower base_lr (or grad_clip) in the config and resume.\n",
     );
     expect(ptSnapshot(root)).toEqual(before);
-  });
+  }, 30_000);
 
   test("infinite weights (lr 3e38): the first non-finite value is named, nothing is written", () => {
     const { r, before, root } = resumeWith({ base_lr: 3e38, min_lr: 1e38, ckpt_every: 1, eval_every: 100 });
@@ -63,14 +63,14 @@ describe("an absurd learning rate after 4 healthy steps", () => {
       /^train: training diverged at step 5: weight transformer\.wte\.weight\[0\] is (-?Infinity|NaN); no checkpoint was written at this step, checkpoints\/latest\.pt \(step 4\) is intact\. /,
     );
     expect(ptSnapshot(root)).toEqual(before);
-  });
+  }, 30_000);
 
   test("a NaN eval at a periodic checkpoint: the val loss is named, nothing is written", () => {
     const { r, before, root } = resumeWith({ base_lr: 1e30, min_lr: 1e29, ckpt_every: 1, eval_every: 1 });
     expectStoppedCleanly(r);
     expect(r.stderr).toStartWith("train: training diverged at step 5: the val loss is NaN; no checkpoint was written at this step");
     expect(ptSnapshot(root)).toEqual(before);
-  });
+  }, 30_000);
 
   test("max_nonfinite_steps non-finite steps in a row stop the run; NaN evals in between never replace best.pt", () => {
     const { r, before, root } = resumeWith({ base_lr: 1e30, min_lr: 1e29, ckpt_every: 100, eval_every: 1, max_nonfinite_steps: 2 });
@@ -82,5 +82,5 @@ describe("an absurd learning rate after 4 healthy steps", () => {
     expect(r.stderr).toMatch(/^train: training diverged: 2 steps in a row with a non-finite loss NaN \(last at step 7, lr 9\.\d{3}e\+29\); no update was applied, the last checkpoint is intact\./);
     expect(ptSnapshot(root)).toEqual(before);
     expect(finalCheckpoints(join(root, "checkpoints"))).toHaveLength(4);
-  });
+  }, 30_000);
 });

@@ -19,7 +19,7 @@ function cliEnv(): Record<string, string> {
 
 export interface CliResult {
   code: number | null;
-  signal: string | null;
+  signal: string | null; // the signal that ended the process, e.g. "SIGINT"
   stdout: string;
   stderr: string;
 }
@@ -27,7 +27,11 @@ export interface CliResult {
 /** Runs `train ARGS` in cwd to the end. */
 export function cli(args: string[], cwd: string): CliResult {
   const p = Bun.spawnSync([process.execPath, CLI, ...args], { cwd, env: cliEnv(), stdout: "pipe", stderr: "pipe" });
-  return { code: p.exitCode, signal: p.signalCode ?? null, stdout: p.stdout.toString(), stderr: p.stderr.toString() };
+  return { code: p.exitCode, signal: signalName(p.signalCode), stdout: p.stdout.toString(), stderr: p.stderr.toString() };
+}
+
+export function signalName(code: string | number | null | undefined): string | null {
+  return code === null || code === undefined ? null : String(code);
 }
 
 /** A running `train ARGS` whose stdout is collected as it comes; waitFor() blocks on a line. */
@@ -38,10 +42,11 @@ export class LiveRun {
   private readonly reading: Promise<void>;
 
   constructor(args: string[], cwd: string) {
-    this.proc = Bun.spawn([process.execPath, CLI, ...args], { cwd, env: cliEnv(), stdout: "pipe", stderr: "pipe" });
+    const proc = Bun.spawn([process.execPath, CLI, ...args], { cwd, env: cliEnv(), stdout: "pipe", stderr: "pipe" });
+    this.proc = proc;
     this.reading = (async () => {
       const decoder = new TextDecoder();
-      for await (const chunk of this.proc.stdout as ReadableStream<Uint8Array>) this.out += decoder.decode(chunk, { stream: true });
+      for await (const chunk of proc.stdout as ReadableStream<Uint8Array>) this.out += decoder.decode(chunk, { stream: true });
     })();
   }
 
@@ -74,7 +79,7 @@ export class LiveRun {
     await this.proc.exited;
     await this.reading;
     const stderr = await new Response(this.proc.stderr as ReadableStream<Uint8Array>).text();
-    return { code: this.proc.exitCode, signal: this.proc.signalCode ?? null, stdout: this.out, stderr };
+    return { code: this.proc.exitCode, signal: signalName(this.proc.signalCode), stdout: this.out, stderr };
   }
 }
 

@@ -29,7 +29,7 @@ beforeAll(() => {
   reference = repo({ pretrain: LONG });
   const r = cli(PRETRAIN, reference.root);
   if (r.code !== 0) throw new Error(`the uninterrupted reference run failed:\n${r.stderr}`);
-});
+}, 60_000);
 
 function ckptFile(root: string, name: string): Buffer {
   return readFileSync(join(root, "checkpoints", name));
@@ -65,7 +65,7 @@ describe.each([
     for (const name of ["latest.pt", "best.pt", "step_0000400.pt"]) {
       expect(ckptFile(r.root, name).equals(ckptFile(reference.root, name))).toBe(true);
     }
-  });
+  }, 60_000);
 });
 
 test("a second SIGINT ends the process at once, in the middle of a native step, leaving only whole files", async () => {
@@ -85,7 +85,7 @@ test("a second SIGINT ends the process at once, in the middle of a native step, 
   expect(end.stdout).not.toContain("stopped after step");
   expect(afterSecond).toBeLessThan(500);
   for (const f of finalCheckpoints(join(r.root, "checkpoints"))) expect(() => load(f)).not.toThrow();
-});
+}, 60_000);
 
 test("a closed stdout (`train | head -n 2`) loses the output, not the run", () => {
   const r = repo({ pretrain: { total_steps: 60, ckpt_every: 20, eval_every: 20, log_every: 1 } });
@@ -98,4 +98,4 @@ test("a closed stdout (`train | head -n 2`) loses the output, not the run", () =
   expect(p.exitCode).toBe(0);
   expect(p.stdout.toString().trim().split("\n")).toHaveLength(2);
   expect(load(join(r.root, "checkpoints", "latest.pt")).step).toBe(60);
-});
+}, 60_000);
