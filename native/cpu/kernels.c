@@ -78,16 +78,22 @@ static inline void sgemm1(int ta, int tb, int64_t M, int64_t N, int64_t K, float
 
 typedef void (*epi_fn)(const void* ctx, int64_t r0, int64_t r1);
 
+/* A GEMM with an optional prologue (fills rows of C before a beta = 1 GEMM adds to
+ * them: a bias, a residual; it saves the BLAS a pass zeroing C) and an optional
+ * epilogue (GELU, column sums) on the rows just computed. */
 typedef struct {
     gemm_args g;
+    epi_fn pro;      /* may be NULL */
     epi_fn epi;      /* may be NULL */
     const void* ctx;
 } gemm_job;
 
+enum { PHASE_PRO = 1, PHASE_GEMM = 2, PHASE_EPI = 4 };
+
 typedef struct {
     const gemm_job* jobs;
     int n;
-    int do_gemm;
+    int phases;
 } jobs_task;
 
 static void jobs_worker(void* vctx, int tid, int nt) {
@@ -97,20 +103,28 @@ static void jobs_worker(void* vctx, int tid, int nt) {
         int64_t r0, r1;
         gpt_split_aligned(job->g.M, GEMM_ROW_ALIGN, tid, nt, &r0, &r1);
         if (r1 <= r0) continue;
-        if (t->do_gemm) sgemm_rows(&job->g, r0, r1);
-        if (job->epi) job->epi(job->ctx, r0, r1);
+        if ((t->phases & PHASE_PRO) && job->pro) job->pro(job->ctx, r0, r1);
+        if (t->phases & PHASE_GEMM) sgemm_rows(&job->g, r0, r1);
+        if ((t->phases & PHASE_EPI) && job->epi) job->epi(job->ctx, r0, r1);
     }
 }
 
 static void run_gemm_jobs(gpt_pool* p, const gemm_job* jobs, int n) {
-    jobs_task t = {jobs, n, GPT_BLAS_SPLIT};
+    jobs_task t = {jobs, n, PHASE_PRO | PHASE_GEMM | PHASE_EPI};
     if (!GPT_BLAS_SPLIT) {
-        int any_epi = 0;
+        /* prologues in parallel, each GEMM by the (threaded) BLAS, epilogues in parallel */
+        int any_pro = 0, any_epi = 0;
         for (int j = 0; j < n; j++) {
-            sgemm_rows(&jobs[j].g, 0, jobs[j].g.M);
+            any_pro |= jobs[j].pro != NULL;
             any_epi |= jobs[j].epi != NULL;
         }
+        if (any_pro) {
+            t.phases = PHASE_PRO;
+            gpt_pool_run(p, jobs_worker, &t);
+        }
+        for (int j = 0; j < n; j++) sgemm_rows(&jobs[j].g, 0, jobs[j].g.M);
         if (!any_epi) return;
+        t.phases = PHASE_EPI;
     }
     double work = 0.0;
     for (int j = 0; j < n; j++) work += 2.0 * (double)jobs[j].g.M * (double)jobs[j].g.N * (double)(jobs[j].g.K + 1);
@@ -390,34 +404,29 @@ typedef struct {
     int64_t ld;
 } epi_ctx;
 
-GPT_HOT static void epi_bias(const void* vctx, int64_t r0, int64_t r1) {
+/* out rows = bias (the GEMM then adds inp W^T) */
+static void pro_bias(const void* vctx, int64_t r0, int64_t r1) {
     const epi_ctx* e = (const epi_ctx*)vctx;
-    for (int64_t r = r0; r < r1; r++) {
-        float* o = e->out + r * e->ld;
-        for (int64_t c = 0; c < e->ld; c++) o[c] += e->bias[c];
-    }
+    for (int64_t r = r0; r < r1; r++) memcpy(e->out + r * e->ld, e->bias, sizeof(float) * (size_t)e->ld);
 }
 
-GPT_HOT static void epi_bias_gelu(const void* vctx, int64_t r0, int64_t r1) {
+/* out rows = res + bias (or res) */
+GPT_HOT static void pro_bias_residual(const void* vctx, int64_t r0, int64_t r1) {
     const epi_ctx* e = (const epi_ctx*)vctx;
-    for (int64_t r = r0; r < r1; r++) {
-        float* o = e->out + r * e->ld;
-        if (e->bias)
-            for (int64_t c = 0; c < e->ld; c++) o[c] += e->bias[c];
-        gelu_fwd_span(e->out2 + r * e->ld, o, e->ld);
+    if (!e->bias) {
+        memcpy(e->out + r0 * e->ld, e->res + r0 * e->ld, sizeof(float) * (size_t)((r1 - r0) * e->ld));
+        return;
     }
-}
-
-GPT_HOT static void epi_bias_residual(const void* vctx, int64_t r0, int64_t r1) {
-    const epi_ctx* e = (const epi_ctx*)vctx;
     for (int64_t r = r0; r < r1; r++) {
         float* o = e->out + r * e->ld;
         const float* a = e->res + r * e->ld;
-        if (e->bias)
-            for (int64_t c = 0; c < e->ld; c++) o[c] = a[c] + (o[c] + e->bias[c]);
-        else
-            for (int64_t c = 0; c < e->ld; c++) o[c] = a[c] + o[c];
+        for (int64_t c = 0; c < e->ld; c++) o[c] = a[c] + e->bias[c];
     }
+}
+
+static void epi_gelu(const void* vctx, int64_t r0, int64_t r1) {
+    const epi_ctx* e = (const epi_ctx*)vctx;
+    gelu_fwd_span(e->out2 + r0 * e->ld, e->out + r0 * e->ld, (r1 - r0) * e->ld);
 }
 
 static void epi_gelu_bwd(const void* vctx, int64_t r0, int64_t r1) {
@@ -449,30 +458,30 @@ GPT_HOT static void epi_colsum(const void* vctx, int64_t c0, int64_t c1) {
     }
 }
 
-/* out(N,OC) = inp(N,IC) W(OC,IC)^T */
-static gemm_args fwd_args(float* out, const float* inp, const float* W, int64_t N, int IC, int OC) {
-    gemm_args g = {0, 1, N, OC, IC, 1.0f, inp, IC, W, IC, 0.0f, out, OC};
+/* out(N,OC) (+)= inp(N,IC) W(OC,IC)^T: beta 1 when a prologue filled out */
+static gemm_args fwd_args(float* out, const float* inp, const float* W, int64_t N, int IC, int OC, int add) {
+    gemm_args g = {0, 1, N, OC, IC, 1.0f, inp, IC, W, IC, add ? 1.0f : 0.0f, out, OC};
     return g;
 }
 
 void k_matmul_fwd(gpt_pool* p, float* out, const float* inp, const float* W, const float* bias, int64_t N, int IC,
                   int OC) {
     epi_ctx e = {.out = out, .bias = bias, .N = N, .ld = OC};
-    gemm_job job = {fwd_args(out, inp, W, N, IC, OC), bias ? epi_bias : NULL, &e};
+    gemm_job job = {fwd_args(out, inp, W, N, IC, OC, bias != NULL), bias ? pro_bias : NULL, NULL, &e};
     run_gemm_jobs(p, &job, 1);
 }
 
 void k_matmul_gelu_fwd(gpt_pool* p, float* pre, float* out, const float* inp, const float* W, const float* bias,
                        int64_t N, int IC, int OC) {
     epi_ctx e = {.out = pre, .out2 = out, .bias = bias, .N = N, .ld = OC};
-    gemm_job job = {fwd_args(pre, inp, W, N, IC, OC), epi_bias_gelu, &e};
+    gemm_job job = {fwd_args(pre, inp, W, N, IC, OC, bias != NULL), bias ? pro_bias : NULL, epi_gelu, &e};
     run_gemm_jobs(p, &job, 1);
 }
 
 void k_matmul_residual_fwd(gpt_pool* p, float* out, const float* res, const float* inp, const float* W,
                            const float* bias, int64_t N, int IC, int OC) {
     epi_ctx e = {.out = out, .res = res, .bias = bias, .N = N, .ld = OC};
-    gemm_job job = {fwd_args(out, inp, W, N, IC, OC), epi_bias_residual, &e};
+    gemm_job job = {fwd_args(out, inp, W, N, IC, OC, 1), pro_bias_residual, NULL, &e};
     run_gemm_jobs(p, &job, 1);
 }
 
@@ -482,9 +491,9 @@ void k_matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float
     epi_ctx eb = {.dout = dout, .dbias = dbias, .N = N, .ld = OC};
     gemm_job jobs[2] = {
         /* dinp(N,IC) = dout(N,OC) W(OC,IC) */
-        {{0, 0, N, IC, OC, 1.0f, dout, OC, W, IC, 0.0f, dinp, IC}, gelu_pre ? epi_gelu_bwd : NULL, &eg},
+        {{0, 0, N, IC, OC, 1.0f, dout, OC, W, IC, 0.0f, dinp, IC}, NULL, gelu_pre ? epi_gelu_bwd : NULL, &eg},
         /* dW(OC,IC) = dout^T inp(N,IC); rows of dW are columns of dout: their bias sums too */
-        {{1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 0.0f, dW, IC}, dbias ? epi_colsum : NULL, &eb},
+        {{1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 0.0f, dW, IC}, NULL, dbias ? epi_colsum : NULL, &eb},
     };
     run_gemm_jobs(p, jobs, 2);
 }
