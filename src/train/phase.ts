@@ -63,13 +63,14 @@ function show(repoRoot: string, path: string): string {
 }
 
 /** Refuses a checkpoint of another phase or another model shape, naming what differs. */
-function checkCompatible(ckpt: Checkpoint, path: string, config: PhaseConfig, what: string): void {
+function checkCompatible(ckpt: Checkpoint, path: string, o: ResumeOptions, what: string): void {
+  const { config } = o;
   const phase = phaseOfTrainCfg(ckpt.trainCfg);
   if (phase !== config.phase) {
     throw new InputError(
       `${path}: ${what} is ${article(phase ?? "unknown-phase")} checkpoint, but this is the ${config.phase} phase. ` +
         `${capitalize(article(config.phase))} run never resumes another phase's checkpoint: pass --resume PATH with ${article(config.phase)} checkpoint, ` +
-        `or --no-resume to start the ${config.phase} phase fresh (it then replaces the files in ${join(path, "..")}).`,
+        `or --no-resume to start the ${config.phase} phase fresh (it then replaces the files in ${o.checkpointDir}).`,
     );
   }
   const diff = modelCfgDifferences(ckpt.modelCfg, config.model);
@@ -94,7 +95,7 @@ function olderCheckpointHint(o: ResumeOptions): string {
   for (const name of steps) {
     const path = join(o.checkpointDir, name);
     try {
-      checkCompatible(loadCheckpoint(path), path, o.config, "");
+      checkCompatible(loadCheckpoint(path), path, o, "");
       return `to resume from the newest intact checkpoint pass --resume ${show(o.repoRoot, path)}, or start fresh with --no-resume`;
     } catch {
       // torn or foreign as well: try an older one
@@ -113,7 +114,7 @@ export function resumeCheckpoint(o: ResumeOptions): { ckpt: Checkpoint; path: st
   if (o.resume.kind === "path") {
     const path = resumePathOf(o.repoRoot, o.resume.path);
     const ckpt = loadCheckpoint(path);
-    checkCompatible(ckpt, path, o.config, "the --resume checkpoint");
+    checkCompatible(ckpt, path, o, "the --resume checkpoint");
     return { ckpt, path };
   }
   const latest = join(o.checkpointDir, "latest.pt");
@@ -125,7 +126,7 @@ export function resumeCheckpoint(o: ResumeOptions): { ckpt: Checkpoint; path: st
     if (exitCodeOf(e) !== 2) throw e;
     throw new InputError(`${(e as Error).message}; ${olderCheckpointHint(o)}`);
   }
-  checkCompatible(ckpt, latest, o.config, "the latest checkpoint");
+  checkCompatible(ckpt, latest, o, "the latest checkpoint");
   return { ckpt, path: latest };
 }
 
