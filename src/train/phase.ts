@@ -172,14 +172,14 @@ function firstNonFinite(cfg: ModelCfg, what: string, values: Float32Array): stri
 }
 
 /** Temp files of atomic writes whose writer is gone (killed mid-write): `.<name>.<pid>.<n>.tmp`. */
-function removeStaleTempFiles(dir: string, print: (line: string) => void): void {
+function removeStaleTempFiles(dir: string, repoRoot: string, print: (line: string) => void): void {
   if (!existsSync(dir)) return;
   for (const name of readdirSync(dir)) {
     const pid = /^\..+?\.(\d+)(?:\.\d+){0,2}\.tmp$/.exec(name)?.[1];
     if (pid === undefined || Number(pid) === process.pid || processAlive(Number(pid))) continue;
     try {
       unlinkSync(join(dir, name));
-      print(`removed ${join(dir, name)}, left by an interrupted write`);
+      print(`removed ${show(repoRoot, join(dir, name))}, left by an interrupted write`);
     } catch {
       // another run removed it first, or the folder is read-only: the write itself will say
     }
@@ -255,7 +255,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
     else model.setOptState(null, null, 0);
 
     writingTo(o.checkpointDir, () => mkdirSync(o.checkpointDir, { recursive: true }));
-    for (const dir of new Set([o.checkpointDir, o.runDir])) removeStaleTempFiles(dir, print);
+    for (const dir of new Set([o.checkpointDir, o.runDir])) removeStaleTempFiles(dir, o.repoRoot, print);
     const resumed = start.step > 0 || start.opt !== null;
     const metrics = writingTo(metricsPath, () =>
       MetricsLog.open(metricsPath, {
