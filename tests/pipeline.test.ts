@@ -174,6 +174,26 @@ describe("--phase pipeline", () => {
   });
 });
 
+describe("a pipeline whose pretrain starts over", () => {
+  test("starts SFT over too (an older SFT checkpoint is stale) and ends as a fresh pipeline", async () => {
+    const opts = { sft: true, sftTrain: { total_steps: 6, eval_every: 3, ckpt_every: 3 } };
+    const fresh = makeTinyRepo(opts);
+    expect((await run(fresh.root, { phase: "pipeline", configPath: "configs/pipeline.json" })).code).toBe(0);
+
+    const redo = makeTinyRepo(opts);
+    expect((await run(redo.root, { phase: "pipeline", configPath: "configs/pipeline.json" })).code).toBe(0);
+    // the user deletes the pretrain checkpoints to start over
+    rmSync(join(redo.root, "checkpoints/pretrain"), { recursive: true });
+    const again = await run(redo.root, { phase: "pipeline", configPath: "configs/pipeline.json" });
+    expect(again.code).toBe(0);
+    expect(again.text).toContain("pretrain started over, so SFT starts over");
+    expect(again.text).not.toContain("sft: already finished");
+    for (const f of ["checkpoints/best.pt", "checkpoints/latest.pt", "checkpoints/pretrain/best.pt"]) {
+      expect(readFileSync(join(redo.root, f)).equals(readFileSync(join(fresh.root, f)))).toBe(true);
+    }
+  });
+});
+
 describe("--phase sft with init_from", () => {
   test("starts from the named pretrain checkpoint (not best.pt), fresh optimizer", async () => {
     const repo = makeTinyRepo({ sft: true });

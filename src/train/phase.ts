@@ -46,6 +46,8 @@ export interface PhaseOutcome {
   bestValLoss: number | null;
   bestPath: string;
   alreadyFinished: boolean;
+  /** The phase started from step 0 in this invocation (no checkpoint of its own resumed). */
+  freshStart: boolean;
   firstValLoss: number | null;
 }
 
@@ -241,7 +243,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
 
   if (start.step >= config.train.total_steps) {
     print(`${phase}: already finished (${start.from}; total_steps ${config.train.total_steps}): nothing to do`);
-    return { step: start.step, bestValLoss: start.bestValLoss, bestPath, alreadyFinished: true, firstValLoss: null };
+    return { step: start.step, bestValLoss: start.bestValLoss, bestPath, alreadyFinished: true, freshStart: false, firstValLoss: null };
   }
 
   // What a rerun of the same command resumes from, for the messages of a failed write.
@@ -357,7 +359,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
           files,
         }),
       );
-      return { step: result.step, bestValLoss: result.bestValLoss, bestPath, alreadyFinished: false, firstValLoss };
+      return { step: result.step, bestValLoss: result.bestValLoss, bestPath, alreadyFinished: false, freshStart: !resumed, firstValLoss };
     } finally {
       reporter.finish();
     }

@@ -5,6 +5,7 @@
  *   pipeline:        checkpoints/pretrain/ then checkpoints/ (best.pt = the SFT model)
  * metrics.jsonl and loss.svg live in checkpoints/ for every phase.
  */
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { deviceAvailable, openLibrary, type Device } from "../backend/native.ts";
 import { phaseOfCheckpointFile } from "../checkpoint/checkpoint.ts";
@@ -78,12 +79,21 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
         initFrom: null,
       });
     }
+    // A pretrain that started over makes any older SFT checkpoint stale: SFT starts over too.
+    const sftStartsOver = pre !== null && pre.freshStart && sftResume.kind === "auto";
+    if (sftStartsOver && existsSync(join(checkpoints, "latest.pt"))) {
+      out.write("pipeline: pretrain started over, so SFT starts over from its new best.pt (older SFT checkpoints are replaced)\n");
+    }
+    const pretrainBest = join(pretrainDir, "best.pt");
+    if (configs.sft.initFrom !== null && configs.sft.initFrom !== pretrainBest) {
+      out.write(`pipeline: SFT starts from the pretrain phase's ${join("checkpoints", "pretrain", "best.pt")}; init_from in ${configs.sft.file} applies to --phase sft alone\n`);
+    }
     const sft = await runPhase({
       ...common,
       config: configs.sft,
       checkpointDir: checkpoints,
-      resume: sftResume,
-      initFrom: join(pretrainDir, "best.pt"),
+      resume: sftStartsOver ? { kind: "none" } : sftResume,
+      initFrom: pretrainBest,
       pretrainEnd: configs.pretrain.train.total_steps,
     });
     out.write(
