@@ -185,7 +185,9 @@ async function main(): Promise<void> {
   const torchIdle = torchVersion ? await runTorch<object>({ kind: "idle", threads: opt.threads }, opt.threads) : null;
   console.log(
     `baseline RSS: bun + libgpt ${mb(idle.maxRssBytes)} MB` +
-      (torchIdle ? `, python + torch ${torchVersion} ${mb(torchIdle.maxRssBytes)} MB` : ", PyTorch: not available (skipped)"),
+      (torchIdle
+        ? `, python + torch ${torchVersion} ${mb(torchIdle.maxRssBytes)} MB`
+        : opt.torch ? `, PyTorch: ${PYTHON} has no torch (comparison skipped)` : ", PyTorch: not run (--no-torch)"),
   );
 
   const rows: ShapeRow[] = [];
