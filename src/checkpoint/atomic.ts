@@ -134,3 +134,8 @@ export function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>, io: 
     if (dfd >= 0) io.closeSync(dfd);
   }
 }
+
+/** writeFileAtomic of a text, as UTF-8 (metrics.jsonl, loss.svg). */
+export function writeTextAtomic(path: string, text: string): void {
+  writeFileAtomic(path, [new TextEncoder().encode(text)]);
+}

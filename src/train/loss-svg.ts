@@ -16,7 +16,8 @@
  */
 
 import type { MetricsPhase, MetricsRecord } from "./metrics";
-import { writeFileAtomic, bestEval } from "./metrics";
+import { writeTextAtomic } from "../checkpoint/atomic.ts";
+import { bestEval } from "./metrics";
 
 export interface LossSvgOptions {
   title?: string;
@@ -282,5 +283,5 @@ export function renderLossSvg(records: readonly MetricsRecord[], o: LossSvgOptio
 
 /** Render and write atomically (temp file, fsync, rename). */
 export function writeLossSvg(path: string, records: readonly MetricsRecord[], o: LossSvgOptions = {}): void {
-  writeFileAtomic(path, renderLossSvg(records, o));
+  writeTextAtomic(path, renderLossSvg(records, o));
 }

@@ -31,8 +31,9 @@
  * Reading alone (for the SVG or tools): readMetrics(path).
  */
 
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from "node:fs";
-import { dirname, basename, join } from "node:path";
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, writeSync } from "node:fs";
+import { dirname } from "node:path";
+import { writeTextAtomic } from "../checkpoint/atomic.ts";
 import { InputError } from "../errors";
 
 export type MetricsPhase = "pretrain" | "sft";
@@ -174,36 +175,6 @@ function serialize(r: MetricsRecord): string {
   return JSON.stringify(o) + "\n";
 }
 
-/** Write `data` to `path` atomically: temp file in the same directory, fsync, rename, fsync dir. */
-export function writeFileAtomic(path: string, data: string): void {
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
-  const fd = openSync(tmp, "w");
-  try {
-    writeSync(fd, data);
-    fsyncSync(fd);
-  } catch (e) {
-    closeSync(fd);
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* already gone */
-    }
-    throw e;
-  }
-  closeSync(fd);
-  renameSync(tmp, path);
-  try {
-    const dfd = openSync(dirname(path), "r");
-    try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
-    }
-  } catch {
-    /* some platforms cannot fsync a directory; the rename itself is still atomic */
-  }
-}
-
 /** Best (lowest) val loss of a phase and the step of that eval; the earliest on ties. */
 export function bestEval(records: readonly MetricsRecord[], phase: MetricsPhase): MetricsRecord | null {
   let best: MetricsRecord | null = null;
@@ -243,7 +214,7 @@ export class MetricsLog {
         (r) => !drop.has(r.phase) && !(r.phase === o.phase && (o.resumeStep === null || r.step > o.resumeStep)),
       );
       if (kept.length !== p.records.length || p.tornTail || p.unterminated) {
-        writeFileAtomic(path, kept.map(serialize).join(""));
+        writeTextAtomic(path, kept.map(serialize).join(""));
       }
     }
     return new MetricsLog(path, o.phase, kept, o);
