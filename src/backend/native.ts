@@ -31,7 +31,7 @@ export class NativeError extends Error {
   override name = "NativeError";
 }
 
-const { ptr, i32, i64, f32, cstring, void: none } = FFIType;
+const { ptr, i32, i64, cstring, void: none } = FFIType;
 
 const SYMBOLS = {
   gpt_device_available: { args: [i32], returns: i32 },
