@@ -109,7 +109,8 @@ export function cflags(sanitize: boolean, cc: string = compiler()): string[] {
     "-fno-math-errno",
     "-ffp-contract=fast",
     "-pthread",
-    ...(isMac ? ["-Wno-deprecated-declarations"] : []),
+    // macOS 12 is the oldest system with every MPSGraph call native/mps makes (docs/mps.md)
+    ...(isMac ? ["-Wno-deprecated-declarations", "-mmacosx-version-min=12.0"] : []),
     // GCC notes that 32-byte vectors change the ABI without AVX: they only cross static inline functions
     ...(isGcc(cc) ? ["-Wno-psabi"] : []),
   ];
@@ -194,7 +195,8 @@ async function compileAndLink(
   // compile every source to its own object, all at once
   const jobs = [...cSources, ...mSources].map((src) => {
     const obj = join(objDir, relative(NATIVE, src).replace(/[\\/]/g, "_") + ".o");
-    const extra = src.endsWith(".m") ? ["-fobjc-arc", "-Wno-deprecated-declarations"] : [];
+    // graph-building errors are Objective-C exceptions that native/mps turns into messages
+    const extra = src.endsWith(".m") ? ["-fobjc-arc", "-fobjc-arc-exceptions", "-Wno-deprecated-declarations"] : [];
     const cmd = [cc, ...flags.filter((f) => !(src.endsWith(".m") && f === "-std=c11")), ...extra, "-c", src, "-o", obj];
     return { src, obj, proc: Bun.spawn(cmd, { cwd: ROOT, stdout: "ignore", stderr: "pipe" }) };
   });
@@ -212,6 +214,7 @@ async function compileAndLink(
     ? [
         cc,
         "-dynamiclib",
+        "-mmacosx-version-min=12.0",
         "-install_name",
         `@rpath/${basename(out)}`,
         ...(sanitize ? ["-fsanitize=address,undefined"] : []),
@@ -220,7 +223,8 @@ async function compileAndLink(
         tmp,
         ...blas.libs,
         ...(mSources.length > 0
-          ? ["-framework", "Metal", "-framework", "MetalPerformanceShaders", "-framework", "MetalPerformanceShadersGraph", "-framework", "Foundation"]
+          ? // CoreGraphics: a command-line process must link it for MTLCreateSystemDefaultDevice() to find a GPU
+            ["-framework", "Metal", "-framework", "MetalPerformanceShaders", "-framework", "MetalPerformanceShadersGraph", "-framework", "Foundation", "-framework", "CoreGraphics"]
           : []),
       ]
     : [
