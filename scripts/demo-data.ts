@@ -17,7 +17,7 @@ import { DataError } from "../src/data/errors.ts";
 import { dollyRecord, dollyTurns, formatIssue, oasstConversations, parseOasst } from "../src/data/formats.ts";
 import { DEFAULT_CACHE_ROOT } from "../src/data/paths.ts";
 import { type SftItem, type WrittenCache, writeSftCaches, writeStreamCaches } from "../src/data/prepare.ts";
-import { Rng } from "../src/data/rng.ts";
+import { Rng } from "../src/util/random.ts";
 import { hashString, type SplitPlan } from "../src/data/split.ts";
 import { makeTask, type Task, wordList } from "../src/data/tasks.ts";
 import { encodeText } from "../src/data/tokenizer.ts";

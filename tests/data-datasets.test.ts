@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { maskRow } from "../src/data/mask.ts";
 import { evalBatches } from "../src/data/eval.ts";
-import { RNG_STREAM, Rng } from "../src/data/rng.ts";
+import { RNG_STREAM, Rng } from "../src/util/random.ts";
 import { SFTExampleDataset } from "../src/data/sft.ts";
 import { StreamDataset } from "../src/data/stream.ts";
 import { ASST_ID, EOT_ID, PAD_ID, USER_ID } from "../src/data/tokenizer.ts";

@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { firstLearnableAsst, IGNORE_INDEX, maskRow, sftMask } from "../src/data/mask.ts";
-import { Rng } from "../src/data/rng.ts";
+import { Rng } from "../src/util/random.ts";
 
 const A = 258; // <|asst|>
 const E = 259; // <|eot|>

@@ -7,7 +7,7 @@ import { dollyTurns, formatIssue, oasstConversations, parseDolly, parseOasst, re
 import { SFTExampleDataset } from "../src/data/sft.ts";
 import { assignVal } from "../src/data/split.ts";
 import { StreamDataset } from "../src/data/stream.ts";
-import { Rng } from "../src/data/rng.ts";
+import { Rng } from "../src/util/random.ts";
 import { checkAnswer, makeTask, TASK_KINDS } from "../src/data/tasks.ts";
 import { fileDocuments } from "../src/data/text.ts";
 import { decodeTokens, encodeConversation, ENDOFTEXT_ID } from "../src/data/tokenizer.ts";

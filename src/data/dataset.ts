@@ -2,7 +2,7 @@
 import { type TokenCache, openCache } from "./cache.ts";
 import { DataError } from "./errors.ts";
 import { type CacheKind, cachePaths, normalizeMixture, type Split } from "./paths.ts";
-import { RNG_STREAM } from "./rng.ts";
+import { RNG_STREAM } from "../util/random.ts";
 
 export interface DatasetOptions {
   /** Rows per batch. */

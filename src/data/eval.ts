@@ -8,7 +8,7 @@
 import type { DatasetOptions } from "./dataset.ts";
 import { DataError } from "./errors.ts";
 import { type PhaseDataSpec, STREAM_SOURCES } from "./paths.ts";
-import { RNG_STREAM } from "./rng.ts";
+import { RNG_STREAM } from "../util/random.ts";
 import { SFTExampleDataset } from "./sft.ts";
 import { StreamDataset } from "./stream.ts";
 

@@ -5,7 +5,6 @@ export * from "./paths.ts";
 export * from "./meta.ts";
 export * from "./cache.ts";
 export * from "./writer.ts";
-export * from "./rng.ts";
 export * from "./mask.ts";
 export * from "./dataset.ts";
 export { StreamDataset } from "./stream.ts";

@@ -9,7 +9,7 @@ import { checkDatasetOptions, type DatasetOptions, type MixtureSource, openMixtu
 import { DataError } from "./errors.ts";
 import { firstLearnableAsst, maskRow } from "./mask.ts";
 import type { Split } from "./paths.ts";
-import { cumulative, Rng } from "./rng.ts";
+import { cumulative, Rng } from "../util/random.ts";
 
 export class SFTExampleDataset {
   readonly sources: readonly MixtureSource[];

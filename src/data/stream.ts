@@ -6,7 +6,7 @@ import { assertSameTokenizer } from "./cache.ts";
 import { type Batch, checkDatasetOptions, type DatasetOptions, type MixtureSource, openMixture } from "./dataset.ts";
 import { DataError } from "./errors.ts";
 import type { Split } from "./paths.ts";
-import { cumulative, Rng } from "./rng.ts";
+import { cumulative, Rng } from "../util/random.ts";
 
 export class StreamDataset {
   readonly sources: readonly MixtureSource[];

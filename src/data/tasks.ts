@@ -4,7 +4,7 @@
  * words (reverse, uppercase, count a letter, length, first/last letter, next/previous
  * letter of the alphabet, the larger of two numbers). Deterministic given the Rng.
  */
-import type { Rng } from "./rng.ts";
+import type { Rng } from "../util/random.ts";
 
 export const TASK_KINDS = ["add", "sub", "mul", "max", "reverse", "upper", "count", "length", "first", "last", "next", "prev"] as const;
 export type TaskKind = (typeof TASK_KINDS)[number];

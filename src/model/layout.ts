@@ -3,7 +3,7 @@
  * (the same order native/include/gpt.h documents), GPT-2 init, and named views.
  */
 import type { ModelCfg } from "./config.ts";
-import { Rng } from "../util/random.ts";
+import { Rng, RNG_STREAM } from "../util/random.ts";
 
 export interface ParamSpec {
   name: string; // nanoGPT state-dict name
@@ -66,7 +66,7 @@ export function numParams(cfg: ModelCfg): number {
  */
 export function initParams(cfg: ModelCfg, seed: number): Float32Array {
   const flat = new Float32Array(numParams(cfg));
-  const rng = new Rng(seed, 0x1417);
+  const rng = new Rng(seed, 0, RNG_STREAM.init);
   const residualStd = 0.02 / Math.sqrt(2 * cfg.L);
   for (const p of paramLayout(cfg)) {
     const view = flat.subarray(p.offset, p.offset + p.size);

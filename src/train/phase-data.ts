@@ -9,7 +9,7 @@ import type { NativeModel } from "../backend/native.ts";
 import type { PhaseConfig } from "../config.ts";
 import type { Batch } from "../data/dataset.ts";
 import { assertCachesPresent, DEFAULT_CACHE_ROOT } from "../data/paths.ts";
-import { RNG_STREAM } from "../data/rng.ts";
+import { RNG_STREAM } from "../util/random.ts";
 import { SFTExampleDataset } from "../data/sft.ts";
 import { StreamDataset } from "../data/stream.ts";
 import { evaluate, type PhaseData } from "./loop.ts";
