@@ -102,8 +102,9 @@ describe("learning on a repetitive corpus", () => {
     expect(loadCheckpoint(join(repo.root, "checkpoints", "best.pt")).bestValLoss).toBeCloseTo(Math.min(...val.values()), 6);
   });
 
-  test("sft from scratch, 200 steps: masked val loss below the best prompt-blind loss", async () => {
-    const steps = 200;
+  // 400 steps: at 200 the answers are only half learned and the result depends on the init
+  test("sft from scratch, 400 steps: masked val loss below the best prompt-blind loss", async () => {
+    const steps = 400;
     const repo = makeTinyRepo({ sft: true, sftVal: "sft", sftTrain: { ...fast, total_steps: steps, eval_every: 100, ckpt_every: steps } });
     const sft = JSON.parse(readFileSync(join(repo.root, "configs/sft.json"), "utf8"));
     repo.writeConfig("sft.json", { ...sft, init_from: null });

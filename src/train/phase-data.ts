@@ -10,6 +10,7 @@ import type { PhaseConfig } from "../config.ts";
 import type { Batch } from "../data/dataset.ts";
 import { assertCachesPresent, DEFAULT_CACHE_ROOT } from "../data/paths.ts";
 import { RNG_STREAM } from "../util/random.ts";
+import { evalBatches } from "../data/eval.ts";
 import { SFTExampleDataset } from "../data/sft.ts";
 import { StreamDataset } from "../data/stream.ts";
 import { evaluate, type PhaseData } from "./loop.ts";
@@ -19,41 +20,26 @@ export interface OpenedPhaseData extends PhaseData {
   evalLoss(model: NativeModel): number;
 }
 
-/** SFT batches train on y_masked: the targets outside assistant answers are -100. */
-function maskedBatch(b: { x: Int32Array; yMasked: Int32Array }): Batch {
-  return { x: b.x, y: b.yMasked };
-}
-
-function copyBatch(b: Batch): Batch {
-  return { x: b.x.slice(), y: b.y.slice() };
-}
-
 export function openPhaseData(config: PhaseConfig, repoRoot: string): OpenedPhaseData {
   const root = join(repoRoot, DEFAULT_CACHE_ROOT);
   const { B, seed, eval_batches } = config.train;
   const { T, V } = config.model;
-  assertCachesPresent(root, { phase: config.phase, sources: config.sources, valSource: config.valSource });
+  const spec = { phase: config.phase, sources: config.sources, valSource: config.valSource };
+  assertCachesPresent(root, spec);
 
   const trainOptions = { B, T, seed, modelV: V, rngStream: RNG_STREAM.train };
-  const evalOptions = { ...trainOptions, rngStream: RNG_STREAM.eval };
   let trainBatch: (step: number) => Batch;
   if (config.phase === "pretrain") {
     const ds = StreamDataset.open(root, config.sources, "train", trainOptions);
     trainBatch = (step) => ds.getBatch(step);
   } else {
+    // SFT trains on y_masked: the targets outside assistant answers are -100
     const ds = SFTExampleDataset.open(root, config.sources, "train", trainOptions);
-    trainBatch = (step) => maskedBatch(ds.getBatch(step));
+    trainBatch = (step) => {
+      const b = ds.getBatch(step);
+      return { x: b.x, y: b.yMasked };
+    };
   }
-
-  let evalBatch: (i: number) => Batch;
-  if (config.valSource === "sft") {
-    const ds = SFTExampleDataset.open(root, config.sources, "val", evalOptions);
-    evalBatch = (i) => maskedBatch(ds.getBatch(i));
-  } else {
-    const ds = StreamDataset.open(root, { [config.valSource]: 1 }, "val", evalOptions);
-    evalBatch = (i) => ds.getBatch(i);
-  }
-  // The datasets reuse their buffers, so the fixed eval batches are copied once.
-  const evalBatches = Array.from({ length: eval_batches }, (_, i) => copyBatch(evalBatch(i)));
-  return { trainBatch, evalBatches, evalLoss: (model) => evaluate(model, evalBatches) };
+  const fixedEval = evalBatches({ root, spec, B, T, seed, modelV: V, count: eval_batches });
+  return { trainBatch, evalBatches: fixedEval, evalLoss: (model) => evaluate(model, fixedEval) };
 }
