@@ -139,3 +139,43 @@ export function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>, io: 
 export function writeTextAtomic(path: string, text: string): void {
   writeFileAtomic(path, [new TextEncoder().encode(text)]);
 }
+
+/**
+ * Removes the temp files of writeFileAtomic whose writer is gone (killed mid-write):
+ * `.<name>.<pid>.<n>.tmp` of a process that no longer runs. Returns the paths removed.
+ */
+export function removeStaleTempFiles(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  const removed: string[] = [];
+  for (const name of fs.readdirSync(dir)) {
+    const pid = /^\..+?\.(\d+)(?:\.\d+){0,2}\.tmp$/.exec(name)?.[1];
+    if (pid === undefined || Number(pid) === process.pid || processAlive(Number(pid))) continue;
+    try {
+      fs.unlinkSync(join(dir, name));
+      removed.push(join(dir, name));
+    } catch {
+      // another run removed it first, or the folder is read-only: the write itself will say
+    }
+  }
+  return removed;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Runs a write to `path`; a failing file system becomes a FileWriteError naming the file. */
+export function writingTo<T>(path: string, write: () => T): T {
+  try {
+    return write();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (e instanceof FileWriteError || typeof code !== "string" || !code.startsWith("E")) throw e;
+    throw new FileWriteError(`cannot write ${path}: ${describeFsError(e)}`, path, code, { cause: e });
+  }
+}

@@ -1,17 +1,16 @@
 /**
  * One phase (pretrain or sft) from start to finish: check the caches, decide where to
- * start (resume, init from a pretrain checkpoint, or fresh), open the native model, run
- * the loop, write checkpoints, metrics and the loss picture.
+ * start (start.ts), open the native model, run the loop (loop.ts), write checkpoints
+ * (only of sound weights), metrics and the loss picture.
  */
-import { existsSync, mkdirSync, readdirSync, unlinkSync } from "node:fs";
-import { join, relative, resolve } from "node:path";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { NativeModel, type Device, type NativeLibrary } from "../backend/native.ts";
-import { describeFsError, FileWriteError } from "../checkpoint/atomic.ts";
-import { loadCheckpoint, saveCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
-import { phaseOfTrainCfg, type PhaseConfig } from "../config.ts";
-import { exitCodeOf, InputError } from "../errors.ts";
-import { modelCfgDifferences, type ModelCfg } from "../model/config.ts";
-import { initParams, paramLayout } from "../model/layout.ts";
+import { FileWriteError, removeStaleTempFiles, writingTo } from "../checkpoint/atomic.ts";
+import { saveCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
+import type { PhaseConfig } from "../config.ts";
+import type { ModelCfg } from "../model/config.ts";
+import { paramLayout } from "../model/layout.ts";
 import { writeLossSvg } from "./loss-svg.ts";
 import { trainLoop, hparamsOf, DivergedError, type LoopMetrics, type SaveTargets } from "./loop.ts";
 import { bestEval, MetricsLog, type MetricsPhase } from "./metrics.ts";
@@ -19,9 +18,8 @@ import { openPhaseData, type OpenedPhaseData } from "./phase-data.ts";
 import { learningRate } from "./schedule.ts";
 import { ProgressReporter, type ProgressStream } from "./progress.ts";
 import type { StopSignal } from "./stop.ts";
+import { decideStart, show, type ResumeRequest } from "./start.ts";
 import { formatSummary } from "./summary.ts";
-
-export type ResumeRequest = { kind: "auto" } | { kind: "none" } | { kind: "path"; path: string };
 
 export interface PhaseOptions {
   config: PhaseConfig;
@@ -51,118 +49,6 @@ export interface PhaseOutcome {
   firstValLoss: number | null;
 }
 
-function article(word: string): string {
-  return `${/^[aeiou]|^sft/i.test(word) ? "an" : "a"} ${word}`;
-}
-
-function capitalize(s: string): string {
-  return s[0]!.toUpperCase() + s.slice(1);
-}
-
-function show(repoRoot: string, path: string): string {
-  const rel = relative(repoRoot, path);
-  return rel.startsWith("..") ? path : rel;
-}
-
-/** Refuses a checkpoint of another phase or another model shape, naming what differs. */
-function checkCompatible(ckpt: Checkpoint, path: string, o: ResumeOptions, what: string): void {
-  const { config } = o;
-  const phase = phaseOfTrainCfg(ckpt.trainCfg);
-  if (phase !== config.phase) {
-    throw new InputError(
-      `${path}: ${what} is ${article(phase ?? "unknown-phase")} checkpoint, but this is the ${config.phase} phase. ` +
-        `${capitalize(article(config.phase))} run never resumes another phase's checkpoint: pass --resume PATH with ${article(config.phase)} checkpoint, ` +
-        `or --no-resume to start the ${config.phase} phase fresh (it then replaces the files in ${o.checkpointDir}).`,
-    );
-  }
-  const diff = modelCfgDifferences(ckpt.modelCfg, config.model);
-  if (diff.length > 0) {
-    throw new InputError(
-      `${path}: ${what} holds a model of another shape than ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")}); ` +
-        `use a matching model cfg, or --no-resume to start fresh`,
-    );
-  }
-}
-
-/** The --resume PATH of the command line (relative to REPO_ROOT, or absolute); it must exist. */
-export function resumePathOf(repoRoot: string, path: string): string {
-  const abs = resolve(repoRoot, path);
-  if (!existsSync(abs)) throw new InputError(`--resume ${path}: no such checkpoint file (${abs})`);
-  return abs;
-}
-
-/** Where to go when latest.pt cannot be read: the newest step_*.pt that loads, else a fresh start. */
-function olderCheckpointHint(o: ResumeOptions): string {
-  const steps = readdirSync(o.checkpointDir).filter((f) => /^step_\d+\.pt$/.test(f)).sort().reverse();
-  for (const name of steps) {
-    const path = join(o.checkpointDir, name);
-    try {
-      checkCompatible(loadCheckpoint(path), path, o, "");
-      return `to resume from the newest intact checkpoint pass --resume ${show(o.repoRoot, path)}, or start fresh with --no-resume`;
-    } catch {
-      // torn or foreign as well: try an older one
-    }
-  }
-  return "no step_*.pt beside it can be resumed instead: start fresh with --no-resume";
-}
-
-export type ResumeOptions = Pick<PhaseOptions, "config" | "repoRoot" | "checkpointDir" | "resume">;
-
-/**
- * The checkpoint a phase resumes from (--resume PATH, or latest.pt unless --no-resume),
- * checked against the phase and model of the config; null: nothing to resume.
- */
-export function resumeCheckpoint(o: ResumeOptions): { ckpt: Checkpoint; path: string } | null {
-  if (o.resume.kind === "path") {
-    const path = resumePathOf(o.repoRoot, o.resume.path);
-    const ckpt = loadCheckpoint(path);
-    checkCompatible(ckpt, path, o, "the --resume checkpoint");
-    return { ckpt, path };
-  }
-  const latest = join(o.checkpointDir, "latest.pt");
-  if (o.resume.kind === "none" || !existsSync(latest)) return null;
-  let ckpt: Checkpoint;
-  try {
-    ckpt = loadCheckpoint(latest);
-  } catch (e) {
-    if (exitCodeOf(e) !== 2) throw e;
-    throw new InputError(`${(e as Error).message}; ${olderCheckpointHint(o)}`);
-  }
-  checkCompatible(ckpt, latest, o, "the latest checkpoint");
-  return { ckpt, path: latest };
-}
-
-interface Start {
-  params: Float32Array;
-  opt: Checkpoint["opt"];
-  step: number;
-  bestValLoss: number | null;
-  from: string;
-  /** The checkpoint file resumed from, or null (fresh weights or SFT's init_from). */
-  resumedFrom: string | null;
-}
-
-function decideStart(o: PhaseOptions): Start {
-  const { config } = o;
-  const resumed = resumeCheckpoint(o);
-  if (resumed !== null) {
-    const { ckpt, path } = resumed;
-    return { params: ckpt.params, opt: ckpt.opt, step: ckpt.step, bestValLoss: ckpt.bestValLoss, from: `resumed from ${show(o.repoRoot, path)} at step ${ckpt.step}`, resumedFrom: path };
-  }
-  if (o.initFrom !== null) {
-    if (!existsSync(o.initFrom)) {
-      throw new InputError(`${o.initFrom}: the checkpoint to start SFT from does not exist (init_from in ${config.file}); run the pretrain phase first or fix init_from`);
-    }
-    const ckpt = loadCheckpoint(o.initFrom);
-    const diff = modelCfgDifferences(ckpt.modelCfg, config.model);
-    if (diff.length > 0) {
-      throw new InputError(`${o.initFrom}: its model differs from ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")})`);
-    }
-    return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}), fresh optimizer`, resumedFrom: null };
-  }
-  return { params: initParams(config.model, config.train.seed), opt: null, step: 0, bestValLoss: null, from: `fresh GPT-2 init (seed ${config.train.seed})`, resumedFrom: null };
-}
-
 /** The first NaN / infinity of a flat buffer, named by its tensor and index, or null. */
 function firstNonFinite(cfg: ModelCfg, what: string, values: Float32Array): string | null {
   for (let i = 0; i < values.length; i++) {
@@ -171,41 +57,6 @@ function firstNonFinite(cfg: ModelCfg, what: string, values: Float32Array): stri
     return `${what} ${p.name}[${i - p.offset}] is ${values[i]}`;
   }
   return null;
-}
-
-/** Temp files of atomic writes whose writer is gone (killed mid-write): `.<name>.<pid>.<n>.tmp`. */
-function removeStaleTempFiles(dir: string, repoRoot: string, print: (line: string) => void): void {
-  if (!existsSync(dir)) return;
-  for (const name of readdirSync(dir)) {
-    const pid = /^\..+?\.(\d+)(?:\.\d+){0,2}\.tmp$/.exec(name)?.[1];
-    if (pid === undefined || Number(pid) === process.pid || processAlive(Number(pid))) continue;
-    try {
-      unlinkSync(join(dir, name));
-      print(`removed ${show(repoRoot, join(dir, name))}, left by an interrupted write`);
-    } catch {
-      // another run removed it first, or the folder is read-only: the write itself will say
-    }
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
-/** Runs a write to `path`; a failing file system becomes a FileWriteError naming the file. */
-function writingTo<T>(path: string, write: () => T): T {
-  try {
-    return write();
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (e instanceof FileWriteError || typeof code !== "string" || !code.startsWith("E")) throw e;
-    throw new FileWriteError(`cannot write ${path}: ${describeFsError(e)}`, path, code, { cause: e });
-  }
 }
 
 /**
@@ -257,7 +108,9 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
     else model.setOptState(null, null, 0);
 
     writingTo(o.checkpointDir, () => mkdirSync(o.checkpointDir, { recursive: true }));
-    for (const dir of new Set([o.checkpointDir, o.runDir])) removeStaleTempFiles(dir, o.repoRoot, print);
+    for (const dir of new Set([o.checkpointDir, o.runDir])) {
+      for (const path of removeStaleTempFiles(dir)) print(`removed ${show(o.repoRoot, path)}, left by an interrupted write`);
+    }
     const resumed = start.step > 0 || start.opt !== null;
     const metrics = writingTo(metricsPath, () =>
       MetricsLog.open(metricsPath, {

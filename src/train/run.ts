@@ -12,7 +12,8 @@ import { phaseOfCheckpointFile } from "../checkpoint/checkpoint.ts";
 import { loadPhaseConfig, loadPipelineConfig, type SftConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { openPhaseData } from "./phase-data.ts";
-import { resumeCheckpoint, resumePathOf, runPhase, type PhaseOutcome, type ResumeRequest } from "./phase.ts";
+import { runPhase, type PhaseOutcome } from "./phase.ts";
+import { resumeCheckpoint, resumePathOf, type ResumeRequest } from "./start.ts";
 import type { ProgressStream } from "./progress.ts";
 import { StopOnSignals, type StopSignal } from "./stop.ts";
 

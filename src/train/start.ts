@@ -1,0 +1,134 @@
+/**
+ * Where a phase starts: the checkpoint it resumes (--resume PATH, or latest.pt unless
+ * --no-resume), checked to be of this phase and this model shape; else SFT's init_from
+ * weights with a fresh optimizer; else a fresh GPT-2 init.
+ */
+import { existsSync, readdirSync } from "node:fs";
+import { join, relative, resolve } from "node:path";
+import { loadCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
+import { phaseOfTrainCfg, type PhaseConfig } from "../config.ts";
+import { exitCodeOf, InputError } from "../errors.ts";
+import { modelCfgDifferences } from "../model/config.ts";
+import { initParams } from "../model/layout.ts";
+
+export type ResumeRequest = { kind: "auto" } | { kind: "none" } | { kind: "path"; path: string };
+
+function article(word: string): string {
+  return `${/^[aeiou]|^sft/i.test(word) ? "an" : "a"} ${word}`;
+}
+
+function capitalize(s: string): string {
+  return s[0]!.toUpperCase() + s.slice(1);
+}
+
+/** A path as the user should read it: relative to REPO_ROOT when inside it. */
+export function show(repoRoot: string, path: string): string {
+  const rel = relative(repoRoot, path);
+  return rel.startsWith("..") ? path : rel;
+}
+
+/** Refuses a checkpoint of another phase or another model shape, naming what differs. */
+function checkCompatible(ckpt: Checkpoint, path: string, o: ResumeOptions, what: string): void {
+  const { config } = o;
+  const phase = phaseOfTrainCfg(ckpt.trainCfg);
+  if (phase !== config.phase) {
+    throw new InputError(
+      `${path}: ${what} is ${article(phase ?? "unknown-phase")} checkpoint, but this is the ${config.phase} phase. ` +
+        `${capitalize(article(config.phase))} run never resumes another phase's checkpoint: pass --resume PATH with ${article(config.phase)} checkpoint, ` +
+        `or --no-resume to start the ${config.phase} phase fresh (it then replaces the files in ${o.checkpointDir}).`,
+    );
+  }
+  const diff = modelCfgDifferences(ckpt.modelCfg, config.model);
+  if (diff.length > 0) {
+    throw new InputError(
+      `${path}: ${what} holds a model of another shape than ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")}); ` +
+        `use a matching model cfg, or --no-resume to start fresh`,
+    );
+  }
+}
+
+/** The --resume PATH of the command line (relative to REPO_ROOT, or absolute); it must exist. */
+export function resumePathOf(repoRoot: string, path: string): string {
+  const abs = resolve(repoRoot, path);
+  if (!existsSync(abs)) throw new InputError(`--resume ${path}: no such checkpoint file (${abs})`);
+  return abs;
+}
+
+/** Where to go when latest.pt cannot be read: the newest step_*.pt that loads, else a fresh start. */
+function olderCheckpointHint(o: ResumeOptions): string {
+  const steps = readdirSync(o.checkpointDir).filter((f) => /^step_\d+\.pt$/.test(f)).sort().reverse();
+  for (const name of steps) {
+    const path = join(o.checkpointDir, name);
+    try {
+      checkCompatible(loadCheckpoint(path), path, o, "");
+      return `to resume from the newest intact checkpoint pass --resume ${show(o.repoRoot, path)}, or start fresh with --no-resume`;
+    } catch {
+      // torn or foreign as well: try an older one
+    }
+  }
+  return "no step_*.pt beside it can be resumed instead: start fresh with --no-resume";
+}
+
+export interface ResumeOptions {
+  config: PhaseConfig;
+  repoRoot: string;
+  /** The phase's checkpoint folder (where latest.pt is). */
+  checkpointDir: string;
+  resume: ResumeRequest;
+}
+
+/**
+ * The checkpoint a phase resumes from (--resume PATH, or latest.pt unless --no-resume),
+ * checked against the phase and model of the config; null: nothing to resume.
+ */
+export function resumeCheckpoint(o: ResumeOptions): { ckpt: Checkpoint; path: string } | null {
+  if (o.resume.kind === "path") {
+    const path = resumePathOf(o.repoRoot, o.resume.path);
+    const ckpt = loadCheckpoint(path);
+    checkCompatible(ckpt, path, o, "the --resume checkpoint");
+    return { ckpt, path };
+  }
+  const latest = join(o.checkpointDir, "latest.pt");
+  if (o.resume.kind === "none" || !existsSync(latest)) return null;
+  let ckpt: Checkpoint;
+  try {
+    ckpt = loadCheckpoint(latest);
+  } catch (e) {
+    if (exitCodeOf(e) !== 2) throw e;
+    throw new InputError(`${(e as Error).message}; ${olderCheckpointHint(o)}`);
+  }
+  checkCompatible(ckpt, latest, o, "the latest checkpoint");
+  return { ckpt, path: latest };
+}
+
+export interface Start {
+  params: Float32Array;
+  opt: Checkpoint["opt"];
+  step: number;
+  bestValLoss: number | null;
+  from: string;
+  /** The checkpoint file resumed from, or null (fresh weights or SFT's init_from). */
+  resumedFrom: string | null;
+}
+
+/** Where a phase starts: a resumed checkpoint, SFT's init_from weights, or a fresh init. */
+export function decideStart(o: ResumeOptions & { initFrom: string | null }): Start {
+  const { config } = o;
+  const resumed = resumeCheckpoint(o);
+  if (resumed !== null) {
+    const { ckpt, path } = resumed;
+    return { params: ckpt.params, opt: ckpt.opt, step: ckpt.step, bestValLoss: ckpt.bestValLoss, from: `resumed from ${show(o.repoRoot, path)} at step ${ckpt.step}`, resumedFrom: path };
+  }
+  if (o.initFrom !== null) {
+    if (!existsSync(o.initFrom)) {
+      throw new InputError(`${o.initFrom}: the checkpoint to start SFT from does not exist (init_from in ${config.file}); run the pretrain phase first or fix init_from`);
+    }
+    const ckpt = loadCheckpoint(o.initFrom);
+    const diff = modelCfgDifferences(ckpt.modelCfg, config.model);
+    if (diff.length > 0) {
+      throw new InputError(`${o.initFrom}: its model differs from ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")})`);
+    }
+    return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}), fresh optimizer`, resumedFrom: null };
+  }
+  return { params: initParams(config.model, config.train.seed), opt: null, step: 0, bestValLoss: null, from: `fresh GPT-2 init (seed ${config.train.seed})`, resumedFrom: null };
+}
