@@ -3,21 +3,11 @@
  * --help, usage errors, missing caches, exit codes (0 done, 2 usage/config/data error,
  * 1 runtime failure), and that a refused run writes nothing.
  */
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { makeTinyRepo as makeRepo } from "./helpers/repo.ts";
+import { makeTinyRepo } from "./helpers/repo.ts";
 
-/** Tiny repos of this file, removed at the end. */
-const repos: string[] = [];
-afterAll(() => {
-  for (const dir of repos) rmSync(dir, { recursive: true, force: true });
-});
-function makeTinyRepo(...args: Parameters<typeof makeRepo>): ReturnType<typeof makeRepo> {
-  const repo = makeRepo(...args);
-  repos.push(repo.root);
-  return repo;
-}
 
 const CLI = join(import.meta.dir, "..", "src", "cli.ts");
 const SPEC_FLAGS = ["--config", "--device", "--no-resume", "--phase", "--resume"];

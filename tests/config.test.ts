@@ -3,25 +3,15 @@
  * across files; the spec's defaults; JSON syntax errors at the right line and column; and
  * the configs stored verbatim in checkpoints (train_cfg, model_cfg).
  */
-import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync, writeFileSync, rmSync } from "node:fs";
+import { describe, expect, test } from "bun:test";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
 import { loadPhaseConfig, loadPipelineConfig, TRAIN_DEFAULTS, type PhaseConfig, type PretrainConfig } from "../src/config.ts";
 import { exitCodeOf } from "../src/errors.ts";
 import { runTraining } from "../src/train/run.ts";
-import { captureStream, makeTinyRepo as makeRepo, TINY_MODEL, TINY_TRAIN, type TinyRepo } from "./helpers/repo.ts";
+import { captureStream, makeTinyRepo, TINY_MODEL, TINY_TRAIN, type TinyRepo } from "./helpers/repo.ts";
 
-/** Tiny repos of this file, removed at the end. */
-const repos: string[] = [];
-afterAll(() => {
-  for (const dir of repos) rmSync(dir, { recursive: true, force: true });
-});
-function makeTinyRepo(...args: Parameters<typeof makeRepo>): ReturnType<typeof makeRepo> {
-  const repo = makeRepo(...args);
-  repos.push(repo.root);
-  return repo;
-}
 
 const REPO = join(import.meta.dir, "..");
 

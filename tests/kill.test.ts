@@ -6,21 +6,12 @@
  * read and are removed by the next run. Then a pipeline stopped during SFT (Ctrl-C, and
  * SIGKILL) and run again continues where it stopped and ends as an uninterrupted one.
  */
-import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { describe, expect, test } from "bun:test";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { basename, join, relative } from "node:path";
-import { makeTinyRepo, type TinyRepo } from "./helpers/repo.ts";
+import { makeTinyRepo } from "./helpers/repo.ts";
 import { CLI, cli, finalCheckpoints, LiveRun, load, sameState, seededRandom, tempFiles } from "./reliability-helpers.ts";
 
-const repos: TinyRepo[] = [];
-function repo(o: Parameters<typeof makeTinyRepo>[0]): TinyRepo {
-  const r = makeTinyRepo(o);
-  repos.push(r);
-  return r;
-}
-afterAll(() => {
-  for (const r of repos) rmSync(r.root, { recursive: true, force: true });
-});
 
 /** The .pt files under dir, relative name -> bytes. */
 function checkpointBytes(dir: string): Map<string, Buffer> {
@@ -43,7 +34,7 @@ describe("SIGKILL at 20 random moments", () => {
     const args = ["--phase", "pretrain", "--config", "configs/pretrain.json", "--device", "cpu"];
 
     // The uninterrupted run, timed: where the first checkpoint comes, how long a step takes.
-    const reference = repo(options);
+    const reference = makeTinyRepo(options);
     const timed = new LiveRun(args, reference.root);
     await timed.waitFor(/checkpoint step\s+2\//);
     const firstCheckpointMs = performance.now() - timed.started;
@@ -51,7 +42,7 @@ describe("SIGKILL at 20 random moments", () => {
     expect(done.code).toBe(0);
     const stepMs = (performance.now() - timed.started - firstCheckpointMs) / (STEPS - 2);
 
-    const killed = repo(options);
+    const killed = makeTinyRepo(options);
     const dir = join(killed.root, "checkpoints");
     const random = seededRandom(20240607);
     let midWrite = 0;
@@ -104,7 +95,7 @@ describe("a pipeline stopped during SFT, run again", () => {
   let referenceDir: string | null = null;
   const uninterrupted = (): string => {
     if (referenceDir === null) {
-      const r = repo(options);
+      const r = makeTinyRepo(options);
       expect(cli(args, r.root).code).toBe(0);
       referenceDir = join(r.root, "checkpoints");
     }
@@ -113,7 +104,7 @@ describe("a pipeline stopped during SFT, run again", () => {
 
   test.each(["SIGINT", "SIGKILL"] as const)("%s: continues where it stopped; best.pt, latest.pt and the pretrain checkpoints as uninterrupted", async (signal) => {
     const reference = uninterrupted();
-    const r = repo(options);
+    const r = makeTinyRepo(options);
     const run = new LiveRun(args, r.root);
     await run.waitFor(/\[sft\] checkpoint step\s+50\/200/);
     run.signal(signal);

@@ -7,8 +7,8 @@
  * The bounds are empirical conditional entropies over the eval batches of the run itself:
  * the in-sample optimum, a lower bound for every predictor that uses only that context.
  */
-import { afterAll, describe, expect, test } from "bun:test";
-import { readFileSync, rmSync } from "node:fs";
+import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
 import { loadPhaseConfig } from "../src/config.ts";
@@ -17,18 +17,8 @@ import { ASST_ID } from "../src/data/tokenizer.ts";
 import type { Batch } from "../src/train/loop.ts";
 import { openPhaseData } from "../src/train/phase-data.ts";
 import { runTraining } from "../src/train/run.ts";
-import { captureStream, makeTinyRepo as makeRepo, TINY_MODEL } from "./helpers/repo.ts";
+import { captureStream, makeTinyRepo, TINY_MODEL } from "./helpers/repo.ts";
 
-/** Tiny repos of this file, removed at the end. */
-const repos: string[] = [];
-afterAll(() => {
-  for (const dir of repos) rmSync(dir, { recursive: true, force: true });
-});
-function makeTinyRepo(...args: Parameters<typeof makeRepo>): ReturnType<typeof makeRepo> {
-  const repo = makeRepo(...args);
-  repos.push(repo.root);
-  return repo;
-}
 
 /** Mean of -ln p(target | context) under the empirical distribution of (context, target) pairs. */
 function conditionalEntropy(pairs: Array<[string, number]>): number {

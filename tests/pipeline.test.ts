@@ -4,7 +4,7 @@
  * here), `--phase sft` with init_from, checkpoints of another phase or model refused, and
  * metrics.jsonl / loss.svg after an interrupted and resumed pipeline.
  */
-import { afterAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { NativeModel } from "../src/backend/native.ts";
@@ -16,18 +16,8 @@ import { openPhaseData } from "../src/train/phase-data.ts";
 import { runTraining, type RunRequest } from "../src/train/run.ts";
 import { learningRate } from "../src/train/schedule.ts";
 import type { StopSignal } from "../src/train/stop.ts";
-import { captureStream, makeTinyRepo as makeRepo, TINY_MODEL, type TinyRepo } from "./helpers/repo.ts";
+import { captureStream, makeTinyRepo, TINY_MODEL, type TinyRepo } from "./helpers/repo.ts";
 
-/** Tiny repos of this file, removed at the end. */
-const repos: string[] = [];
-afterAll(() => {
-  for (const dir of repos) rmSync(dir, { recursive: true, force: true });
-});
-function makeTinyRepo(...args: Parameters<typeof makeRepo>): ReturnType<typeof makeRepo> {
-  const repo = makeRepo(...args);
-  repos.push(repo.root);
-  return repo;
-}
 
 const never: StopSignal = { requested: null };
 

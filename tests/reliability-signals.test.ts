@@ -4,8 +4,8 @@
  * ends byte-identical to an uninterrupted one. A second signal ends the process at once,
  * even in the middle of a native step. A closed stdout does not end the run.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync, rmSync } from "node:fs";
+import { beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { makeTinyRepo, type TinyRepo } from "./helpers/repo.ts";
 import { cli, finalCheckpoints, LiveRun, load, sameState, tempFiles } from "./reliability-helpers.ts";
@@ -14,19 +14,10 @@ const PRETRAIN = ["--phase", "pretrain", "--config", "configs/pretrain.json", "-
 // Long enough that a signal sent after the first checkpoint lands mid-run (about 1 s of steps).
 const LONG = { total_steps: 400, ckpt_every: 50, eval_every: 50, log_every: 50 };
 
-const repos: TinyRepo[] = [];
-function repo(o: Parameters<typeof makeTinyRepo>[0]): TinyRepo {
-  const r = makeTinyRepo(o);
-  repos.push(r);
-  return r;
-}
-afterAll(() => {
-  for (const r of repos) rmSync(r.root, { recursive: true, force: true });
-});
 
 let reference: TinyRepo;
 beforeAll(() => {
-  reference = repo({ pretrain: LONG });
+  reference = makeTinyRepo({ pretrain: LONG });
   const r = cli(PRETRAIN, reference.root);
   if (r.code !== 0) throw new Error(`the uninterrupted reference run failed:\n${r.stderr}`);
 }, 60_000);
@@ -40,7 +31,7 @@ describe.each([
   ["SIGTERM", 143],
 ] as const)("%s", (signal, exitCode) => {
   test(`finishes the step, saves latest.pt at the step it reports, exits ${exitCode}; the resumed run equals an uninterrupted one to the byte`, async () => {
-    const r = repo({ pretrain: LONG });
+    const r = makeTinyRepo({ pretrain: LONG });
     const run = new LiveRun(PRETRAIN, r.root);
     await run.waitFor(/checkpoint step\s+50\/400/);
     run.signal(signal);
@@ -70,7 +61,7 @@ describe.each([
 
 test("a second SIGINT ends the process at once, in the middle of a native step, leaving only whole files", async () => {
   // One step of B=4096 rows takes about a second here: both signals land inside the first step.
-  const r = repo({ pretrain: { total_steps: 3, ckpt_every: 1, eval_every: 1, eval_batches: 1, B: 4096 } });
+  const r = makeTinyRepo({ pretrain: { total_steps: 3, ckpt_every: 1, eval_every: 1, eval_batches: 1, B: 4096 } });
   const run = new LiveRun(PRETRAIN, r.root);
   await run.waitFor(/val loss before training/);
   await Bun.sleep(150);
@@ -88,7 +79,7 @@ test("a second SIGINT ends the process at once, in the middle of a native step, 
 }, 60_000);
 
 test("a closed stdout (`train | head -n 2`) loses the output, not the run", () => {
-  const r = repo({ pretrain: { total_steps: 60, ckpt_every: 20, eval_every: 20, log_every: 1 } });
+  const r = makeTinyRepo({ pretrain: { total_steps: 60, ckpt_every: 20, eval_every: 20, log_every: 1 } });
   const p = Bun.spawnSync(["bash", "-c", `set -o pipefail; "${process.execPath}" "$0" "$@" | head -n 2`, join(import.meta.dir, "..", "src", "cli.ts"), ...PRETRAIN], {
     cwd: r.root,
     stdout: "pipe",

@@ -3,23 +3,13 @@
  * written out here independently, the edge cases warmup 0 and warmup == total, and that the
  * runner logs the lr of the schedule for every step it takes.
  */
-import { afterAll, describe, expect, test } from "bun:test";
-import { readFileSync, rmSync } from "node:fs";
+import { describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { learningRate, type ScheduleCfg } from "../src/train/schedule.ts";
 import { runTraining } from "../src/train/run.ts";
-import { captureStream, makeTinyRepo as makeRepo } from "./helpers/repo.ts";
+import { captureStream, makeTinyRepo } from "./helpers/repo.ts";
 
-/** Tiny repos of this file, removed at the end. */
-const repos: string[] = [];
-afterAll(() => {
-  for (const dir of repos) rmSync(dir, { recursive: true, force: true });
-});
-function makeTinyRepo(...args: Parameters<typeof makeRepo>): ReturnType<typeof makeRepo> {
-  const repo = makeRepo(...args);
-  repos.push(repo.root);
-  return repo;
-}
 
 /**
  * The contract, spelled out: step s (0-based) of N steps with W warmup steps gets
