@@ -9,9 +9,9 @@
  */
 import { describe, expect, test } from "bun:test";
 import type { ModelCfg } from "../src/model/config.ts";
-import { initParams, paramLayout, type ParamSpec } from "../src/model/layout.ts";
+import { initParams, paramLayout } from "../src/model/layout.ts";
 import { deviceAvailable, NativeError, NativeModel, type HParams } from "../src/backend/native.ts";
-import { Rng } from "../src/util/random.ts";
+import { randomBatches, relScalar, tensorMismatches } from "./helpers/compare.ts";
 
 const MPS = process.platform === "darwin" && deviceAvailable("mps");
 const SKIP_NOTE = MPS ? "" : " (skipped: needs macOS with a Metal device)";
@@ -39,62 +39,6 @@ const CASES: Case[] = [
   { name: "V256 T32 C64 L2 H2, plain CE", cfg: { V: 256, T: 32, C: 64, L: 2, H: 2, d_ff: 256 }, B: 4, maskFraction: 0, seed: 22 },
 ];
 
-interface Batch {
-  x: Int32Array;
-  y: Int32Array;
-}
-
-/** Random tokens; with maskFraction > 0 a masked prefix per row, scattered -100s and
- * one fully masked row (as SFT masking produces). */
-function makeBatches(c: Case, count: number): Batch[] {
-  const rng = new Rng(c.seed, 0x3b5);
-  const n = c.B * c.cfg.T;
-  const out: Batch[] = [];
-  for (let k = 0; k < count; k++) {
-    const x = new Int32Array(n);
-    const y = new Int32Array(n);
-    for (let i = 0; i < n; i++) {
-      x[i] = rng.below(c.cfg.V);
-      y[i] = rng.below(c.cfg.V);
-    }
-    if (c.maskFraction > 0) {
-      for (let b = 0; b < c.B; b++) {
-        const prefix = rng.below(Math.floor(c.cfg.T * c.maskFraction) + 1);
-        for (let t = 0; t < c.cfg.T; t++) {
-          if (t < prefix || rng.uniform() < c.maskFraction / 2) y[b * c.cfg.T + t] = -100;
-        }
-      }
-      y.fill(-100, 0, c.cfg.T);
-    }
-    out.push({ x, y });
-  }
-  return out;
-}
-
-function relErr(ours: Float32Array, ref: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < ref.length; i++) {
-    if (!Number.isFinite(ours[i]!)) return Infinity;
-    diff = Math.max(diff, Math.abs(ours[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
-
-/** "name: error" for every tensor whose relative error exceeds tol (empty when all agree). */
-function mismatches(layout: ParamSpec[], ours: Float32Array, ref: Float32Array, tol: number): string[] {
-  const bad: string[] = [];
-  for (const p of layout) {
-    const e = relErr(ours.subarray(p.offset, p.offset + p.size), ref.subarray(p.offset, p.offset + p.size));
-    if (!(e <= tol)) bad.push(`${p.name}: relative error ${e.toExponential(2)} > ${tol}`);
-  }
-  return bad;
-}
-
-function relScalar(ours: number, ref: number): number {
-  return Math.abs(ours - ref) / Math.max(Math.abs(ref), 1e-30);
-}
 
 /** Bitwise equality (NaN payloads included). */
 function sameBits(a: Float32Array, b: Float32Array): boolean {
@@ -126,15 +70,15 @@ for (const c of CASES) {
 
     test.skipIf(!MPS)("same loss, eval loss and gradients on the same weights", () => {
       const params = initParams(c.cfg, c.seed);
-      const [b] = makeBatches(c, 1);
+      const [b] = randomBatches(c.cfg, c.B, c.maskFraction, 1, c.seed, 0x3b5);
       withModels(c, params, (cpu, mps) => {
         const ref = cpu.computeGrads(b!.x, b!.y);
         const got = mps.computeGrads(b!.x, b!.y);
         expect(relScalar(got.loss, ref.loss)).toBeLessThan(LOSS_TOL);
         expect(relScalar(mps.evalLoss(b!.x, b!.y), ref.loss)).toBeLessThan(LOSS_TOL);
-        expect(mismatches(layout, got.grads, ref.grads, GRAD_TOL)).toEqual([]);
+        expect(tensorMismatches(layout, got.grads, ref.grads, GRAD_TOL)).toEqual([]);
         // every tensor has a nonzero gradient, so the comparison is not vacuous
-        expect(mismatches(layout, new Float32Array(ref.grads.length), ref.grads, 0.5).length).toBe(layout.length);
+        expect(tensorMismatches(layout, new Float32Array(ref.grads.length), ref.grads, 0.5).length).toBe(layout.length);
         // computing gradients changed nothing
         expect(sameBits(mps.getParams(), params)).toBe(true);
       });
@@ -142,7 +86,7 @@ for (const c of CASES) {
 
     test.skipIf(!MPS)(`${STEPS} AdamW steps with clipping and weight decay`, () => {
       const params = initParams(c.cfg, c.seed);
-      const batches = makeBatches(c, 3);
+      const batches = randomBatches(c.cfg, c.B, c.maskFraction, 3, c.seed, 0x3b5);
       withModels(c, params, (cpu, mps) => {
         for (let s = 0; s < STEPS; s++) {
           const { x, y } = batches[s % batches.length]!;
@@ -156,15 +100,15 @@ for (const c of CASES) {
         }
         const wCpu = cpu.getParams();
         const wMps = mps.getParams();
-        expect(mismatches(layout, wMps, wCpu, WEIGHT_TOL)).toEqual([]);
+        expect(tensorMismatches(layout, wMps, wCpu, WEIGHT_TOL)).toEqual([]);
         // the steps moved every tensor beyond the tolerance (Adam's first step alone moves
         // each element with a nonzero gradient by lr = 3e-3, LayerNorm weights being 1)
-        expect(mismatches(layout, params, wCpu, 2 * WEIGHT_TOL).length).toBe(layout.length);
+        expect(tensorMismatches(layout, params, wCpu, 2 * WEIGHT_TOL).length).toBe(layout.length);
         const oCpu = cpu.getOptState();
         const oMps = mps.getOptState();
         expect(oMps.step).toBe(STEPS);
-        expect(mismatches(layout, oMps.m, oCpu.m, WEIGHT_TOL)).toEqual([]);
-        expect(mismatches(layout, oMps.v, oCpu.v, WEIGHT_TOL)).toEqual([]);
+        expect(tensorMismatches(layout, oMps.m, oCpu.m, WEIGHT_TOL)).toEqual([]);
+        expect(tensorMismatches(layout, oMps.v, oCpu.v, WEIGHT_TOL)).toEqual([]);
       });
     });
   });
@@ -176,7 +120,7 @@ describe(`mps backend${SKIP_NOTE}`, () => {
 
   test.skipIf(!MPS)("two runs from the same state give identical losses and weights", () => {
     const params = initParams(c.cfg, 7);
-    const batches = makeBatches(c, 3);
+    const batches = randomBatches(c.cfg, c.B, c.maskFraction, 3, c.seed, 0x3b5);
     const run = (): { losses: number[]; weights: Float32Array } => {
       const m = NativeModel.open(c.cfg, c.B, "mps");
       try {
@@ -196,7 +140,7 @@ describe(`mps backend${SKIP_NOTE}`, () => {
 
   test.skipIf(!MPS)("optimizer state round-trips: 3+3 steps equal 6 steps", () => {
     const params = initParams(c.cfg, 8);
-    const batches = makeBatches(c, 3);
+    const batches = randomBatches(c.cfg, c.B, c.maskFraction, 3, c.seed, 0x3b5);
     const m1 = NativeModel.open(c.cfg, c.B, "mps");
     const m2 = NativeModel.open(c.cfg, c.B, "mps");
     try {
@@ -227,7 +171,7 @@ describe(`mps backend${SKIP_NOTE}`, () => {
 
   test.skipIf(!MPS)("a non-finite loss leaves weights and optimizer state untouched", () => {
     const params = initParams(c.cfg, 9);
-    const [b] = makeBatches(c, 1);
+    const [b] = randomBatches(c.cfg, c.B, c.maskFraction, 1, c.seed, 0x3b5);
     const m = NativeModel.open(c.cfg, c.B, "mps");
     try {
       m.setParams(params);
@@ -258,7 +202,7 @@ describe(`mps backend${SKIP_NOTE}`, () => {
 
   test.skipIf(!MPS)("a batch without counted targets: loss 0, no update, as the CPU backend", () => {
     const params = initParams(c.cfg, 10);
-    const [b] = makeBatches(c, 1);
+    const [b] = randomBatches(c.cfg, c.B, c.maskFraction, 1, c.seed, 0x3b5);
     const y = new Int32Array(b!.y.length).fill(-100);
     withModels(c, params, (cpu, mps) => {
       const r = cpu.trainStep(b!.x, y, HP);
@@ -273,18 +217,18 @@ describe(`mps backend${SKIP_NOTE}`, () => {
 
   test.skipIf(!MPS)("gradClip 0 disables clipping, as on the CPU", () => {
     const params = initParams(c.cfg, 11);
-    const [b] = makeBatches(c, 1);
+    const [b] = randomBatches(c.cfg, c.B, c.maskFraction, 1, c.seed, 0x3b5);
     const hp = { ...HP, gradClip: 0 };
     withModels(c, params, (cpu, mps) => {
       const r = cpu.trainStep(b!.x, b!.y, hp);
       const g = mps.trainStep(b!.x, b!.y, hp);
       expect(relScalar(g.loss, r.loss)).toBeLessThan(LOSS_TOL);
-      expect(mismatches(layout, mps.getParams(), cpu.getParams(), WEIGHT_TOL)).toEqual([]);
+      expect(tensorMismatches(layout, mps.getParams(), cpu.getParams(), WEIGHT_TOL)).toEqual([]);
     });
   });
 
   test.skipIf(!MPS)("bad token ids are refused with a message naming them", () => {
-    const [b] = makeBatches(c, 1);
+    const [b] = randomBatches(c.cfg, c.B, c.maskFraction, 1, c.seed, 0x3b5);
     const m = NativeModel.open(c.cfg, c.B, "mps");
     try {
       const x = b!.x.slice();

@@ -8,9 +8,9 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { ModelCfg } from "../src/model/config.ts";
-import { initParams, paramLayout, type ParamSpec } from "../src/model/layout.ts";
+import { initParams, paramLayout } from "../src/model/layout.ts";
 import { NativeModel, type HParams } from "../src/backend/native.ts";
-import { Rng } from "../src/util/random.ts";
+import { randomBatches, relScalar, tensorMismatches } from "./helpers/compare.ts";
 import { makeTempDir, readF32, readJson, removeDir, runPython, torchVersion, writeArray, writeJson } from "./helpers/torch.ts";
 
 const LOSS_TOL = 1e-5;
@@ -60,36 +60,6 @@ interface Prepared {
   out: TorchOut;
 }
 
-/** Random tokens; targets are the next-token-like random ids with a share set to -100
- * (whole runs of them, as SFT masking produces, plus scattered ones). */
-function makeBatches(c: Case): { xs: Int32Array[]; ys: Int32Array[] } {
-  const rng = new Rng(c.seed, 0xba7c4);
-  const n = c.B * c.cfg.T;
-  const xs: Int32Array[] = [];
-  const ys: Int32Array[] = [];
-  for (let k = 0; k < N_BATCHES; k++) {
-    const x = new Int32Array(n);
-    const y = new Int32Array(n);
-    for (let i = 0; i < n; i++) {
-      x[i] = rng.below(c.cfg.V);
-      y[i] = rng.below(c.cfg.V);
-    }
-    if (c.maskFraction > 0) {
-      for (let b = 0; b < c.B; b++) {
-        // a masked prefix of random length, then scattered masks
-        const prefix = rng.below(Math.floor(c.cfg.T * c.maskFraction) + 1);
-        for (let t = 0; t < c.cfg.T; t++) {
-          if (t < prefix || rng.uniform() < c.maskFraction / 2) y[b * c.cfg.T + t] = -100;
-        }
-      }
-      y.fill(-100, 0, c.cfg.T); // one row fully masked
-    }
-    xs.push(x);
-    ys.push(y);
-  }
-  return { xs, ys };
-}
-
 function concat(arrays: Int32Array[]): Int32Array {
   const out = new Int32Array(arrays.reduce((s, a) => s + a.length, 0));
   let o = 0;
@@ -100,31 +70,6 @@ function concat(arrays: Int32Array[]): Int32Array {
   return out;
 }
 
-function relErr(ours: Float32Array, ref: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < ref.length; i++) {
-    diff = Math.max(diff, Math.abs(ours[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
-  }
-  if (Number.isNaN(diff) || ours.some((v) => !Number.isFinite(v))) return Infinity;
-  return scale > 0 ? diff / scale : diff;
-}
-
-/** "name: error" for every tensor whose relative error exceeds tol (empty when all agree). */
-function tensorMismatches(layout: ParamSpec[], ours: Float32Array, ref: Float32Array, tol: number): string[] {
-  const bad: string[] = [];
-  for (const p of layout) {
-    const e = relErr(ours.subarray(p.offset, p.offset + p.size), ref.subarray(p.offset, p.offset + p.size));
-    if (!(e <= tol)) bad.push(`${p.name}: relative error ${e.toExponential(2)} > ${tol}`);
-  }
-  return bad;
-}
-
-function relScalar(ours: number, ref: number): number {
-  return Math.abs(ours - ref) / Math.max(Math.abs(ref), 1e-30);
-}
-
 const prepared = new Map<string, Prepared>();
 
 beforeAll(() => {
@@ -132,7 +77,9 @@ beforeAll(() => {
   for (const c of CASES) {
     const dir = makeTempDir("parity-");
     const params = initParams(c.cfg, c.seed);
-    const { xs, ys } = makeBatches(c);
+    const batches = randomBatches(c.cfg, c.B, c.maskFraction, N_BATCHES, c.seed, 0xba7c4);
+    const xs = batches.map((b) => b.x);
+    const ys = batches.map((b) => b.y);
     writeJson(join(dir, "cfg.json"), { ...c.cfg, B: c.B });
     writeArray(join(dir, "params.f32"), params);
     writeArray(join(dir, "x.i32"), concat(xs));
