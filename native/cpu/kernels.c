@@ -305,6 +305,33 @@ void k_layernorm_fwd(gpt_pool* p, float* out, float* mean, float* rstd, const fl
     RUN(p, ln_fwd_task, &l, 8.0 * (double)N * C);
 }
 
+/* out = (inp - mean) * rstd * w + b with the saved statistics: ln_fwd_rows's output again. */
+GPT_HOT static void ln_apply_rows(const ln_ctx* l, int64_t r0, int64_t r1) {
+    const int C = l->C;
+    for (int64_t r = r0; r < r1; r++) {
+        const float* x = l->inp + r * C;
+        float* o = l->out + r * C;
+        const float m = l->cmean[r], rs = l->crstd[r];
+        int c = 0;
+        for (; c + 8 <= C; c += 8)
+            v8_store(o + c, (v8_load(x + c) - m) * rs * v8_load(l->w + c) + v8_load(l->b + c));
+        for (; c < C; c++) o[c] = (x[c] - m) * rs * l->w[c] + l->b[c];
+    }
+}
+
+static void ln_apply_task(void* vctx, int tid, int nt) {
+    const ln_ctx* l = (const ln_ctx*)vctx;
+    int64_t r0, r1;
+    gpt_split(l->N, tid, nt, &r0, &r1);
+    ln_apply_rows(l, r0, r1);
+}
+
+void k_layernorm_apply(gpt_pool* p, float* out, const float* inp, const float* w, const float* b, const float* mean,
+                       const float* rstd, int64_t N, int C) {
+    ln_ctx l = {.out = out, .inp = inp, .w = w, .b = b, .cmean = mean, .crstd = rstd, .N = N, .C = C};
+    RUN(p, ln_apply_task, &l, 4.0 * (double)N * C);
+}
+
 int64_t k_layernorm_bwd_scratch(int64_t N, int C) { return (N + LN_CHUNK - 1) / LN_CHUNK * 2 * (int64_t)C; }
 
 /* Rows of chunk ch: dinp += ...; the chunk's partial dw, db into scratch. */
@@ -500,24 +527,26 @@ void k_matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float
 
 /* ------------------------------------------------------------------------------------
  * Causal self-attention, one (b, h) pair at a time per thread, in row blocks of ATT_TB
- * so that only the lower triangle (plus the diagonal blocks) is ever computed.
+ * so that only the lower triangle (plus the diagonal blocks) is ever computed. The
+ * probabilities live in a per-thread T x T scratch only: the forward saves the max and
+ * 1/sum of each softmax row, the backward recomputes the very same probabilities.
  * ---------------------------------------------------------------------------------- */
 
 #define ATT_TB 64
 
 typedef struct {
     float* out;
-    float* att;
+    float* stats;
     float* dqkv;
     float* scratch;
     const float* dout;
     const float* qkv;
-    const float* catt;
+    const float* cstats;
     int B, T, C, H;
 } att_ctx;
 
-/* In place over row[0:n): softmax; row[n:end) = 0. */
-GPT_HOT static void softmax_causal_row(float* row, int64_t n, int64_t end) {
+/* In place over row[0:n): softmax, saving st[0] = max, st[1] = 1/sum; row[n:end) = 0. */
+GPT_HOT static void softmax_causal_row(float* row, int64_t n, int64_t end, float* st) {
     v8f vm = v8_set1(-INFINITY);
     int64_t j = 0;
     for (; j + 8 <= n; j += 8) vm = v8_max(v8_load(row + j), vm);
@@ -539,22 +568,37 @@ GPT_HOT static void softmax_causal_row(float* row, int64_t n, int64_t end) {
     for (j = 0; j + 8 <= n; j += 8) v8_store(row + j, v8_load(row + j) * inv);
     for (; j < n; j++) row[j] *= inv;
     for (j = n; j < end; j++) row[j] = 0.0f;
+    st[0] = mx;
+    st[1] = inv;
 }
 
-static void att_fwd_pair(const att_ctx* a, int64_t pair) {
+/* The probabilities of softmax_causal_row again from the saved st, bit for bit. */
+GPT_HOT static void softmax_recompute_row(float* row, int64_t n, int64_t end, const float* st) {
+    const float mx = st[0], inv = st[1];
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) v8_store(row + j, v8_exp(v8_load(row + j) - mx) * inv);
+    if (j < n) {
+        v8f e = v8_exp(v8_load_part(row + j, n - j) - mx);
+        v8_store_part(row + j, e, n - j);
+        for (; j < n; j++) row[j] *= inv;
+    }
+    for (j = n; j < end; j++) row[j] = 0.0f;
+}
+
+static void att_fwd_pair(const att_ctx* a, int64_t pair, float* A) {
     const int T = a->T, C = a->C, hs = C / a->H;
     const int64_t b = pair / a->H, h = pair % a->H, ld = 3 * (int64_t)C;
     const float* q = a->qkv + b * T * ld + h * hs;
     const float* k = q + C;
     const float* v = q + 2 * C;
     float* o = a->out + b * T * C + h * hs;
-    float* A = a->att + pair * T * T;
+    float* st = a->stats + pair * T * 2;
     const float scale = 1.0f / sqrtf((float)hs);
     for (int64_t i0 = 0; i0 < T; i0 += ATT_TB) {
         const int64_t i1 = min64(T, i0 + ATT_TB), M = i1 - i0;
         /* A[i0:i1, 0:i1] = scale q[i0:i1] k[0:i1]^T */
         sgemm1(0, 1, M, i1, hs, scale, q + i0 * ld, ld, k, ld, 0.0f, A + i0 * T, T);
-        for (int64_t i = i0; i < i1; i++) softmax_causal_row(A + i * T, i + 1, i1);
+        for (int64_t i = i0; i < i1; i++) softmax_causal_row(A + i * T, i + 1, i1, st + 2 * i);
         /* o[i0:i1] = A[i0:i1, 0:i1] v[0:i1] */
         sgemm1(0, 0, M, hs, i1, 1.0f, A + i0 * T, T, v, ld, 0.0f, o + i0 * C, C);
     }
@@ -564,15 +608,17 @@ static void att_fwd_task(void* vctx, int tid, int nt) {
     const att_ctx* a = (const att_ctx*)vctx;
     int64_t p0, p1;
     gpt_split((int64_t)a->B * a->H, tid, nt, &p0, &p1);
-    for (int64_t pair = p0; pair < p1; pair++) att_fwd_pair(a, pair);
+    float* A = a->scratch + (int64_t)tid * 2 * a->T * a->T;
+    for (int64_t pair = p0; pair < p1; pair++) att_fwd_pair(a, pair, A);
 }
 
-void k_attention_fwd(gpt_pool* p, float* out, float* att, const float* qkv, int B, int T, int C, int H) {
-    att_ctx a = {.out = out, .att = att, .qkv = qkv, .B = B, .T = T, .C = C, .H = H};
+int64_t k_attention_scratch(int T, int nthreads) { return 2 * (int64_t)T * T * (nthreads < 1 ? 1 : nthreads); }
+
+void k_attention_fwd(gpt_pool* p, float* out, float* stats, float* scratch, const float* qkv, int B, int T, int C,
+                     int H) {
+    att_ctx a = {.out = out, .stats = stats, .scratch = scratch, .qkv = qkv, .B = B, .T = T, .C = C, .H = H};
     RUN(p, att_fwd_task, &a, 2.0 * B * (double)T * T * (C + 10.0 * H));
 }
-
-int64_t k_attention_bwd_scratch(int T, int nthreads) { return (int64_t)T * T * (nthreads < 1 ? 1 : nthreads); }
 
 /* In place over d[0:n): d = a * (d - sum(a d)) * scale (softmax backward); d[n:end) = 0. */
 GPT_HOT static void softmax_bwd_row(float* d, const float* arow, int64_t n, int64_t end, float scale) {
@@ -586,7 +632,7 @@ GPT_HOT static void softmax_bwd_row(float* d, const float* arow, int64_t n, int6
     for (j = n; j < end; j++) d[j] = 0.0f;
 }
 
-static void att_bwd_pair(const att_ctx* a, int64_t pair, float* D) {
+static void att_bwd_pair(const att_ctx* a, int64_t pair, float* A, float* D) {
     const int T = a->T, C = a->C, hs = C / a->H;
     const int64_t b = pair / a->H, h = pair % a->H, ld = 3 * (int64_t)C;
     const float* q = a->qkv + b * T * ld + h * hs;
@@ -596,10 +642,13 @@ static void att_bwd_pair(const att_ctx* a, int64_t pair, float* D) {
     float* dq = a->dqkv + b * T * ld + h * hs;
     float* dk = dq + C;
     float* dv = dq + 2 * C;
-    const float* A = a->catt + pair * T * T;
+    const float* st = a->cstats + pair * T * 2;
     const float scale = 1.0f / sqrtf((float)hs);
     for (int64_t i0 = 0; i0 < T; i0 += ATT_TB) {
         const int64_t i1 = min64(T, i0 + ATT_TB), M = i1 - i0;
+        /* the forward's probabilities A[i0:i1, 0:i1] */
+        sgemm1(0, 1, M, i1, hs, scale, q + i0 * ld, ld, k, ld, 0.0f, A + i0 * T, T);
+        for (int64_t i = i0; i < i1; i++) softmax_recompute_row(A + i * T, i + 1, i1, st + 2 * i);
         /* dA[i0:i1, 0:i1] = dO[i0:i1] v[0:i1]^T, then through the softmax (and the scale) */
         sgemm1(0, 1, M, i1, hs, 1.0f, dO + i0 * C, C, v, ld, 0.0f, D + i0 * T, T);
         for (int64_t i = i0; i < i1; i++) softmax_bwd_row(D + i * T, A + i * T, i + 1, i1, scale);
@@ -618,15 +667,16 @@ static void att_bwd_task(void* vctx, int tid, int nt) {
     const att_ctx* a = (const att_ctx*)vctx;
     int64_t p0, p1;
     gpt_split((int64_t)a->B * a->H, tid, nt, &p0, &p1);
-    float* D = a->scratch + (int64_t)tid * a->T * a->T;
-    for (int64_t pair = p0; pair < p1; pair++) att_bwd_pair(a, pair, D);
+    float* A = a->scratch + (int64_t)tid * 2 * a->T * a->T;
+    float* D = A + (int64_t)a->T * a->T;
+    for (int64_t pair = p0; pair < p1; pair++) att_bwd_pair(a, pair, A, D);
 }
 
-void k_attention_bwd(gpt_pool* p, float* dqkv, float* scratch, const float* dout, const float* qkv, const float* att,
-                     int B, int T, int C, int H) {
-    att_ctx a = {.dqkv = dqkv, .scratch = scratch, .dout = dout, .qkv = qkv, .catt = att, .B = B, .T = T, .C = C,
+void k_attention_bwd(gpt_pool* p, float* dqkv, float* scratch, const float* dout, const float* qkv,
+                     const float* stats, int B, int T, int C, int H) {
+    att_ctx a = {.dqkv = dqkv, .scratch = scratch, .dout = dout, .qkv = qkv, .cstats = stats, .B = B, .T = T, .C = C,
                  .H = H};
-    RUN(p, att_bwd_task, &a, 4.0 * B * (double)T * T * (C + 10.0 * H));
+    RUN(p, att_bwd_task, &a, 5.0 * B * (double)T * T * (C + 10.0 * H));
 }
 
 /* ------------------------------------------------------------------------------------

@@ -34,6 +34,10 @@ void k_encoder_bwd(gpt_pool* p, float* dwte, float* dwpe, const float* dout, con
 /* out = (inp - mean) * rstd * w + b; saves mean(N), rstd(N) (overwrites). */
 void k_layernorm_fwd(gpt_pool* p, float* out, float* mean, float* rstd, const float* inp,
                      const float* w, const float* b, int64_t N, int C);
+/* out = the output of k_layernorm_fwd again (bit for bit) from its saved mean, rstd:
+ * the backward recomputes LayerNorm outputs instead of keeping them (overwrites). */
+void k_layernorm_apply(gpt_pool* p, float* out, const float* inp, const float* w, const float* b,
+                       const float* mean, const float* rstd, int64_t N, int C);
 /* Floats of scratch k_layernorm_bwd needs. */
 int64_t k_layernorm_bwd_scratch(int64_t N, int C);
 /* dinp += d/dinp; dw, db overwritten with the sums over rows. */
@@ -58,14 +62,17 @@ void k_matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float
                   const float* inp, const float* W, const float* gelu_pre, int64_t N, int IC, int OC);
 
 /* ---- causal self-attention, H heads of hs = C/H, scale 1/sqrt(hs) ---- */
-/* qkv(B,T,3C) holds q, k, v side by side; out(B,T,C) = heads of softmax(q k^T) v;
- * att(B,H,T,T) saves the probabilities (lower triangle; the rest is not read). */
-void k_attention_fwd(gpt_pool* p, float* out, float* att, const float* qkv, int B, int T, int C, int H);
-/* Floats of scratch k_attention_bwd needs with nthreads threads. */
-int64_t k_attention_bwd_scratch(int T, int nthreads);
-/* dqkv(B,T,3C) overwritten with the gradient w.r.t. qkv. */
+/* Floats of scratch either attention kernel needs with nthreads threads (two T x T
+ * tiles per thread: the probabilities are never stored whole). */
+int64_t k_attention_scratch(int T, int nthreads);
+/* qkv(B,T,3C) holds q, k, v side by side; out(B,T,C) = heads of softmax(q k^T) v
+ * (overwrites); stats(B,H,T,2) saves the max and 1/sum of every softmax row. */
+void k_attention_fwd(gpt_pool* p, float* out, float* stats, float* scratch, const float* qkv,
+                     int B, int T, int C, int H);
+/* dqkv(B,T,3C) overwritten with the gradient w.r.t. qkv; the probabilities are
+ * recomputed from qkv and the forward's stats, bit for bit. */
 void k_attention_bwd(gpt_pool* p, float* dqkv, float* scratch, const float* dout, const float* qkv,
-                     const float* att, int B, int T, int C, int H);
+                     const float* stats, int B, int T, int C, int H);
 
 /* ---- GELU, tanh approximation ---- */
 void k_gelu_fwd(gpt_pool* p, float* out, const float* inp, int64_t n);

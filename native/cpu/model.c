@@ -33,16 +33,19 @@ typedef struct {
     layer_w* l; /* L of them */
 } weights;
 
-/* Saved activations of one block. res_out is the block's output (the next block's input). */
+/* Saved activations of one block. res_out is the block's output (the next block's input).
+ * What is cheap to recompute is not kept (as llm.c does): LayerNorm outputs (from the
+ * input and the saved mean, rstd), GELU outputs (from fch), attention probabilities
+ * (from qkv and the saved row max and 1/sum). Those live in buffers shared by all layers. */
 typedef struct {
-    float *ln1, *ln1_mean, *ln1_rstd; /* (N,C), (N), (N) */
-    float* qkv;                       /* (N,3C) */
-    float* att;                       /* (B,H,T,T) softmax probabilities */
-    float* atty;                      /* (N,C) heads before c_proj */
-    float* res2;                      /* (N,C) input + attention branch */
-    float *ln2, *ln2_mean, *ln2_rstd; /* (N,C), (N), (N) */
-    float *fch, *fchg;                /* (N,F) before and after GELU */
-    float* res_out;                   /* (N,C) res2 + MLP branch */
+    float *ln1_mean, *ln1_rstd; /* (N), (N) */
+    float* qkv;                 /* (N,3C) */
+    float* att_stats;           /* (B,H,T,2) max and 1/sum of every softmax row */
+    float* atty;                /* (N,C) heads before c_proj */
+    float* res2;                /* (N,C) input + attention branch */
+    float *ln2_mean, *ln2_rstd; /* (N), (N) */
+    float* fch;                 /* (N,F) before GELU */
+    float* res_out;             /* (N,C) res2 + MLP branch */
 } layer_a;
 
 enum {
@@ -73,7 +76,7 @@ typedef struct {
     float* acts; /* every saved activation */
     float* encoded;
     layer_a* a;
-    float *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
+    float *lnf_mean, *lnf_rstd, *logits, *losses;
 
     /* the LM head runs on the head_n rows with a counted target: all N rows, or
      * (some targets ignored) the rows head_rows gathered into head_in / head_y */
@@ -83,10 +86,14 @@ typedef struct {
     int32_t *head_rows, *head_yc;
     float *head_x, *head_dx;
 
-    float* work; /* backward buffers */
-    float *dres, *dtmp, *dqkv, *dfch, *ln_scratch;
+    float* work; /* buffers shared by the layers */
+    float* ln_out;  /* (N,C) the LayerNorm output in use (forward, and recomputed in backward) */
+    float* gelu;    /* (N,F) the GELU output in use (idem) */
+    float *dres, *dtmp;
+    float* dbig;    /* (N, max(F,3C)): dfch, later dqkv */
+    float* ln_scratch;
     double* sumsq_scratch;
-    float* att_scratch; /* nthreads * T * T, reallocated by set_threads */
+    float* att_scratch; /* k_attention_scratch(T, nthreads), reallocated by set_threads */
 
     int profile;
     double prof[P_COUNT];
@@ -135,25 +142,21 @@ static float* carve(carver* c, int64_t n) {
 }
 
 static void layout_acts(cpu_model* g, carver* c) {
-    const int64_t N = g->N, C = g->cfg.C, F = g->cfg.d_ff, H = g->cfg.H, T = g->cfg.T, V = g->cfg.V;
+    const int64_t N = g->N, C = g->cfg.C, F = g->cfg.d_ff, H = g->cfg.H, V = g->cfg.V;
     g->encoded = carve(c, N * C);
     for (int l = 0; l < g->cfg.L; l++) {
         layer_a* a = &g->a[l];
-        a->ln1 = carve(c, N * C);
         a->ln1_mean = carve(c, N);
         a->ln1_rstd = carve(c, N);
         a->qkv = carve(c, N * 3 * C);
-        a->att = carve(c, g->B * H * T * T);
+        a->att_stats = carve(c, N * H * 2);
         a->atty = carve(c, N * C);
         a->res2 = carve(c, N * C);
-        a->ln2 = carve(c, N * C);
         a->ln2_mean = carve(c, N);
         a->ln2_rstd = carve(c, N);
         a->fch = carve(c, N * F);
-        a->fchg = carve(c, N * F);
         a->res_out = carve(c, N * C);
     }
-    g->lnf = carve(c, N * C);
     g->lnf_mean = carve(c, N);
     g->lnf_rstd = carve(c, N);
     g->logits = carve(c, N * V);
@@ -162,10 +165,11 @@ static void layout_acts(cpu_model* g, carver* c) {
 
 static void layout_work(cpu_model* g, carver* c) {
     const int64_t N = g->N, C = g->cfg.C, F = g->cfg.d_ff;
+    g->ln_out = carve(c, N * C);
+    g->gelu = carve(c, N * F);
     g->dres = carve(c, N * C);
     g->dtmp = carve(c, N * C);
-    g->dqkv = carve(c, N * 3 * C);
-    g->dfch = carve(c, N * F);
+    g->dbig = carve(c, N * (F > 3 * C ? F : 3 * C));
     g->ln_scratch = carve(c, k_layernorm_bwd_scratch(N, (int)C));
     g->head_rows = (int32_t*)carve(c, N);
     g->head_yc = (int32_t*)carve(c, N);
@@ -177,8 +181,8 @@ static void layout_work(cpu_model* g, carver* c) {
 /* Activation + work floats, computed in double so that absurd shapes cannot overflow. */
 static double estimate_floats(const gpt_cfg* cfg, int B, double P) {
     const double N = (double)B * cfg->T, C = cfg->C, F = cfg->d_ff, T = cfg->T, V = cfg->V;
-    const double per_layer = N * (9 * C + 2 * F + 4) + (double)B * cfg->H * T * T;
-    return 4 * P + N * C + cfg->L * per_layer + N * (C + V + 3) + N * (8 * C + F + 2) + 2.0 * (T * T) * 64;
+    const double per_layer = N * (6 * C + F + 4 + 2.0 * cfg->H);
+    return 4 * P + N * C + cfg->L * per_layer + N * (V + 3) + N * (7 * C + 2 * F + 2) + 4.0 * (T * T) * 256;
 }
 
 static void set_views(const cpu_model* g, float* base, weights* w) {
@@ -275,7 +279,7 @@ static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen)
 
     g->nthreads = online_cores();
     g->pool = gpt_pool_create(g->nthreads);
-    g->att_scratch = alloc_floats(k_attention_bwd_scratch(cfg->T, g->nthreads));
+    g->att_scratch = alloc_floats(k_attention_scratch(cfg->T, g->nthreads));
     if (!g->pool || !g->att_scratch) goto oom;
     gpt_blas_set_threads(g->nthreads);
     return g;
@@ -310,7 +314,7 @@ static int cpu_set_threads(void* self, int32_t n, char* err, size_t errlen) {
     cpu_model* g = (cpu_model*)self;
     if (n == g->nthreads) return 0;
     gpt_pool* pool = gpt_pool_create(n);
-    float* scratch = alloc_floats(k_attention_bwd_scratch(g->cfg.T, n));
+    float* scratch = alloc_floats(k_attention_scratch(g->cfg.T, n));
     if (!pool || !scratch) {
         gpt_pool_destroy(pool);
         free(scratch);
@@ -384,28 +388,29 @@ static float forward(cpu_model* g, const int32_t* x, const int32_t* y, int64_t n
     for (int l = 0; l < g->cfg.L; l++) {
         const layer_w* w = &g->w.l[l];
         layer_a* a = &g->a[l];
-        k_layernorm_fwd(p, a->ln1, a->ln1_mean, a->ln1_rstd, res, w->ln1w, w->ln1b, N, C);
+        k_layernorm_fwd(p, g->ln_out, a->ln1_mean, a->ln1_rstd, res, w->ln1w, w->ln1b, N, C);
         PROF_END(g, P_LN_F);
-        k_matmul_fwd(p, a->qkv, a->ln1, w->qkvw, w->qkvb, N, C, 3 * C);
+        k_matmul_fwd(p, a->qkv, g->ln_out, w->qkvw, w->qkvb, N, C, 3 * C);
         PROF_END(g, P_QKV_F);
-        k_attention_fwd(p, a->atty, a->att, a->qkv, B, T, C, H);
+        k_attention_fwd(p, a->atty, a->att_stats, g->att_scratch, a->qkv, B, T, C, H);
         PROF_END(g, P_ATT_F);
         k_matmul_residual_fwd(p, a->res2, res, a->atty, w->projw, w->projb, N, C, C);
         PROF_END(g, P_PROJ_F);
-        k_layernorm_fwd(p, a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, w->ln2w, w->ln2b, N, C);
+        k_layernorm_fwd(p, g->ln_out, a->ln2_mean, a->ln2_rstd, a->res2, w->ln2w, w->ln2b, N, C);
         PROF_END(g, P_LN_F);
-        k_matmul_gelu_fwd(p, a->fch, a->fchg, a->ln2, w->fcw, w->fcb, N, C, F);
+        k_matmul_gelu_fwd(p, a->fch, g->gelu, g->ln_out, w->fcw, w->fcb, N, C, F);
         PROF_END(g, P_FC_F);
-        k_matmul_residual_fwd(p, a->res_out, a->res2, a->fchg, w->fcprojw, w->fcprojb, N, F, C);
+        k_matmul_residual_fwd(p, a->res_out, a->res2, g->gelu, w->fcprojw, w->fcprojb, N, F, C);
         PROF_END(g, P_FCPROJ_F);
         res = a->res_out;
     }
-    k_layernorm_fwd(p, g->lnf, g->lnf_mean, g->lnf_rstd, res, g->w.lnfw, g->w.lnfb, N, C);
+    /* ln_out keeps lnf until the LM head's backward */
+    k_layernorm_fwd(p, g->ln_out, g->lnf_mean, g->lnf_rstd, res, g->w.lnfw, g->w.lnfb, N, C);
     PROF_END(g, P_LN_F);
     /* the LM head only where a target counts: ignored rows get no logits and no gradient */
     g->head_n = n;
     if (n == N) {
-        g->head_in = g->lnf;
+        g->head_in = g->ln_out;
         g->head_y = y;
     } else {
         int64_t k = 0;
@@ -414,7 +419,7 @@ static float forward(cpu_model* g, const int32_t* x, const int32_t* y, int64_t n
                 g->head_rows[k] = (int32_t)i;
                 g->head_yc[k++] = y[i];
             }
-        k_gather_rows(p, g->head_x, g->lnf, g->head_rows, n, C);
+        k_gather_rows(p, g->head_x, g->ln_out, g->head_rows, n, C);
         g->head_in = g->head_x;
         g->head_y = g->head_yc;
     }
@@ -436,7 +441,7 @@ static void backward(cpu_model* g, const int32_t* x) {
     PROF_BEGIN(g);
     /* LM head: dlnf = dlogits wte, dwte = dlogits^T lnf (the embedding adds to it last) */
     if (g->head_n == N) {
-        k_matmul_bwd(p, g->dtmp, g->gw.wte, NULL, g->logits, g->lnf, g->w.wte, NULL, N, C, V);
+        k_matmul_bwd(p, g->dtmp, g->gw.wte, NULL, g->logits, g->ln_out, g->w.wte, NULL, N, C, V);
     } else {
         k_matmul_bwd(p, g->head_dx, g->gw.wte, NULL, g->logits, g->head_in, g->w.wte, NULL, g->head_n, C, V);
         k_scatter_rows(p, g->dtmp, g->head_dx, g->head_rows, g->head_n, N, C);
@@ -453,9 +458,11 @@ static void backward(cpu_model* g, const int32_t* x) {
         const layer_a* a = &g->a[l];
         const float* res_in = l > 0 ? g->a[l - 1].res_out : g->encoded;
         /* dres = d res_out; the MLP branch: dfch = gelu'(fch) (dres Wfcproj) */
-        k_matmul_bwd(p, g->dfch, gw->fcprojw, gw->fcprojb, g->dres, a->fchg, w->fcprojw, a->fch, N, F, C);
+        k_gelu_fwd(p, g->gelu, a->fch, N * F);
+        k_matmul_bwd(p, g->dbig, gw->fcprojw, gw->fcprojb, g->dres, g->gelu, w->fcprojw, a->fch, N, F, C);
         PROF_END(g, P_FCPROJ_B);
-        k_matmul_bwd(p, g->dtmp, gw->fcw, gw->fcb, g->dfch, a->ln2, w->fcw, NULL, N, C, F);
+        k_layernorm_apply(p, g->ln_out, a->res2, w->ln2w, w->ln2b, a->ln2_mean, a->ln2_rstd, N, C);
+        k_matmul_bwd(p, g->dtmp, gw->fcw, gw->fcb, g->dbig, g->ln_out, w->fcw, NULL, N, C, F);
         PROF_END(g, P_FC_B);
         k_layernorm_bwd(p, g->dres, gw->ln2w, gw->ln2b, g->ln_scratch, g->dtmp, a->res2, w->ln2w, a->ln2_mean,
                         a->ln2_rstd, N, C);
@@ -463,9 +470,10 @@ static void backward(cpu_model* g, const int32_t* x) {
         /* dres = d res2; the attention branch */
         k_matmul_bwd(p, g->dtmp, gw->projw, gw->projb, g->dres, a->atty, w->projw, NULL, N, C, C);
         PROF_END(g, P_PROJ_B);
-        k_attention_bwd(p, g->dqkv, g->att_scratch, g->dtmp, a->qkv, a->att, B, T, C, H);
+        k_attention_bwd(p, g->dbig, g->att_scratch, g->dtmp, a->qkv, a->att_stats, B, T, C, H);
         PROF_END(g, P_ATT_B);
-        k_matmul_bwd(p, g->dtmp, gw->qkvw, gw->qkvb, g->dqkv, a->ln1, w->qkvw, NULL, N, C, 3 * C);
+        k_layernorm_apply(p, g->ln_out, res_in, w->ln1w, w->ln1b, a->ln1_mean, a->ln1_rstd, N, C);
+        k_matmul_bwd(p, g->dtmp, gw->qkvw, gw->qkvb, g->dbig, g->ln_out, w->qkvw, NULL, N, C, 3 * C);
         PROF_END(g, P_QKV_B);
         k_layernorm_bwd(p, g->dres, gw->ln1w, gw->ln1b, g->ln_scratch, g->dtmp, res_in, w->ln1w, a->ln1_mean,
                         a->ln1_rstd, N, C);

@@ -161,6 +161,13 @@ static void test_layernorm(int64_t N, int C) {
     check(name, ln_loss, &c, c.w, dw, C, 1e-2f, 1e-3);
     snprintf(name, sizeof name, "layernorm N%lld C%d db", (long long)N, C);
     check(name, ln_loss, &c, c.b, db, C, 1e-2f, 1e-3);
+    /* the backward's recomputation of the output from the saved statistics is exact */
+    float* again = zeros(N * C);
+    ln_loss(&c);
+    k_layernorm_apply(POOL, again, c.inp, c.w, c.b, c.mean, c.rstd, N, C);
+    snprintf(name, sizeof name, "layernorm N%lld C%d recompute", (long long)N, C);
+    check_same(name, again, c.out, N * C, 0.0);
+    free(again);
     free(c.inp), free(c.w), free(c.b), free(c.out), free(c.mean), free(c.rstd), free(c.R);
     free(dinp), free(dw), free(db), free(scratch);
 }
@@ -233,12 +240,12 @@ static void test_matmul(int64_t N, int IC, int OC, int gelu) {
 
 typedef struct {
     int B, T, C, H;
-    float *qkv, *out, *att, *R;
+    float *qkv, *out, *stats, *scratch, *R;
 } att_case;
 
 static double att_loss(void* v) {
     att_case* c = (att_case*)v;
-    k_attention_fwd(POOL, c->out, c->att, c->qkv, c->B, c->T, c->C, c->H);
+    k_attention_fwd(POOL, c->out, c->stats, c->scratch, c->qkv, c->B, c->T, c->C, c->H);
     return dot(c->out, c->R, (int64_t)c->B * c->T * c->C);
 }
 
@@ -247,16 +254,16 @@ static void test_attention(int B, int T, int C, int H) {
     const int64_t N = (int64_t)B * T;
     c.qkv = randv(N * 3 * C, -1.5f, 1.5f);
     c.out = zeros(N * C);
-    c.att = zeros((int64_t)B * H * T * T);
+    c.stats = zeros(N * H * 2);
+    c.scratch = zeros(k_attention_scratch(T, gpt_pool_size(POOL)));
     c.R = randv(N * C, -1, 1);
     att_loss(&c);
     float* dqkv = zeros(N * 3 * C);
-    float* scratch = zeros(k_attention_bwd_scratch(T, gpt_pool_size(POOL)));
-    k_attention_bwd(POOL, dqkv, scratch, c.R, c.qkv, c.att, B, T, C, H);
+    k_attention_bwd(POOL, dqkv, c.scratch, c.R, c.qkv, c.stats, B, T, C, H);
     char name[64];
     snprintf(name, sizeof name, "attention B%d T%d C%d H%d dqkv", B, T, C, H);
     check(name, att_loss, &c, c.qkv, dqkv, N * 3 * C, 1e-2f, 1e-3);
-    free(c.qkv), free(c.out), free(c.att), free(c.R), free(dqkv), free(scratch);
+    free(c.qkv), free(c.out), free(c.stats), free(c.scratch), free(c.R), free(dqkv);
 }
 
 /* ---- GELU ---- */
