@@ -512,17 +512,27 @@ void k_matmul_residual_fwd(gpt_pool* p, float* out, const float* res, const floa
     run_gemm_jobs(p, &job, 1);
 }
 
-void k_matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
-                  const float* W, const float* gelu_pre, int64_t N, int IC, int OC) {
+static void matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
+                       const float* W, const float* gelu_pre, int64_t N, int IC, int OC, float dW_beta) {
     epi_ctx eg = {.out = dinp, .pre = gelu_pre, .N = N, .ld = IC};
     epi_ctx eb = {.dout = dout, .dbias = dbias, .N = N, .ld = OC};
     gemm_job jobs[2] = {
         /* dinp(N,IC) = dout(N,OC) W(OC,IC) */
         {{0, 0, N, IC, OC, 1.0f, dout, OC, W, IC, 0.0f, dinp, IC}, NULL, gelu_pre ? epi_gelu_bwd : NULL, &eg},
         /* dW(OC,IC) = dout^T inp(N,IC); rows of dW are columns of dout: their bias sums too */
-        {{1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, 0.0f, dW, IC}, NULL, dbias ? epi_colsum : NULL, &eb},
+        {{1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, dW_beta, dW, IC}, NULL, dbias ? epi_colsum : NULL, &eb},
     };
     run_gemm_jobs(p, jobs, 2);
+}
+
+void k_matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
+                  const float* W, const float* gelu_pre, int64_t N, int IC, int OC) {
+    matmul_bwd(p, dinp, dW, dbias, dout, inp, W, gelu_pre, N, IC, OC, 0.0f);
+}
+
+void k_matmul_bwd_add(gpt_pool* p, float* dinp, float* dW, const float* dout, const float* inp, const float* W,
+                      int64_t N, int IC, int OC) {
+    matmul_bwd(p, dinp, dW, NULL, dout, inp, W, NULL, N, IC, OC, 1.0f);
 }
 
 /* ------------------------------------------------------------------------------------

@@ -60,6 +60,10 @@ void k_matmul_residual_fwd(gpt_pool* p, float* out, const float* res, const floa
  * gelu(gelu_pre) and dinp receives the gradient w.r.t. gelu_pre instead. */
 void k_matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float* dout,
                   const float* inp, const float* W, const float* gelu_pre, int64_t N, int IC, int OC);
+/* As k_matmul_bwd without bias or GELU, except that dW += dout^T inp (a layer applied to
+ * rows in chunks: the LM head). dinp is still overwritten. */
+void k_matmul_bwd_add(gpt_pool* p, float* dinp, float* dW, const float* dout, const float* inp,
+                      const float* W, int64_t N, int IC, int OC);
 
 /* ---- causal self-attention, H heads of hs = C/H, scale 1/sqrt(hs) ---- */
 /* Floats of scratch either attention kernel needs with nthreads threads (two T x T

@@ -23,6 +23,8 @@
 
 /* Refuse models whose buffers would exceed this many bytes (the allocation would fail anyway). */
 #define MAX_BYTES (1ull << 42)
+/* Logits kept at once (floats): the LM head runs over the rows in chunks of this size. */
+#define HEAD_CHUNK_FLOATS (4 << 20)
 
 typedef struct {
     float *ln1w, *ln1b, *qkvw, *qkvb, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
@@ -78,11 +80,10 @@ typedef struct {
     layer_a* a;
     float *lnf_mean, *lnf_rstd, *logits, *losses;
 
-    /* the LM head runs on the head_n rows with a counted target: all N rows, or
-     * (some targets ignored) the rows head_rows gathered into head_in / head_y */
-    int64_t head_n;
-    const float* head_in;
-    const int32_t* head_y;
+    /* the LM head runs on the rows with a counted target only (all N rows, or the rows
+     * head_rows gathered chunk by chunk into head_x), head_chunk rows at a time: logits
+     * holds one chunk (head_chunk, V), its backward runs right after its loss */
+    int64_t head_chunk;
     int32_t *head_rows, *head_yc;
     float *head_x, *head_dx;
 
@@ -159,7 +160,7 @@ static void layout_acts(cpu_model* g, carver* c) {
     }
     g->lnf_mean = carve(c, N);
     g->lnf_rstd = carve(c, N);
-    g->logits = carve(c, N * V);
+    g->logits = carve(c, g->head_chunk * V);
     g->losses = carve(c, N);
 }
 
@@ -173,8 +174,8 @@ static void layout_work(cpu_model* g, carver* c) {
     g->ln_scratch = carve(c, k_layernorm_bwd_scratch(N, (int)C));
     g->head_rows = (int32_t*)carve(c, N);
     g->head_yc = (int32_t*)carve(c, N);
-    g->head_x = carve(c, N * C);
-    g->head_dx = carve(c, N * C);
+    g->head_x = carve(c, g->head_chunk * C);
+    g->head_dx = carve(c, g->head_chunk * C);
     g->sumsq_scratch = (double*)carve(c, 2 * k_sumsq_scratch(g->P));
 }
 
@@ -182,7 +183,9 @@ static void layout_work(cpu_model* g, carver* c) {
 static double estimate_floats(const gpt_cfg* cfg, int B, double P) {
     const double N = (double)B * cfg->T, C = cfg->C, F = cfg->d_ff, T = cfg->T, V = cfg->V;
     const double per_layer = N * (6 * C + F + 4 + 2.0 * cfg->H);
-    return 4 * P + N * C + cfg->L * per_layer + N * (V + 3) + N * (7 * C + 2 * F + 2) + 4.0 * (T * T) * 256;
+    const double head = fmin(N, fmax(64.0, (double)HEAD_CHUNK_FLOATS / V));
+    return 4 * P + N * C + cfg->L * per_layer + head * (V + 2 * C) + 3 * N + N * (5 * C + 2 * F + 2) +
+           4.0 * (T * T) * 256;
 }
 
 static void set_views(const cpu_model* g, float* base, weights* w) {
@@ -232,6 +235,13 @@ static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen)
     g->B = B;
     g->N = (int64_t)B * cfg->T;
     g->P = P;
+    /* LM head rows per chunk: logits of about HEAD_CHUNK_FLOATS, whole GEMM row tiles */
+    g->head_chunk = HEAD_CHUNK_FLOATS / cfg->V / 64 * 64;
+    if (g->head_chunk < 64) g->head_chunk = 64;
+    /* GPT_HEAD_CHUNK_ROWS overrides it (tests/native-lmhead.test.ts: chunked == unchunked) */
+    const char* hc = getenv("GPT_HEAD_CHUNK_ROWS");
+    if (hc && atoi(hc) > 0) g->head_chunk = atoi(hc);
+    if (g->head_chunk > g->N) g->head_chunk = g->N;
     g->profile = getenv("GPT_PROFILE") && strcmp(getenv("GPT_PROFILE"), "1") == 0;
 
     g->w.l = (layer_w*)calloc((size_t)cfg->L, sizeof(layer_w));
@@ -375,7 +385,8 @@ static int64_t count_targets(const cpu_model* g, const int32_t* y) {
     return n;
 }
 
-/* Forward pass; with grad, the logits buffer is left holding d loss / d logits.
+/* Forward pass; with grad, also the LM head's backward: dtmp = d loss / d lnf, gw.wte
+ * the head's part of d loss / d wte.
  * Returns the mean CE over the n > 0 counted targets. */
 static float forward(cpu_model* g, const int32_t* x, const int32_t* y, int64_t n, int grad) {
     const int B = g->B, T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff, V = g->cfg.V;
@@ -408,45 +419,53 @@ static float forward(cpu_model* g, const int32_t* x, const int32_t* y, int64_t n
     k_layernorm_fwd(p, g->ln_out, g->lnf_mean, g->lnf_rstd, res, g->w.lnfw, g->w.lnfb, N, C);
     PROF_END(g, P_LN_F);
     /* the LM head only where a target counts: ignored rows get no logits and no gradient */
-    g->head_n = n;
-    if (n == N) {
-        g->head_in = g->ln_out;
-        g->head_y = y;
-    } else {
+    const int gathered = n < N;
+    const int32_t* head_y = y;
+    if (gathered) {
         int64_t k = 0;
         for (int64_t i = 0; i < N; i++)
             if (y[i] != GPT_IGNORE_INDEX) {
                 g->head_rows[k] = (int32_t)i;
                 g->head_yc[k++] = y[i];
             }
-        k_gather_rows(p, g->head_x, g->ln_out, g->head_rows, n, C);
-        g->head_in = g->head_x;
-        g->head_y = g->head_yc;
+        head_y = g->head_yc;
+        if (grad) memset(g->dtmp, 0, sizeof(float) * (size_t)(N * C));
     }
-    /* logits(n,V) = lnf wte^T (the tied LM head) */
-    k_matmul_fwd(p, g->logits, g->head_in, g->w.wte, NULL, n, C, V);
-    PROF_END(g, P_LMHEAD_F);
-    k_softmax_ce(p, g->logits, g->losses, g->head_y, n, V, 1.0f / (float)n, grad);
+    for (int64_t k0 = 0; k0 < n; k0 += g->head_chunk) {
+        const int64_t m = n - k0 < g->head_chunk ? n - k0 : g->head_chunk;
+        const float* in = g->ln_out + k0 * C;
+        if (gathered) {
+            k_gather_rows(p, g->head_x, g->ln_out, g->head_rows + k0, m, C);
+            in = g->head_x;
+        }
+        /* logits(m,V) = lnf wte^T (the tied LM head) */
+        k_matmul_fwd(p, g->logits, in, g->w.wte, NULL, m, C, V);
+        PROF_END(g, P_LMHEAD_F);
+        k_softmax_ce(p, g->logits, g->losses + k0, head_y + k0, m, V, 1.0f / (float)n, grad);
+        PROF_END(g, P_CE);
+        if (!grad) continue;
+        /* dlnf = dlogits wte into dtmp, dwte (+)= dlogits^T lnf (the embedding adds to it last) */
+        float* dx = gathered ? g->head_dx : g->dtmp + k0 * C;
+        if (k0 == 0) k_matmul_bwd(p, dx, g->gw.wte, NULL, g->logits, in, g->w.wte, NULL, m, C, V);
+        else k_matmul_bwd_add(p, dx, g->gw.wte, g->logits, in, g->w.wte, m, C, V);
+        if (gathered)
+            for (int64_t k = 0; k < m; k++)
+                memcpy(g->dtmp + (int64_t)g->head_rows[k0 + k] * C, dx + k * C, sizeof(float) * (size_t)C);
+        PROF_END(g, P_LMHEAD_B);
+    }
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++) sum += g->losses[i];
-    PROF_END(g, P_CE);
     return (float)(sum / (double)n);
 }
 
-/* Backward pass after forward(grad=1): every gradient of g->grads is overwritten. */
+/* Backward pass after forward(grad=1) (which did the LM head's): every gradient of
+ * g->grads is overwritten. */
 static void backward(cpu_model* g, const int32_t* x) {
-    const int B = g->B, T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff, V = g->cfg.V;
+    const int B = g->B, T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff;
     const int64_t N = g->N;
     gpt_pool* p = g->pool;
     PROF_BEGIN(g);
-    /* LM head: dlnf = dlogits wte, dwte = dlogits^T lnf (the embedding adds to it last) */
-    if (g->head_n == N) {
-        k_matmul_bwd(p, g->dtmp, g->gw.wte, NULL, g->logits, g->ln_out, g->w.wte, NULL, N, C, V);
-    } else {
-        k_matmul_bwd(p, g->head_dx, g->gw.wte, NULL, g->logits, g->head_in, g->w.wte, NULL, g->head_n, C, V);
-        k_scatter_rows(p, g->dtmp, g->head_dx, g->head_rows, g->head_n, N, C);
-    }
-    PROF_END(g, P_LMHEAD_B);
+    /* the LM head's backward ran in forward: dtmp = d lnf */
     const float* res_last = g->cfg.L > 0 ? g->a[g->cfg.L - 1].res_out : g->encoded;
     memset(g->dres, 0, sizeof(float) * (size_t)(N * C));
     k_layernorm_bwd(p, g->dres, g->gw.lnfw, g->gw.lnfb, g->ln_scratch, g->dtmp, res_last, g->w.lnfw, g->lnf_mean,
