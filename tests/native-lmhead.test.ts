@@ -1,9 +1,12 @@
 /**
- * The CPU backend runs the LM head over the rows in chunks (logits of one chunk at a
- * time, its backward right after its loss, dwte accumulated over the chunks). Parity
- * with PyTorch covers the one-chunk case; here the chunked path must give the same loss,
- * gradients, eval loss and AdamW step as one chunk, with and without -100 targets.
- * GPT_HEAD_CHUNK_ROWS is read at gpt_create, so every setting runs in its own process.
+ * Memory-saving paths of the CPU backend that PyTorch parity (tiny shapes) does not reach:
+ *  - the LM head over the rows in chunks (logits of one chunk at a time, its backward
+ *    right after its loss, dwte accumulated over the chunks) must give the same loss,
+ *    gradients, eval loss and AdamW step as one chunk, with and without -100 targets;
+ *  - GELU outputs and attention probabilities recomputed in backward (large models)
+ *    must give bit for bit the results of keeping them (small models).
+ * GPT_HEAD_CHUNK_ROWS and GPT_RECOMPUTE are read at gpt_create: every setting runs in
+ * its own process.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -19,7 +22,7 @@ import { NativeModel } from "${ROOT}/src/backend/native.ts";
 import { initParams } from "${ROOT}/src/model/layout.ts";
 import { Rng } from "${ROOT}/src/util/random.ts";
 const [out, mask] = process.argv.slice(-2);
-const cfg = { V: 1000, T: 40, C: 32, L: 1, H: 2, d_ff: 64 };
+const cfg = { V: 1000, T: 40, C: 32, L: 2, H: 2, d_ff: 64 };
 const B = 4, n = B * cfg.T;
 const m = NativeModel.open(cfg, B, "cpu");
 m.setThreads(2);
@@ -59,10 +62,10 @@ beforeAll(async () => {
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function run(chunkRows: number, maskPct: number): Run {
-  const out = join(dir, `r${chunkRows}-${maskPct}`);
+function run(chunkRows: number, maskPct: number, recompute = ""): Run {
+  const out = join(dir, `r${chunkRows}-${maskPct}-${recompute}`);
   const p = Bun.spawnSync([process.execPath, "-e", CHILD, out, String(maskPct)], {
-    env: { ...process.env, GPT_HEAD_CHUNK_ROWS: String(chunkRows) },
+    env: { ...process.env, GPT_HEAD_CHUNK_ROWS: String(chunkRows), GPT_RECOMPUTE: recompute },
     stdout: "pipe",
     stderr: "pipe",
   });
@@ -103,4 +106,16 @@ describe("LM head in chunks", () => {
       }
     }, 60_000);
   }
+});
+
+describe("recomputed activations", () => {
+  test("recomputing GELU outputs and attention probabilities == keeping them, bit for bit", () => {
+    const kept = run(64, 20, "0");
+    const recomputed = run(64, 20, "1");
+    expect(recomputed.loss).toBe(kept.loss);
+    expect(recomputed.stepLoss).toBe(kept.stepLoss);
+    expect(recomputed.norm).toBe(kept.norm);
+    expect(Buffer.from(recomputed.grads.buffer).equals(Buffer.from(kept.grads.buffer))).toBe(true);
+    expect(Buffer.from(recomputed.params.buffer).equals(Buffer.from(kept.params.buffer))).toBe(true);
+  }, 60_000);
 });

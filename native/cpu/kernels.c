@@ -546,11 +546,13 @@ void k_matmul_bwd_add(gpt_pool* p, float* dinp, float* dW, const float* dout, co
 
 typedef struct {
     float* out;
+    float* att;
     float* stats;
     float* dqkv;
     float* scratch;
     const float* dout;
     const float* qkv;
+    const float* catt;
     const float* cstats;
     int B, T, C, H;
 } att_ctx;
@@ -595,7 +597,7 @@ GPT_HOT static void softmax_recompute_row(float* row, int64_t n, int64_t end, co
     for (j = n; j < end; j++) row[j] = 0.0f;
 }
 
-static void att_fwd_pair(const att_ctx* a, int64_t pair, float* A) {
+static void att_fwd_pair(const att_ctx* a, int64_t pair, float* scratch) {
     const int T = a->T, C = a->C, hs = C / a->H;
     const int64_t b = pair / a->H, h = pair % a->H, ld = 3 * (int64_t)C;
     const float* q = a->qkv + b * T * ld + h * hs;
@@ -603,6 +605,7 @@ static void att_fwd_pair(const att_ctx* a, int64_t pair, float* A) {
     const float* v = q + 2 * C;
     float* o = a->out + b * T * C + h * hs;
     float* st = a->stats + pair * T * 2;
+    float* A = a->att ? a->att + pair * T * T : scratch;
     const float scale = 1.0f / sqrtf((float)hs);
     for (int64_t i0 = 0; i0 < T; i0 += ATT_TB) {
         const int64_t i1 = min64(T, i0 + ATT_TB), M = i1 - i0;
@@ -624,9 +627,10 @@ static void att_fwd_task(void* vctx, int tid, int nt) {
 
 int64_t k_attention_scratch(int T, int nthreads) { return 2 * (int64_t)T * T * (nthreads < 1 ? 1 : nthreads); }
 
-void k_attention_fwd(gpt_pool* p, float* out, float* stats, float* scratch, const float* qkv, int B, int T, int C,
-                     int H) {
-    att_ctx a = {.out = out, .stats = stats, .scratch = scratch, .qkv = qkv, .B = B, .T = T, .C = C, .H = H};
+void k_attention_fwd(gpt_pool* p, float* out, float* att, float* stats, float* scratch, const float* qkv, int B,
+                     int T, int C, int H) {
+    att_ctx a = {.out = out, .att = att, .stats = stats, .scratch = scratch, .qkv = qkv, .B = B, .T = T, .C = C,
+                 .H = H};
     RUN(p, att_fwd_task, &a, 2.0 * B * (double)T * T * (C + 10.0 * H));
 }
 
@@ -642,7 +646,7 @@ GPT_HOT static void softmax_bwd_row(float* d, const float* arow, int64_t n, int6
     for (j = n; j < end; j++) d[j] = 0.0f;
 }
 
-static void att_bwd_pair(const att_ctx* a, int64_t pair, float* A, float* D) {
+static void att_bwd_pair(const att_ctx* a, int64_t pair, float* scratch, float* D) {
     const int T = a->T, C = a->C, hs = C / a->H;
     const int64_t b = pair / a->H, h = pair % a->H, ld = 3 * (int64_t)C;
     const float* q = a->qkv + b * T * ld + h * hs;
@@ -653,12 +657,15 @@ static void att_bwd_pair(const att_ctx* a, int64_t pair, float* A, float* D) {
     float* dk = dq + C;
     float* dv = dq + 2 * C;
     const float* st = a->cstats + pair * T * 2;
+    const float* A = a->catt ? a->catt + pair * T * T : scratch;
     const float scale = 1.0f / sqrtf((float)hs);
     for (int64_t i0 = 0; i0 < T; i0 += ATT_TB) {
         const int64_t i1 = min64(T, i0 + ATT_TB), M = i1 - i0;
-        /* the forward's probabilities A[i0:i1, 0:i1] */
-        sgemm1(0, 1, M, i1, hs, scale, q + i0 * ld, ld, k, ld, 0.0f, A + i0 * T, T);
-        for (int64_t i = i0; i < i1; i++) softmax_recompute_row(A + i * T, i + 1, i1, st + 2 * i);
+        if (!a->catt) {
+            /* the forward's probabilities A[i0:i1, 0:i1] again */
+            sgemm1(0, 1, M, i1, hs, scale, q + i0 * ld, ld, k, ld, 0.0f, scratch + i0 * T, T);
+            for (int64_t i = i0; i < i1; i++) softmax_recompute_row(scratch + i * T, i + 1, i1, st + 2 * i);
+        }
         /* dA[i0:i1, 0:i1] = dO[i0:i1] v[0:i1]^T, then through the softmax (and the scale) */
         sgemm1(0, 1, M, i1, hs, 1.0f, dO + i0 * C, C, v, ld, 0.0f, D + i0 * T, T);
         for (int64_t i = i0; i < i1; i++) softmax_bwd_row(D + i * T, A + i * T, i + 1, i1, scale);
@@ -683,9 +690,9 @@ static void att_bwd_task(void* vctx, int tid, int nt) {
 }
 
 void k_attention_bwd(gpt_pool* p, float* dqkv, float* scratch, const float* dout, const float* qkv,
-                     const float* stats, int B, int T, int C, int H) {
-    att_ctx a = {.dqkv = dqkv, .scratch = scratch, .dout = dout, .qkv = qkv, .cstats = stats, .B = B, .T = T, .C = C,
-                 .H = H};
+                     const float* att, const float* stats, int B, int T, int C, int H) {
+    att_ctx a = {.dqkv = dqkv, .scratch = scratch, .dout = dout, .qkv = qkv, .catt = att, .cstats = stats, .B = B,
+                 .T = T, .C = C, .H = H};
     RUN(p, att_bwd_task, &a, 5.0 * B * (double)T * T * (C + 10.0 * H));
 }
 

@@ -67,16 +67,18 @@ void k_matmul_bwd_add(gpt_pool* p, float* dinp, float* dW, const float* dout, co
 
 /* ---- causal self-attention, H heads of hs = C/H, scale 1/sqrt(hs) ---- */
 /* Floats of scratch either attention kernel needs with nthreads threads (two T x T
- * tiles per thread: the probabilities are never stored whole). */
+ * tiles per thread). */
 int64_t k_attention_scratch(int T, int nthreads);
 /* qkv(B,T,3C) holds q, k, v side by side; out(B,T,C) = heads of softmax(q k^T) v
- * (overwrites); stats(B,H,T,2) saves the max and 1/sum of every softmax row. */
-void k_attention_fwd(gpt_pool* p, float* out, float* stats, float* scratch, const float* qkv,
+ * (overwrites); stats(B,H,T,2) saves the max and 1/sum of every softmax row; att
+ * (B,H,T,T) saves the probabilities (lower triangle; the rest is not read), or is NULL
+ * (they only pass through the scratch). */
+void k_attention_fwd(gpt_pool* p, float* out, float* att, float* stats, float* scratch, const float* qkv,
                      int B, int T, int C, int H);
-/* dqkv(B,T,3C) overwritten with the gradient w.r.t. qkv; the probabilities are
- * recomputed from qkv and the forward's stats, bit for bit. */
+/* dqkv(B,T,3C) overwritten with the gradient w.r.t. qkv. With att NULL the probabilities
+ * are recomputed from qkv and the forward's stats, bit for bit. */
 void k_attention_bwd(gpt_pool* p, float* dqkv, float* scratch, const float* dout, const float* qkv,
-                     const float* stats, int B, int T, int C, int H);
+                     const float* att, const float* stats, int B, int T, int C, int H);
 
 /* ---- GELU, tanh approximation ---- */
 void k_gelu_fwd(gpt_pool* p, float* out, const float* inp, int64_t n);

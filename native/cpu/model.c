@@ -25,6 +25,8 @@
 #define MAX_BYTES (1ull << 42)
 /* Logits kept at once (floats): the LM head runs over the rows in chunks of this size. */
 #define HEAD_CHUNK_FLOATS (4 << 20)
+/* Recomputable activations are kept while all layers' copies take at most this (floats). */
+#define KEEP_FLOATS (16 << 20)
 
 typedef struct {
     float *ln1w, *ln1b, *qkvw, *qkvb, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
@@ -37,16 +39,20 @@ typedef struct {
 
 /* Saved activations of one block. res_out is the block's output (the next block's input).
  * What is cheap to recompute is not kept (as llm.c does): LayerNorm outputs (from the
- * input and the saved mean, rstd), GELU outputs (from fch), attention probabilities
- * (from qkv and the saved row max and 1/sum). Those live in buffers shared by all layers. */
+ * input and the saved mean, rstd) never, GELU outputs (from fch) and attention
+ * probabilities (from qkv and the saved row max and 1/sum) when all layers' copies would
+ * take more than KEEP_FLOATS (a small model keeps them: recomputing costs it time, and
+ * it has memory to spare). What is not kept lives in buffers shared by all layers. */
 typedef struct {
     float *ln1_mean, *ln1_rstd; /* (N), (N) */
     float* qkv;                 /* (N,3C) */
+    float* att;                 /* (B,H,T,T) probabilities, or NULL: recomputed */
     float* att_stats;           /* (B,H,T,2) max and 1/sum of every softmax row */
     float* atty;                /* (N,C) heads before c_proj */
     float* res2;                /* (N,C) input + attention branch */
     float *ln2_mean, *ln2_rstd; /* (N), (N) */
     float* fch;                 /* (N,F) before GELU */
+    float* fchg;                /* (N,F) after GELU, or NULL: recomputed into the shared gelu */
     float* res_out;             /* (N,C) res2 + MLP branch */
 } layer_a;
 
@@ -84,6 +90,7 @@ typedef struct {
      * head_rows gathered chunk by chunk into head_x), head_chunk rows at a time: logits
      * holds one chunk (head_chunk, V), its backward runs right after its loss */
     int64_t head_chunk;
+    int keep_att, keep_gelu; /* see layer_a */
     int32_t *head_rows, *head_yc;
     float *head_x, *head_dx;
 
@@ -150,12 +157,14 @@ static void layout_acts(cpu_model* g, carver* c) {
         a->ln1_mean = carve(c, N);
         a->ln1_rstd = carve(c, N);
         a->qkv = carve(c, N * 3 * C);
+        a->att = g->keep_att ? carve(c, (int64_t)g->B * H * g->cfg.T * g->cfg.T) : NULL;
         a->att_stats = carve(c, N * H * 2);
         a->atty = carve(c, N * C);
         a->res2 = carve(c, N * C);
         a->ln2_mean = carve(c, N);
         a->ln2_rstd = carve(c, N);
         a->fch = carve(c, N * F);
+        a->fchg = g->keep_gelu ? carve(c, N * F) : NULL;
         a->res_out = carve(c, N * C);
     }
     g->lnf_mean = carve(c, N);
@@ -167,7 +176,7 @@ static void layout_acts(cpu_model* g, carver* c) {
 static void layout_work(cpu_model* g, carver* c) {
     const int64_t N = g->N, C = g->cfg.C, F = g->cfg.d_ff;
     g->ln_out = carve(c, N * C);
-    g->gelu = carve(c, N * F);
+    g->gelu = g->keep_gelu ? NULL : carve(c, N * F);
     g->dres = carve(c, N * C);
     g->dtmp = carve(c, N * C);
     g->dbig = carve(c, N * (F > 3 * C ? F : 3 * C));
@@ -182,7 +191,7 @@ static void layout_work(cpu_model* g, carver* c) {
 /* Activation + work floats, computed in double so that absurd shapes cannot overflow. */
 static double estimate_floats(const gpt_cfg* cfg, int B, double P) {
     const double N = (double)B * cfg->T, C = cfg->C, F = cfg->d_ff, T = cfg->T, V = cfg->V;
-    const double per_layer = N * (6 * C + F + 4 + 2.0 * cfg->H);
+    const double per_layer = N * (6 * C + 2 * F + 4 + 2.0 * cfg->H) + (double)B * cfg->H * T * T;
     const double head = fmin(N, fmax(64.0, (double)HEAD_CHUNK_FLOATS / V));
     return 4 * P + N * C + cfg->L * per_layer + head * (V + 2 * C) + 3 * N + N * (5 * C + 2 * F + 2) +
            4.0 * (T * T) * 256;
@@ -242,6 +251,12 @@ static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen)
     const char* hc = getenv("GPT_HEAD_CHUNK_ROWS");
     if (hc && atoi(hc) > 0) g->head_chunk = atoi(hc);
     if (g->head_chunk > g->N) g->head_chunk = g->N;
+    /* GPT_RECOMPUTE=1 / 0 forces recomputing / keeping (tests/native-lmhead.test.ts: same results) */
+    const double L = cfg->L, Nd = (double)g->N;
+    g->keep_att = L * B * cfg->H * (double)cfg->T * cfg->T <= KEEP_FLOATS;
+    g->keep_gelu = L * Nd * cfg->d_ff <= KEEP_FLOATS;
+    const char* rc = getenv("GPT_RECOMPUTE");
+    if (rc && (strcmp(rc, "0") == 0 || strcmp(rc, "1") == 0)) g->keep_att = g->keep_gelu = rc[0] == '0';
     g->profile = getenv("GPT_PROFILE") && strcmp(getenv("GPT_PROFILE"), "1") == 0;
 
     g->w.l = (layer_w*)calloc((size_t)cfg->L, sizeof(layer_w));
@@ -403,15 +418,16 @@ static float forward(cpu_model* g, const int32_t* x, const int32_t* y, int64_t n
         PROF_END(g, P_LN_F);
         k_matmul_fwd(p, a->qkv, g->ln_out, w->qkvw, w->qkvb, N, C, 3 * C);
         PROF_END(g, P_QKV_F);
-        k_attention_fwd(p, a->atty, a->att_stats, g->att_scratch, a->qkv, B, T, C, H);
+        k_attention_fwd(p, a->atty, a->att, a->att_stats, g->att_scratch, a->qkv, B, T, C, H);
         PROF_END(g, P_ATT_F);
         k_matmul_residual_fwd(p, a->res2, res, a->atty, w->projw, w->projb, N, C, C);
         PROF_END(g, P_PROJ_F);
         k_layernorm_fwd(p, g->ln_out, a->ln2_mean, a->ln2_rstd, a->res2, w->ln2w, w->ln2b, N, C);
         PROF_END(g, P_LN_F);
-        k_matmul_gelu_fwd(p, a->fch, g->gelu, g->ln_out, w->fcw, w->fcb, N, C, F);
+        float* fchg = a->fchg ? a->fchg : g->gelu;
+        k_matmul_gelu_fwd(p, a->fch, fchg, g->ln_out, w->fcw, w->fcb, N, C, F);
         PROF_END(g, P_FC_F);
-        k_matmul_residual_fwd(p, a->res_out, a->res2, g->gelu, w->fcprojw, w->fcprojb, N, F, C);
+        k_matmul_residual_fwd(p, a->res_out, a->res2, fchg, w->fcprojw, w->fcprojb, N, F, C);
         PROF_END(g, P_FCPROJ_F);
         res = a->res_out;
     }
@@ -477,8 +493,12 @@ static void backward(cpu_model* g, const int32_t* x) {
         const layer_a* a = &g->a[l];
         const float* res_in = l > 0 ? g->a[l - 1].res_out : g->encoded;
         /* dres = d res_out; the MLP branch: dfch = gelu'(fch) (dres Wfcproj) */
-        k_gelu_fwd(p, g->gelu, a->fch, N * F);
-        k_matmul_bwd(p, g->dbig, gw->fcprojw, gw->fcprojb, g->dres, g->gelu, w->fcprojw, a->fch, N, F, C);
+        const float* fchg = a->fchg;
+        if (!fchg) {
+            k_gelu_fwd(p, g->gelu, a->fch, N * F);
+            fchg = g->gelu;
+        }
+        k_matmul_bwd(p, g->dbig, gw->fcprojw, gw->fcprojb, g->dres, fchg, w->fcprojw, a->fch, N, F, C);
         PROF_END(g, P_FCPROJ_B);
         k_layernorm_apply(p, g->ln_out, a->res2, w->ln2w, w->ln2b, a->ln2_mean, a->ln2_rstd, N, C);
         k_matmul_bwd(p, g->dtmp, gw->fcw, gw->fcb, g->dbig, g->ln_out, w->fcw, NULL, N, C, F);
@@ -489,7 +509,7 @@ static void backward(cpu_model* g, const int32_t* x) {
         /* dres = d res2; the attention branch */
         k_matmul_bwd(p, g->dtmp, gw->projw, gw->projb, g->dres, a->atty, w->projw, NULL, N, C, C);
         PROF_END(g, P_PROJ_B);
-        k_attention_bwd(p, g->dbig, g->att_scratch, g->dtmp, a->qkv, a->att_stats, B, T, C, H);
+        k_attention_bwd(p, g->dbig, g->att_scratch, g->dtmp, a->qkv, a->att, a->att_stats, B, T, C, H);
         PROF_END(g, P_ATT_B);
         k_layernorm_apply(p, g->ln_out, res_in, w->ln1w, w->ln1b, a->ln1_mean, a->ln1_rstd, N, C);
         k_matmul_bwd(p, g->dtmp, gw->qkvw, gw->qkvb, g->dbig, g->ln_out, w->qkvw, NULL, N, C, 3 * C);

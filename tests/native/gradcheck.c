@@ -240,30 +240,41 @@ static void test_matmul(int64_t N, int IC, int OC, int gelu) {
 
 typedef struct {
     int B, T, C, H;
-    float *qkv, *out, *stats, *scratch, *R;
+    float *qkv, *out, *att, *stats, *scratch, *R;
 } att_case;
 
 static double att_loss(void* v) {
     att_case* c = (att_case*)v;
-    k_attention_fwd(POOL, c->out, c->stats, c->scratch, c->qkv, c->B, c->T, c->C, c->H);
+    k_attention_fwd(POOL, c->out, c->att, c->stats, c->scratch, c->qkv, c->B, c->T, c->C, c->H);
     return dot(c->out, c->R, (int64_t)c->B * c->T * c->C);
 }
 
-static void test_attention(int B, int T, int C, int H) {
+/* keep: the probabilities saved by the forward; else recomputed by the backward */
+static void test_attention(int B, int T, int C, int H, int keep) {
     att_case c = {.B = B, .T = T, .C = C, .H = H};
     const int64_t N = (int64_t)B * T;
     c.qkv = randv(N * 3 * C, -1.5f, 1.5f);
     c.out = zeros(N * C);
     c.stats = zeros(N * H * 2);
+    c.att = keep ? zeros((int64_t)B * H * T * T) : NULL;
     c.scratch = zeros(k_attention_scratch(T, gpt_pool_size(POOL)));
     c.R = randv(N * C, -1, 1);
     att_loss(&c);
     float* dqkv = zeros(N * 3 * C);
-    k_attention_bwd(POOL, dqkv, c.scratch, c.R, c.qkv, c.stats, B, T, C, H);
+    k_attention_bwd(POOL, dqkv, c.scratch, c.R, c.qkv, c.att, c.stats, B, T, C, H);
     char name[64];
-    snprintf(name, sizeof name, "attention B%d T%d C%d H%d dqkv", B, T, C, H);
+    snprintf(name, sizeof name, "attention B%d T%d C%d H%d %s dqkv", B, T, C, H, keep ? "kept" : "recomputed");
     check(name, att_loss, &c, c.qkv, dqkv, N * 3 * C, 1e-2f, 1e-3);
-    free(c.qkv), free(c.out), free(c.stats), free(c.scratch), free(c.R), free(dqkv);
+    if (keep) {
+        /* the recomputing backward gives the very same gradient */
+        float* again = zeros(N * 3 * C);
+        att_loss(&c);
+        k_attention_bwd(POOL, again, c.scratch, c.R, c.qkv, NULL, c.stats, B, T, C, H);
+        snprintf(name, sizeof name, "attention B%d T%d C%d H%d recompute", B, T, C, H);
+        check_same(name, again, dqkv, N * 3 * C, 0.0);
+        free(again);
+    }
+    free(c.qkv), free(c.out), free(c.att), free(c.stats), free(c.scratch), free(c.R), free(dqkv);
 }
 
 /* ---- GELU ---- */
@@ -430,9 +441,11 @@ int main(int argc, char** argv) {
     test_layernorm(70, 24); /* more than one chunk of partial sums */
     test_matmul(37, 11, 19, 0);
     test_matmul(37, 11, 19, 1);
-    test_attention(2, 5, 8, 2);
-    test_attention(1, 70, 8, 2); /* crosses the 64-row block */
-    test_attention(2, 9, 12, 3); /* hs = 4, T not a multiple of 8 */
+    for (int keep = 0; keep < 2; keep++) {
+        test_attention(2, 5, 8, 2, keep);
+        test_attention(1, 70, 8, 2, keep); /* crosses the 64-row block */
+        test_attention(2, 9, 12, 3, keep); /* hs = 4, T not a multiple of 8 */
+    }
     test_gelu();
     test_residual();
     test_softmax_ce(9, 19);
