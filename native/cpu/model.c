@@ -304,7 +304,7 @@ static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen)
 
     g->nthreads = online_cores();
     g->pool = gpt_pool_create(g->nthreads);
-    g->att_scratch = alloc_floats(k_attention_scratch(cfg->T, g->nthreads));
+    g->att_scratch = alloc_floats(k_attention_scratch(cfg->T, cfg->C, g->nthreads));
     if (!g->pool || !g->att_scratch) goto oom;
     gpt_blas_set_threads(g->nthreads);
     return g;
@@ -339,7 +339,7 @@ static int cpu_set_threads(void* self, int32_t n, char* err, size_t errlen) {
     cpu_model* g = (cpu_model*)self;
     if (n == g->nthreads) return 0;
     gpt_pool* pool = gpt_pool_create(n);
-    float* scratch = alloc_floats(k_attention_scratch(g->cfg.T, n));
+    float* scratch = alloc_floats(k_attention_scratch(g->cfg.T, g->cfg.C, n));
     if (!pool || !scratch) {
         gpt_pool_destroy(pool);
         free(scratch);

@@ -257,7 +257,7 @@ static void test_attention(int B, int T, int C, int H, int keep) {
     c.out = zeros(N * C);
     c.stats = zeros(N * H * 2);
     c.att = keep ? zeros((int64_t)B * H * T * T) : NULL;
-    c.scratch = zeros(k_attention_scratch(T, gpt_pool_size(POOL)));
+    c.scratch = zeros(k_attention_scratch(T, C, gpt_pool_size(POOL)));
     c.R = randv(N * C, -1, 1);
     att_loss(&c);
     float* dqkv = zeros(N * 3 * C);
@@ -445,6 +445,10 @@ int main(int argc, char** argv) {
         test_attention(2, 5, 8, 2, keep);
         test_attention(1, 70, 8, 2, keep); /* crosses the 64-row block */
         test_attention(2, 9, 12, 3, keep); /* hs = 4, T not a multiple of 8 */
+        /* the direct kernels (hs a multiple of 32, T <= 128): odd T, row tiles of 4 and
+         * column tiles of 16 */
+        test_attention(2, 23, 32, 1, keep);
+        test_attention(1, 37, 64, 1, keep); /* hs = 64, two column strips of 32 */
     }
     test_gelu();
     test_residual();
