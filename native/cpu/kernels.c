@@ -542,7 +542,9 @@ void k_matmul_bwd_add(gpt_pool* p, float* dinp, float* dW, const float* dout, co
  * 1/sum of each softmax row, the backward recomputes the very same probabilities.
  * ---------------------------------------------------------------------------------- */
 
+#ifndef ATT_TB
 #define ATT_TB 64
+#endif
 
 typedef struct {
     float* out;
