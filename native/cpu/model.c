@@ -1,7 +1,9 @@
 /*
  * model.c: the CPU backend. A GPT-2 training step (forward, backward, global-norm
  * clipping, AdamW) over one parameter buffer, one gradient buffer, one activation
- * buffer and one backward work buffer, all allocated at create: a step allocates nothing.
+ * buffer and one work buffer, all allocated at create: a step allocates nothing.
+ * Memory as llm.c: what is cheap to recompute is not saved (see layer_a), buffers the
+ * layers use one after the other are shared, the LM head holds one chunk of logits.
  *
  * Shapes: B batch rows, T positions, C width, H heads, F = d_ff, V vocab, N = B*T.
  */

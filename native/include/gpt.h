@@ -82,7 +82,11 @@ int64_t gpt_num_params(const gpt_cfg* cfg);
 /* Create a model for batches of B rows. Parameters start at zero: set them with
  * gpt_set_params. All memory of the model is allocated here (and its worker
  * threads started). On failure returns NULL and writes a message into err
- * (err may be NULL). */
+ * (err may be NULL). The CPU backend saves few activations: LayerNorm outputs are
+ * always recomputed in backward, GELU outputs and attention probabilities once all
+ * layers' copies would pass 64 MB, and the LM head runs over rows in chunks of about
+ * 16 MB of logits (results unchanged; env GPT_RECOMPUTE=0|1 and GPT_HEAD_CHUNK_ROWS,
+ * read here, override both for tests). */
 gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, char* err, int32_t errlen);
 void   gpt_free(gpt_t* g);   /* NULL is a no-op */
 /* Message of the last failed call on g ("" after a successful one); a static
