@@ -102,11 +102,13 @@ const text = defineCommand({
     }),
 });
 
+const skipBad = { type: "boolean", description: "leave bad lines out (listed as warnings) instead of stopping", default: false } as const;
+
 const dolly = defineCommand({
   meta: { name: "dolly", description: "Dolly JSONL (instruction, context, response, category) -> SFT caches" },
   args: {
     source: { type: "string", description: `one of ${SFT_SOURCES.join(", ")}`, default: "dolly" },
-    "skip-bad": { type: "boolean", description: "leave bad lines out (listed as warnings) instead of stopping", default: false },
+    "skip-bad": skipBad,
     ...common,
   },
   run: ({ args }) =>
@@ -134,7 +136,7 @@ const oasst1 = defineCommand({
     source: { type: "string", description: `one of ${SFT_SOURCES.join(", ")}`, default: "oasst1" },
     paths: { type: "enum", options: ["best", "all"], description: "best: the best-ranked thread of each tree; all: every thread", default: "best" },
     lang: { type: "string", description: "comma-separated languages of the initial prompt to keep (e.g. en); empty = all", default: "" },
-    "skip-bad": { type: "boolean", description: "leave bad lines out (listed as warnings) instead of stopping", default: false },
+    "skip-bad": skipBad,
     ...common,
   },
   run: ({ args }) =>

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { writeFileAtomic, type FileIo } from "../src/checkpoint/atomic.ts";
+import { nodeIo, writeFileAtomic, type FileIo } from "../src/checkpoint/atomic.ts";
 import { encodeCheckpoint, loadCheckpoint, phaseOfCheckpointFile, saveCheckpoint, type Checkpoint } from "../src/checkpoint/checkpoint.ts";
 import { decodeLong, encodeLong, pickleDump } from "../src/checkpoint/pickle.ts";
 import { CheckpointError, PyDict, PyFloat, PyTuple, Storage, Tensor, type PyValue } from "../src/checkpoint/pyvalue.ts";
@@ -447,17 +447,7 @@ describe("atomic replacement", () => {
 
   /** node:fs with one operation replaced. */
   function failingIo(override: Partial<FileIo>): FileIo {
-    return {
-      openSync: (p, f, m) => fs.openSync(p, f, m),
-      writeSync: (fd, b, o, l) => fs.writeSync(fd, b, o, l),
-      fsyncSync: (fd) => fs.fsyncSync(fd),
-      fchmodSync: (fd, m) => fs.fchmodSync(fd, m),
-      closeSync: (fd) => fs.closeSync(fd),
-      renameSync: (a, b) => fs.renameSync(a, b),
-      unlinkSync: (p) => fs.unlinkSync(p),
-      statSync: (p) => fs.statSync(p),
-      ...override,
-    };
+    return { ...nodeIo, ...override };
   }
   const errno = (code: string) => Object.assign(new Error(`${code}: simulated`), { code });
 

@@ -19,7 +19,8 @@ export interface FileIo {
   statSync(path: string): { mode: number; isFile(): boolean };
 }
 
-const nodeIo: FileIo = {
+/** node:fs as a FileIo (tests replace single operations to inject failures). */
+export const nodeIo: FileIo = {
   openSync: (p, f, m) => fs.openSync(p, f, m),
   writeSync: (fd, b, o, l) => fs.writeSync(fd, b, o, l),
   fsyncSync: (fd) => fs.fsyncSync(fd),
