@@ -5,8 +5,10 @@
  *    gradients, eval loss and AdamW step as one chunk, with and without -100 targets;
  *  - GELU outputs and attention probabilities recomputed in backward (large models)
  *    must give bit for bit the results of keeping them (small models).
- * GPT_HEAD_CHUNK_ROWS and GPT_RECOMPUTE are read at gpt_create: every setting runs in
- * its own process.
+ *  - two threads running a batch-parallel lane each (half the batch, own gradient buffer,
+ *    summed after) must agree with one lane whose every op is split over both threads.
+ * GPT_HEAD_CHUNK_ROWS, GPT_RECOMPUTE and GPT_LANES are read at gpt_create: every setting
+ * runs in its own process.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -15,7 +17,8 @@ import { join } from "node:path";
 import { buildNative } from "../scripts/build-native.ts";
 
 const ROOT = join(import.meta.dir, "..");
-// N = 4 * 40 = 160 rows: chunks of 64 leave a partial last chunk (160 = 64 + 64 + 32)
+// N = 4 * 40 = 160 rows, two lanes of 80 with two threads: chunks of 32 and 24 leave a
+// partial last chunk in each lane, with and without -100 targets
 const CHILD = `
 import { writeFileSync } from "node:fs";
 import { NativeModel } from "${ROOT}/src/backend/native.ts";
@@ -32,7 +35,9 @@ const rng = new Rng(5);
 const x = new Int32Array(n), y = new Int32Array(n);
 for (let i = 0; i < n; i++) {
   x[i] = rng.below(cfg.V);
-  y[i] = Number(mask) > 0 && rng.below(100) < Number(mask) ? -100 : rng.below(cfg.V);
+  // mask: percent of -100 targets, or "half": every target of the first half of the batch
+  const ignored = mask === "half" ? i < n / 2 : Number(mask) > 0 && rng.below(100) < Number(mask);
+  y[i] = ignored ? -100 : rng.below(cfg.V);
 }
 const { loss, grads } = m.computeGrads(x, y);
 const evalLoss = m.evalLoss(x, y);
@@ -62,10 +67,10 @@ beforeAll(async () => {
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function run(chunkRows: number, maskPct: number, recompute = ""): Run {
-  const out = join(dir, `r${chunkRows}-${maskPct}-${recompute}`);
+function run(chunkRows: number, maskPct: number | "half", recompute = "", lanes = ""): Run {
+  const out = join(dir, `r${chunkRows}-${maskPct}-${recompute}-${lanes}`);
   const p = Bun.spawnSync([process.execPath, "-e", CHILD, out, String(maskPct)], {
-    env: { ...process.env, GPT_HEAD_CHUNK_ROWS: String(chunkRows), GPT_RECOMPUTE: recompute },
+    env: { ...process.env, GPT_HEAD_CHUNK_ROWS: String(chunkRows), GPT_RECOMPUTE: recompute, GPT_LANES: lanes },
     stdout: "pipe",
     stderr: "pipe",
   });
@@ -89,10 +94,10 @@ function relErr(a: Float32Array, b: Float32Array): number {
 
 describe("LM head in chunks", () => {
   for (const mask of [0, 40]) {
-    test(`chunks of 64 and 48 rows == one chunk (${mask}% -100 targets)`, () => {
+    test(`chunks of 32 and 24 rows == one chunk (${mask}% -100 targets)`, () => {
       const whole = run(100000, mask);
       expect(whole.loss).toBeGreaterThan(5);
-      for (const rows of [64, 48]) {
+      for (const rows of [32, 24]) {
         const c = run(rows, mask);
         expect(Math.abs(c.loss - whole.loss)).toBeLessThan(1e-6 * whole.loss);
         expect(Math.abs(c.evalLoss - whole.evalLoss)).toBeLessThan(1e-6 * whole.evalLoss);
@@ -118,4 +123,23 @@ describe("recomputed activations", () => {
     expect(Buffer.from(recomputed.grads.buffer).equals(Buffer.from(kept.grads.buffer))).toBe(true);
     expect(Buffer.from(recomputed.params.buffer).equals(Buffer.from(kept.params.buffer))).toBe(true);
   }, 60_000);
+});
+
+describe("batch-parallel lanes", () => {
+  for (const mask of [0, 40, "half"] as const) {
+    test(`two lanes of half the batch == one lane split op by op (${mask === "half" ? "first lane without a counted target" : `${mask}% -100 targets`})`, () => {
+      const oneLane = run(32, mask, "", "1");
+      const twoLanes = run(32, mask);
+      expect(Math.abs(twoLanes.loss - oneLane.loss)).toBeLessThan(1e-6 * oneLane.loss);
+      expect(Math.abs(twoLanes.evalLoss - oneLane.evalLoss)).toBeLessThan(1e-6 * oneLane.evalLoss);
+      expect(Math.abs(twoLanes.norm - oneLane.norm)).toBeLessThan(1e-5 * oneLane.norm);
+      expect(relErr(twoLanes.grads, oneLane.grads)).toBeLessThan(1e-5);
+      expect(relErr(twoLanes.params, oneLane.params)).toBeLessThan(1e-4);
+      // the weight gradients really were summed from two halves
+      expect(relErr(twoLanes.grads, oneLane.grads)).toBeGreaterThan(0);
+      // and each way is deterministic
+      const again = run(32, mask);
+      expect(Buffer.from(again.grads.buffer).equals(Buffer.from(twoLanes.grads.buffer))).toBe(true);
+    }, 60_000);
+  }
 });

@@ -107,6 +107,8 @@ for (const c of CASES) {
       const p = prepared.get(c.name)!;
       const layout = paramLayout(c.cfg);
       const model = NativeModel.open(c.cfg, c.B, "cpu");
+      // two threads: B = 3 splits every op over them, B = 4 runs two batch-parallel lanes
+      model.setThreads(2);
       try {
         model.setParams(p.params);
         const { loss, grads } = model.computeGrads(p.xs[0]!, p.ys[0]!);
@@ -127,6 +129,8 @@ for (const c of CASES) {
       const p = prepared.get(c.name)!;
       const layout = paramLayout(c.cfg);
       const model = NativeModel.open(c.cfg, c.B, "cpu");
+      // two threads: B = 3 splits every op over them, B = 4 runs two batch-parallel lanes
+      model.setThreads(2);
       try {
         model.setParams(p.params);
         model.setOptState(null, null, 0);

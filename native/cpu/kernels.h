@@ -109,6 +109,10 @@ int64_t k_sumsq_scratch(int64_t n);
 /* sum of g[i]^2 in double, in fixed chunks: independent of the thread count. */
 double k_sumsq(gpt_pool* p, const float* g, int64_t n, double* scratch);
 
+/* dst = (((dst + srcs[0]) + srcs[1]) + ...) elementwise, in that order (the gradient
+ * buffers of the batch-parallel lanes summed). */
+void k_sum_into(gpt_pool* p, float* dst, const float* const* srcs, int nsrc, int64_t n);
+
 typedef struct {
     int64_t begin, end; /* [begin, end) of the flat buffer */
     int decay;          /* weight decay applies */

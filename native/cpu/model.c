@@ -5,6 +5,11 @@
  * Memory as llm.c: what is cheap to recompute is not saved (see layer_a), buffers the
  * layers use one after the other are shared, the LM head holds one chunk of logits.
  *
+ * Threads (see lane): with B a multiple of the thread count, each thread runs the whole
+ * step over its own B / nthreads batch rows (no barrier inside forward and backward) into
+ * its own gradient buffer, and the buffers are summed in a fixed order; otherwise every
+ * op is split over the pool. Either way a fixed thread count gives fixed results.
+ *
  * Shapes: B batch rows, T positions, C width, H heads, F = d_ff, V vocab, N = B*T.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -71,8 +76,25 @@ static const char* const PROF_NAMES[P_COUNT] = {
     "encoder.fwd", "layernorm.fwd", "matmul_qkv.fwd", "attention.fwd", "matmul_attn_proj+residual.fwd",
     "matmul_fc+gelu.fwd", "matmul_mlp_proj+residual.fwd", "lm_head.fwd", "softmax_cross_entropy",
     "lm_head.bwd", "layernorm.bwd", "matmul_mlp_proj+gelu.bwd", "matmul_fc.bwd", "matmul_attn_proj.bwd",
-    "attention.bwd", "matmul_qkv.bwd", "encoder.bwd", "grad_norm", "adamw",
+    "attention.bwd", "matmul_qkv.bwd", "encoder.bwd", "grad_sum+norm", "adamw",
 };
+
+/* A lane runs forward and backward over the batch rows [b0, b0 + B): token rows
+ * [r0, r0 + N) of every (rows, ...) buffer. One lane over the whole batch splits each op
+ * over the pool; nthreads lanes each run on one thread of it (pool NULL inside). */
+typedef struct {
+    gpt_pool* pool;      /* the kernels' pool: the model's (one lane) or NULL */
+    int b0, B;
+    int64_t r0, N;
+    int64_t kb, ke;      /* this step: the counted targets k in [kb, ke) (see head_rows) */
+    float* grads;        /* P floats: the model's gradient buffer (lane 0) or this lane's own */
+    weights gw;          /* views into grads */
+    int64_t head_chunk;  /* LM head rows at a time */
+    float *logits, *head_x, *head_dx; /* (head_chunk, V), (head_chunk, C) x 2 */
+    float* ln_scratch;   /* k_layernorm_bwd_scratch(N, C) */
+    float* att_scratch;  /* k_attention_scratch(T, C, threads of pool) */
+    double* prof;        /* the model's per-op seconds (lane 0 only), else NULL */
+} lane;
 
 typedef struct {
     gpt_cfg cfg;
@@ -83,31 +105,35 @@ typedef struct {
 
     float *params, *grads, *m, *v;
     int64_t step;
-    weights w, gw;
+    weights w;
     k_segment* segs;
     int nsegs;
 
     float* acts; /* every saved activation */
     float* encoded;
     layer_a* a;
-    float *lnf_mean, *lnf_rstd, *logits, *losses;
+    float *lnf_mean, *lnf_rstd, *losses;
 
     /* the LM head runs on the rows with a counted target only (all N rows, or the rows
-     * head_rows gathered chunk by chunk into head_x), head_chunk rows at a time: logits
-     * holds one chunk (head_chunk, V), its backward runs right after its loss */
-    int64_t head_chunk;
+     * head_rows gathered chunk by chunk into a lane's head_x), a lane's head_chunk rows at
+     * a time: its logits hold one chunk, whose backward runs right after its loss.
+     * Counted target k (k-th in row order) has its loss at losses[k]. */
     int keep_att, keep_gelu; /* see layer_a */
     int32_t *head_rows, *head_yc;
-    float *head_x, *head_dx;
 
     float* work; /* buffers shared by the layers */
     float* ln_out;  /* (N,C) the LayerNorm output in use (forward, and recomputed in backward) */
     float* gelu;    /* (N,F) the GELU output in use (idem) */
     float *dres, *dtmp;
     float* dbig;    /* (N, max(F,3C)): dfch, later dqkv */
-    float* ln_scratch;
     double* sumsq_scratch;
-    float* att_scratch; /* k_attention_scratch(T, nthreads), reallocated by set_threads */
+
+    /* lanes and what each lane owns; rebuilt by set_threads */
+    int nlanes;
+    lane* lanes;
+    float* lane_buf;     /* the lanes' gradient buffers (but lane 0's), logits, scratch */
+    float* att_scratch;  /* k_attention_scratch(T, C, nthreads) */
+    const float** lane_grads; /* lanes 1.. gradient buffers, for k_sum_into */
 
     int profile;
     double prof[P_COUNT];
@@ -121,12 +147,13 @@ static double now_sec(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-#define PROF_BEGIN(g) double prof_t0_ = (g)->profile ? now_sec() : 0.0
-#define PROF_END(g, op)                                   \
+/* Timers of lane 0 (in batch-parallel runs, what the caller thread saw) */
+#define PROF_BEGIN(prof) double prof_t0_ = (prof) ? now_sec() : 0.0
+#define PROF_END(prof, op)                                \
     do {                                                  \
-        if ((g)->profile) {                               \
+        if (prof) {                                       \
             double t1_ = now_sec();                       \
-            (g)->prof[op] += t1_ - prof_t0_;              \
+            (prof)[op] += t1_ - prof_t0_;                 \
             prof_t0_ = t1_;                               \
         }                                                 \
     } while (0)
@@ -166,7 +193,7 @@ static float* carve(carver* c, int64_t n) {
 }
 
 static void layout_acts(cpu_model* g, carver* c) {
-    const int64_t N = g->N, C = g->cfg.C, F = g->cfg.d_ff, H = g->cfg.H, V = g->cfg.V;
+    const int64_t N = g->N, C = g->cfg.C, F = g->cfg.d_ff, H = g->cfg.H;
     g->encoded = carve(c, N * C);
     for (int l = 0; l < g->cfg.L; l++) {
         layer_a* a = &g->a[l];
@@ -185,7 +212,6 @@ static void layout_acts(cpu_model* g, carver* c) {
     }
     g->lnf_mean = carve(c, N);
     g->lnf_rstd = carve(c, N);
-    g->logits = carve(c, g->head_chunk * V);
     g->losses = carve(c, N);
 }
 
@@ -196,11 +222,8 @@ static void layout_work(cpu_model* g, carver* c) {
     g->dres = carve(c, N * C);
     g->dtmp = carve(c, N * C);
     g->dbig = carve(c, N * (F > 3 * C ? F : 3 * C));
-    g->ln_scratch = carve(c, k_layernorm_bwd_scratch(N, (int)C));
     g->head_rows = (int32_t*)carve(c, N);
     g->head_yc = (int32_t*)carve(c, N);
-    g->head_x = carve(c, g->head_chunk * C);
-    g->head_dx = carve(c, g->head_chunk * C);
     g->sumsq_scratch = (double*)carve(c, 2 * k_sumsq_scratch(g->P));
 }
 
@@ -244,6 +267,98 @@ static int online_cores(void) {
     return n < 1 ? 1 : n > 256 ? 256 : (int)n;
 }
 
+/* ---- threads and lanes ---- */
+
+/* One lane per thread when the threads split the batch evenly and each may call a
+ * single-threaded BLAS of its own (GPT_BLAS_SPLIT); else one lane, every op split over
+ * the pool. GPT_LANES=1 forces one lane (tests: both ways agree). */
+static int lanes_for(const cpu_model* g, int nthreads) {
+    const char* e = getenv("GPT_LANES");
+    if (!GPT_BLAS_SPLIT || nthreads <= 1 || g->B % nthreads != 0 || (e && strcmp(e, "1") == 0)) return 1;
+    return nthreads;
+}
+
+/* What each lane owns, carved from one buffer (base NULL: counts only). */
+static void layout_lanes(const cpu_model* g, lane* lanes, int nl, carver* c) {
+    const int64_t C = g->cfg.C, V = g->cfg.V, T = g->cfg.T;
+    /* LM head rows per chunk: logits of about HEAD_CHUNK_FLOATS over all lanes, whole GEMM
+     * row tiles; GPT_HEAD_CHUNK_ROWS overrides it (tests/native-lmhead.test.ts) */
+    int64_t chunk = HEAD_CHUNK_FLOATS / V / nl / 64 * 64;
+    if (chunk < 64) chunk = 64;
+    const char* hc = getenv("GPT_HEAD_CHUNK_ROWS");
+    if (hc && atoi(hc) > 0) chunk = atoi(hc);
+    for (int i = 0; i < nl; i++) {
+        lane* L = &lanes[i];
+        L->B = g->B / nl;
+        L->b0 = i * L->B;
+        L->N = (int64_t)L->B * T;
+        L->r0 = (int64_t)L->b0 * T;
+        L->head_chunk = chunk < L->N ? chunk : L->N;
+        L->grads = i == 0 ? g->grads : carve(c, g->P);
+        L->logits = carve(c, L->head_chunk * V);
+        L->head_x = carve(c, L->head_chunk * C);
+        L->head_dx = carve(c, L->head_chunk * C);
+        L->ln_scratch = carve(c, k_layernorm_bwd_scratch(L->N, (int)C));
+    }
+}
+
+static void free_threads(cpu_model* g) {
+    gpt_pool_destroy(g->pool);
+    free(g->att_scratch);
+    free(g->lane_buf);
+    if (g->lanes) free(g->lanes[0].gw.l);
+    free(g->lanes);
+    free(g->lane_grads);
+    g->pool = NULL;
+    g->att_scratch = g->lane_buf = NULL;
+    g->lanes = NULL;
+    g->lane_grads = NULL;
+}
+
+/* Pool, lanes and scratch for n threads (the model's are replaced only on success). */
+static int setup_threads(cpu_model* g, int n) {
+    const int nl = lanes_for(g, n);
+    carver c = {NULL, 0};
+    lane* lanes = (lane*)calloc((size_t)nl, sizeof(lane));
+    if (lanes) layout_lanes(g, lanes, nl, &c);
+    layer_w* views = (layer_w*)calloc((size_t)nl * (size_t)g->cfg.L, sizeof(layer_w));
+    const float** lane_grads = (const float**)calloc((size_t)nl, sizeof(float*));
+    float* buf = alloc_floats(c.used);
+    float* att = alloc_floats(k_attention_scratch(g->cfg.T, g->cfg.C, n));
+    gpt_pool* pool = gpt_pool_create(n);
+    if (!lanes || !views || !lane_grads || !buf || !att || !pool) {
+        free(lanes);
+        free(views);
+        free(lane_grads);
+        free(buf);
+        free(att);
+        gpt_pool_destroy(pool);
+        return 1;
+    }
+    c.base = buf;
+    c.used = 0;
+    layout_lanes(g, lanes, nl, &c);
+    for (int i = 0; i < nl; i++) {
+        lane* L = &lanes[i];
+        L->pool = nl == 1 ? pool : NULL;
+        L->att_scratch = att + (nl == 1 ? 0 : i * k_attention_scratch(g->cfg.T, g->cfg.C, 1));
+        L->gw.l = views + (size_t)i * (size_t)g->cfg.L;
+        set_views(g, L->grads, &L->gw);
+        L->prof = i == 0 && g->profile ? g->prof : NULL;
+        if (i > 0) lane_grads[i - 1] = L->grads;
+    }
+    free_threads(g);
+    g->pool = pool;
+    g->att_scratch = att;
+    g->lane_buf = buf;
+    g->lanes = lanes;
+    g->nlanes = nl;
+    g->lane_grads = lane_grads;
+    g->nthreads = n;
+    gpt_blas_set_threads(n);
+    return 0;
+}
+
 static void cpu_destroy(void* self);
 
 static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen) {
@@ -260,13 +375,6 @@ static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen)
     g->B = B;
     g->N = (int64_t)B * cfg->T;
     g->P = P;
-    /* LM head rows per chunk: logits of about HEAD_CHUNK_FLOATS, whole GEMM row tiles */
-    g->head_chunk = HEAD_CHUNK_FLOATS / cfg->V / 64 * 64;
-    if (g->head_chunk < 64) g->head_chunk = 64;
-    /* GPT_HEAD_CHUNK_ROWS overrides it (tests/native-lmhead.test.ts: chunked == unchunked) */
-    const char* hc = getenv("GPT_HEAD_CHUNK_ROWS");
-    if (hc && atoi(hc) > 0) g->head_chunk = atoi(hc);
-    if (g->head_chunk > g->N) g->head_chunk = g->N;
     /* GPT_RECOMPUTE=1 / 0 forces recomputing / keeping (tests/native-lmhead.test.ts: same results) */
     const double L = cfg->L, Nd = (double)g->N;
     g->keep_att = L * B * cfg->H * (double)cfg->T * cfg->T <= KEEP_FLOATS;
@@ -276,12 +384,11 @@ static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen)
     g->profile = getenv("GPT_PROFILE") && strcmp(getenv("GPT_PROFILE"), "1") == 0;
 
     g->w.l = (layer_w*)calloc((size_t)cfg->L, sizeof(layer_w));
-    g->gw.l = (layer_w*)calloc((size_t)cfg->L, sizeof(layer_w));
     g->a = (layer_a*)calloc((size_t)cfg->L, sizeof(layer_a));
     const int64_t nt = gpt_layout_count(cfg);
     gpt_tensor* tensors = (gpt_tensor*)calloc((size_t)nt, sizeof(gpt_tensor));
     g->segs = (k_segment*)calloc((size_t)nt, sizeof(k_segment));
-    if (!g->w.l || !g->gw.l || !g->a || !tensors || !g->segs) {
+    if (!g->w.l || !g->a || !tensors || !g->segs) {
         free(tensors);
         goto oom;
     }
@@ -316,13 +423,8 @@ static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen)
     layout_acts(g, &ca);
     layout_work(g, &cw);
     set_views(g, g->params, &g->w);
-    set_views(g, g->grads, &g->gw);
 
-    g->nthreads = online_cores();
-    g->pool = gpt_pool_create(g->nthreads);
-    g->att_scratch = alloc_floats(k_attention_scratch(cfg->T, cfg->C, g->nthreads));
-    if (!g->pool || !g->att_scratch) goto oom;
-    gpt_blas_set_threads(g->nthreads);
+    if (setup_threads(g, online_cores()) != 0) goto oom;
     return g;
 oom:
     gpt_errf(err, errlen, "cannot allocate the CPU model buffers (about %.2f GiB for V=%d T=%d C=%d L=%d d_ff=%d B=%d)",
@@ -334,16 +436,14 @@ oom:
 static void cpu_destroy(void* self) {
     cpu_model* g = (cpu_model*)self;
     if (!g) return;
-    gpt_pool_destroy(g->pool);
     free(g->params);
     free(g->grads);
     free(g->m);
     free(g->v);
     free(g->acts);
     free(g->work);
-    free(g->att_scratch);
+    free_threads(g);
     free(g->w.l);
-    free(g->gw.l);
     free(g->a);
     free(g->segs);
     free(g);
@@ -354,20 +454,10 @@ static int cpu_available(void) { return 1; }
 static int cpu_set_threads(void* self, int32_t n, char* err, size_t errlen) {
     cpu_model* g = (cpu_model*)self;
     if (n == g->nthreads) return 0;
-    gpt_pool* pool = gpt_pool_create(n);
-    float* scratch = alloc_floats(k_attention_scratch(g->cfg.T, g->cfg.C, n));
-    if (!pool || !scratch) {
-        gpt_pool_destroy(pool);
-        free(scratch);
+    if (setup_threads(g, n) != 0) {
         gpt_errf(err, errlen, "cannot start %d worker threads", n);
         return 1;
     }
-    gpt_pool_destroy(g->pool);
-    free(g->att_scratch);
-    g->pool = pool;
-    g->att_scratch = scratch;
-    g->nthreads = n;
-    gpt_blas_set_threads(n);
     return 0;
 }
 
@@ -416,134 +506,198 @@ static int64_t count_targets(const cpu_model* g, const int32_t* y) {
     return n;
 }
 
-/* Forward pass; with grad, also the LM head's backward: dtmp = d loss / d lnf, gw.wte
- * the head's part of d loss / d wte.
- * Returns the mean CE over the n > 0 counted targets. */
-static float forward(cpu_model* g, const int32_t* x, const int32_t* y, int64_t n, int grad) {
-    const int B = g->B, T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff, V = g->cfg.V;
-    const int64_t N = g->N;
-    gpt_pool* p = g->pool;
-    PROF_BEGIN(g);
-    k_encoder_fwd(p, g->encoded, x, g->w.wte, g->w.wpe, B, T, C);
-    PROF_END(g, P_ENC_F);
-    const float* res = g->encoded;
+/* Forward pass of lane L; with grad, also the LM head's backward: dtmp = d loss / d lnf,
+ * L->gw.wte the head's part of d loss / d wte. n > 0 counted targets in the whole batch
+ * (the loss is their mean); losses[k] for the lane's counted targets kb <= k < ke. */
+static void forward(cpu_model* g, lane* L, const int32_t* x, const int32_t* y, int64_t n, int grad) {
+    const int T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff, V = g->cfg.V;
+    const int B = L->B;
+    const int64_t N = L->N, r0 = L->r0;
+    gpt_pool* p = L->pool;
+/* rows r0.. of a (rows, width) buffer */
+#define ROWS(buf, width) ((buf) + r0 * (int64_t)(width))
+    PROF_BEGIN(L->prof);
+    k_encoder_fwd(p, ROWS(g->encoded, C), x + r0, g->w.wte, g->w.wpe, B, T, C);
+    PROF_END(L->prof, P_ENC_F);
+    const float* res = ROWS(g->encoded, C);
+    float* ln_out = ROWS(g->ln_out, C);
     for (int l = 0; l < g->cfg.L; l++) {
         const layer_w* w = &g->w.l[l];
-        layer_a* a = &g->a[l];
-        k_layernorm_fwd(p, g->ln_out, a->ln1_mean, a->ln1_rstd, res, w->ln1w, w->ln1b, N, C);
-        PROF_END(g, P_LN_F);
-        k_matmul_fwd(p, a->qkv, g->ln_out, w->qkvw, w->qkvb, N, C, 3 * C);
-        PROF_END(g, P_QKV_F);
-        k_attention_fwd(p, a->atty, a->att, a->att_stats, g->att_scratch, a->qkv, B, T, C, H);
-        PROF_END(g, P_ATT_F);
-        k_matmul_residual_fwd(p, a->res2, res, a->atty, w->projw, w->projb, N, C, C);
-        PROF_END(g, P_PROJ_F);
-        k_layernorm_fwd(p, g->ln_out, a->ln2_mean, a->ln2_rstd, a->res2, w->ln2w, w->ln2b, N, C);
-        PROF_END(g, P_LN_F);
-        float* fchg = a->fchg ? a->fchg : g->gelu;
-        k_matmul_gelu_fwd(p, a->fch, fchg, g->ln_out, w->fcw, w->fcb, N, C, F);
-        PROF_END(g, P_FC_F);
-        k_matmul_residual_fwd(p, a->res_out, a->res2, fchg, w->fcprojw, w->fcprojb, N, F, C);
-        PROF_END(g, P_FCPROJ_F);
-        res = a->res_out;
+        const layer_a* a = &g->a[l];
+        float* qkv = ROWS(a->qkv, 3 * C);
+        float* atty = ROWS(a->atty, C);
+        float* res2 = ROWS(a->res2, C);
+        float* fch = ROWS(a->fch, F);
+        float* fchg = a->fchg ? ROWS(a->fchg, F) : ROWS(g->gelu, F);
+        k_layernorm_fwd(p, ln_out, ROWS(a->ln1_mean, 1), ROWS(a->ln1_rstd, 1), res, w->ln1w, w->ln1b, N, C);
+        PROF_END(L->prof, P_LN_F);
+        k_matmul_fwd(p, qkv, ln_out, w->qkvw, w->qkvb, N, C, 3 * C);
+        PROF_END(L->prof, P_QKV_F);
+        k_attention_fwd(p, atty, a->att ? a->att + (int64_t)L->b0 * H * T * T : NULL, ROWS(a->att_stats, 2 * H),
+                        L->att_scratch, qkv, B, T, C, H);
+        PROF_END(L->prof, P_ATT_F);
+        k_matmul_residual_fwd(p, res2, res, atty, w->projw, w->projb, N, C, C);
+        PROF_END(L->prof, P_PROJ_F);
+        k_layernorm_fwd(p, ln_out, ROWS(a->ln2_mean, 1), ROWS(a->ln2_rstd, 1), res2, w->ln2w, w->ln2b, N, C);
+        PROF_END(L->prof, P_LN_F);
+        k_matmul_gelu_fwd(p, fch, fchg, ln_out, w->fcw, w->fcb, N, C, F);
+        PROF_END(L->prof, P_FC_F);
+        k_matmul_residual_fwd(p, ROWS(a->res_out, C), res2, fchg, w->fcprojw, w->fcprojb, N, F, C);
+        PROF_END(L->prof, P_FCPROJ_F);
+        res = ROWS(a->res_out, C);
     }
     /* ln_out keeps lnf until the LM head's backward */
-    k_layernorm_fwd(p, g->ln_out, g->lnf_mean, g->lnf_rstd, res, g->w.lnfw, g->w.lnfb, N, C);
-    PROF_END(g, P_LN_F);
+    k_layernorm_fwd(p, ln_out, ROWS(g->lnf_mean, 1), ROWS(g->lnf_rstd, 1), res, g->w.lnfw, g->w.lnfb, N, C);
+    PROF_END(L->prof, P_LN_F);
     /* the LM head only where a target counts: ignored rows get no logits and no gradient */
-    const int gathered = n < N;
-    const int32_t* head_y = y;
+    const int gathered = n < g->N;
+    const int32_t* head_y = gathered ? g->head_yc : y;
+    if (gathered && grad) memset(ROWS(g->dtmp, C), 0, sizeof(float) * (size_t)(N * C));
+    if (grad && L->ke == L->kb) memset(L->gw.wte, 0, sizeof(float) * (size_t)V * C); /* no head rows here */
+    for (int64_t k0 = L->kb; k0 < L->ke; k0 += L->head_chunk) {
+        const int64_t m = L->ke - k0 < L->head_chunk ? L->ke - k0 : L->head_chunk;
+        const float* in = g->ln_out + k0 * C; /* counted target k is row k */
+        if (gathered) {
+            k_gather_rows(p, L->head_x, g->ln_out, g->head_rows + k0, m, C);
+            in = L->head_x;
+        }
+        /* logits(m,V) = lnf wte^T (the tied LM head) */
+        k_matmul_fwd(p, L->logits, in, g->w.wte, NULL, m, C, V);
+        PROF_END(L->prof, P_LMHEAD_F);
+        k_softmax_ce(p, L->logits, g->losses + k0, head_y + k0, m, V, 1.0f / (float)n, grad);
+        PROF_END(L->prof, P_CE);
+        if (!grad) continue;
+        /* dlnf = dlogits wte into dtmp, dwte (+)= dlogits^T lnf (the embedding adds to it last) */
+        float* dx = gathered ? L->head_dx : g->dtmp + k0 * C;
+        if (k0 == L->kb) k_matmul_bwd(p, dx, L->gw.wte, NULL, L->logits, in, g->w.wte, NULL, m, C, V);
+        else k_matmul_bwd_add(p, dx, L->gw.wte, L->logits, in, g->w.wte, m, C, V);
+        if (gathered)
+            for (int64_t k = 0; k < m; k++)
+                memcpy(g->dtmp + (int64_t)g->head_rows[k0 + k] * C, dx + k * C, sizeof(float) * (size_t)C);
+        PROF_END(L->prof, P_LMHEAD_B);
+    }
+}
+
+/* Backward pass of lane L after its forward(grad=1) (which did the LM head's): every
+ * gradient of L->grads is overwritten. */
+static void backward(cpu_model* g, lane* L, const int32_t* x) {
+    const int T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff;
+    const int B = L->B;
+    const int64_t N = L->N, r0 = L->r0;
+    gpt_pool* p = L->pool;
+    float *dres = ROWS(g->dres, C), *dtmp = ROWS(g->dtmp, C), *dbig = ROWS(g->dbig, F > 3 * C ? F : 3 * C);
+    float* ln_out = ROWS(g->ln_out, C);
+    PROF_BEGIN(L->prof);
+    /* the LM head's backward ran in forward: dtmp = d lnf */
+    const float* res_last = g->cfg.L > 0 ? ROWS(g->a[g->cfg.L - 1].res_out, C) : ROWS(g->encoded, C);
+    memset(dres, 0, sizeof(float) * (size_t)(N * C));
+    k_layernorm_bwd(p, dres, L->gw.lnfw, L->gw.lnfb, L->ln_scratch, dtmp, res_last, g->w.lnfw, ROWS(g->lnf_mean, 1),
+                    ROWS(g->lnf_rstd, 1), N, C);
+    PROF_END(L->prof, P_LN_B);
+    for (int l = g->cfg.L - 1; l >= 0; l--) {
+        const layer_w* w = &g->w.l[l];
+        layer_w* gw = &L->gw.l[l];
+        const layer_a* a = &g->a[l];
+        const float* res_in = l > 0 ? ROWS(g->a[l - 1].res_out, C) : ROWS(g->encoded, C);
+        const float* res2 = ROWS(a->res2, C);
+        const float* fch = ROWS(a->fch, F);
+        const float* qkv = ROWS(a->qkv, 3 * C);
+        /* dres = d res_out; the MLP branch: dfch = gelu'(fch) (dres Wfcproj) */
+        const float* fchg = a->fchg ? ROWS(a->fchg, F) : NULL;
+        if (!fchg) {
+            k_gelu_fwd(p, ROWS(g->gelu, F), fch, N * F);
+            fchg = ROWS(g->gelu, F);
+        }
+        k_matmul_bwd(p, dbig, gw->fcprojw, gw->fcprojb, dres, fchg, w->fcprojw, fch, N, F, C);
+        PROF_END(L->prof, P_FCPROJ_B);
+        k_layernorm_apply(p, ln_out, res2, w->ln2w, w->ln2b, ROWS(a->ln2_mean, 1), ROWS(a->ln2_rstd, 1), N, C);
+        k_matmul_bwd(p, dtmp, gw->fcw, gw->fcb, dbig, ln_out, w->fcw, NULL, N, C, F);
+        PROF_END(L->prof, P_FC_B);
+        k_layernorm_bwd(p, dres, gw->ln2w, gw->ln2b, L->ln_scratch, dtmp, res2, w->ln2w, ROWS(a->ln2_mean, 1),
+                        ROWS(a->ln2_rstd, 1), N, C);
+        PROF_END(L->prof, P_LN_B);
+        /* dres = d res2; the attention branch */
+        k_matmul_bwd(p, dtmp, gw->projw, gw->projb, dres, ROWS(a->atty, C), w->projw, NULL, N, C, C);
+        PROF_END(L->prof, P_PROJ_B);
+        k_attention_bwd(p, dbig, L->att_scratch, dtmp, qkv, a->att ? a->att + (int64_t)L->b0 * H * T * T : NULL,
+                        ROWS(a->att_stats, 2 * H), B, T, C, H);
+        PROF_END(L->prof, P_ATT_B);
+        k_layernorm_apply(p, ln_out, res_in, w->ln1w, w->ln1b, ROWS(a->ln1_mean, 1), ROWS(a->ln1_rstd, 1), N, C);
+        k_matmul_bwd(p, dtmp, gw->qkvw, gw->qkvb, dbig, ln_out, w->qkvw, NULL, N, C, 3 * C);
+        PROF_END(L->prof, P_QKV_B);
+        k_layernorm_bwd(p, dres, gw->ln1w, gw->ln1b, L->ln_scratch, dtmp, res_in, w->ln1w, ROWS(a->ln1_mean, 1),
+                        ROWS(a->ln1_rstd, 1), N, C);
+        PROF_END(L->prof, P_LN_B);
+    }
+    memset(L->gw.wpe, 0, sizeof(float) * (size_t)T * C);
+    k_encoder_bwd(p, L->gw.wte, L->gw.wpe, dres, x + r0, B, T, C);
+    PROF_END(L->prof, P_ENC_B);
+#undef ROWS
+}
+
+/* ---- a pass over every lane ---- */
+
+typedef struct {
+    cpu_model* g;
+    const int32_t *x, *y;
+    int64_t n;
+    int grad;
+} pass_ctx;
+
+static void lane_pass(cpu_model* g, lane* L, const pass_ctx* c) {
+    forward(g, L, c->x, c->y, c->n, c->grad);
+    if (c->grad) backward(g, L, c->x);
+}
+
+static void lanes_task(void* vctx, int tid, int nt) {
+    const pass_ctx* c = (const pass_ctx*)vctx;
+    (void)nt;
+    lane_pass(c->g, &c->g->lanes[tid], c);
+}
+
+/* Forward (and with grad, backward into g->grads) over the whole batch; returns the mean
+ * CE over the n > 0 counted targets. */
+static float run_pass(cpu_model* g, const int32_t* x, const int32_t* y, int64_t n, int grad) {
+    /* which counted targets each lane's LM head takes: all rows count, or head_rows lists
+     * the ones that do (increasing) */
+    const int gathered = n < g->N;
     if (gathered) {
         int64_t k = 0;
-        for (int64_t i = 0; i < N; i++)
+        for (int64_t i = 0; i < g->N; i++)
             if (y[i] != GPT_IGNORE_INDEX) {
                 g->head_rows[k] = (int32_t)i;
                 g->head_yc[k++] = y[i];
             }
-        head_y = g->head_yc;
-        if (grad) memset(g->dtmp, 0, sizeof(float) * (size_t)(N * C));
     }
-    for (int64_t k0 = 0; k0 < n; k0 += g->head_chunk) {
-        const int64_t m = n - k0 < g->head_chunk ? n - k0 : g->head_chunk;
-        const float* in = g->ln_out + k0 * C;
-        if (gathered) {
-            k_gather_rows(p, g->head_x, g->ln_out, g->head_rows + k0, m, C);
-            in = g->head_x;
+    for (int i = 0, k = 0; i < g->nlanes; i++) {
+        lane* L = &g->lanes[i];
+        if (!gathered) {
+            L->kb = L->r0;
+            L->ke = L->r0 + L->N;
+            continue;
         }
-        /* logits(m,V) = lnf wte^T (the tied LM head) */
-        k_matmul_fwd(p, g->logits, in, g->w.wte, NULL, m, C, V);
-        PROF_END(g, P_LMHEAD_F);
-        k_softmax_ce(p, g->logits, g->losses + k0, head_y + k0, m, V, 1.0f / (float)n, grad);
-        PROF_END(g, P_CE);
-        if (!grad) continue;
-        /* dlnf = dlogits wte into dtmp, dwte (+)= dlogits^T lnf (the embedding adds to it last) */
-        float* dx = gathered ? g->head_dx : g->dtmp + k0 * C;
-        if (k0 == 0) k_matmul_bwd(p, dx, g->gw.wte, NULL, g->logits, in, g->w.wte, NULL, m, C, V);
-        else k_matmul_bwd_add(p, dx, g->gw.wte, g->logits, in, g->w.wte, m, C, V);
-        if (gathered)
-            for (int64_t k = 0; k < m; k++)
-                memcpy(g->dtmp + (int64_t)g->head_rows[k0 + k] * C, dx + k * C, sizeof(float) * (size_t)C);
-        PROF_END(g, P_LMHEAD_B);
+        L->kb = k;
+        while (k < n && g->head_rows[k] < L->r0 + L->N) k++;
+        L->ke = k;
+    }
+    pass_ctx c = {g, x, y, n, grad};
+    if (g->nlanes == 1) lane_pass(g, &g->lanes[0], &c);
+    else gpt_pool_run(g->pool, lanes_task, &c);
+    if (grad && g->nlanes > 1) {
+        PROF_BEGIN(g->lanes[0].prof);
+        k_sum_into(g->pool, g->grads, g->lane_grads, g->nlanes - 1, g->P);
+        PROF_END(g->lanes[0].prof, P_NORM);
     }
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++) sum += g->losses[i];
     return (float)(sum / (double)n);
 }
 
-/* Backward pass after forward(grad=1) (which did the LM head's): every gradient of
- * g->grads is overwritten. */
-static void backward(cpu_model* g, const int32_t* x) {
-    const int B = g->B, T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff;
-    const int64_t N = g->N;
-    gpt_pool* p = g->pool;
-    PROF_BEGIN(g);
-    /* the LM head's backward ran in forward: dtmp = d lnf */
-    const float* res_last = g->cfg.L > 0 ? g->a[g->cfg.L - 1].res_out : g->encoded;
-    memset(g->dres, 0, sizeof(float) * (size_t)(N * C));
-    k_layernorm_bwd(p, g->dres, g->gw.lnfw, g->gw.lnfb, g->ln_scratch, g->dtmp, res_last, g->w.lnfw, g->lnf_mean,
-                    g->lnf_rstd, N, C);
-    PROF_END(g, P_LN_B);
-    for (int l = g->cfg.L - 1; l >= 0; l--) {
-        const layer_w* w = &g->w.l[l];
-        layer_w* gw = &g->gw.l[l];
-        const layer_a* a = &g->a[l];
-        const float* res_in = l > 0 ? g->a[l - 1].res_out : g->encoded;
-        /* dres = d res_out; the MLP branch: dfch = gelu'(fch) (dres Wfcproj) */
-        const float* fchg = a->fchg;
-        if (!fchg) {
-            k_gelu_fwd(p, g->gelu, a->fch, N * F);
-            fchg = g->gelu;
-        }
-        k_matmul_bwd(p, g->dbig, gw->fcprojw, gw->fcprojb, g->dres, fchg, w->fcprojw, a->fch, N, F, C);
-        PROF_END(g, P_FCPROJ_B);
-        k_layernorm_apply(p, g->ln_out, a->res2, w->ln2w, w->ln2b, a->ln2_mean, a->ln2_rstd, N, C);
-        k_matmul_bwd(p, g->dtmp, gw->fcw, gw->fcb, g->dbig, g->ln_out, w->fcw, NULL, N, C, F);
-        PROF_END(g, P_FC_B);
-        k_layernorm_bwd(p, g->dres, gw->ln2w, gw->ln2b, g->ln_scratch, g->dtmp, a->res2, w->ln2w, a->ln2_mean,
-                        a->ln2_rstd, N, C);
-        PROF_END(g, P_LN_B);
-        /* dres = d res2; the attention branch */
-        k_matmul_bwd(p, g->dtmp, gw->projw, gw->projb, g->dres, a->atty, w->projw, NULL, N, C, C);
-        PROF_END(g, P_PROJ_B);
-        k_attention_bwd(p, g->dbig, g->att_scratch, g->dtmp, a->qkv, a->att, a->att_stats, B, T, C, H);
-        PROF_END(g, P_ATT_B);
-        k_layernorm_apply(p, g->ln_out, res_in, w->ln1w, w->ln1b, a->ln1_mean, a->ln1_rstd, N, C);
-        k_matmul_bwd(p, g->dtmp, gw->qkvw, gw->qkvb, g->dbig, g->ln_out, w->qkvw, NULL, N, C, 3 * C);
-        PROF_END(g, P_QKV_B);
-        k_layernorm_bwd(p, g->dres, gw->ln1w, gw->ln1b, g->ln_scratch, g->dtmp, res_in, w->ln1w, a->ln1_mean,
-                        a->ln1_rstd, N, C);
-        PROF_END(g, P_LN_B);
-    }
-    memset(g->gw.wpe, 0, sizeof(float) * (size_t)T * C);
-    k_encoder_bwd(p, g->gw.wte, g->gw.wpe, g->dres, x, B, T, C);
-    PROF_END(g, P_ENC_B);
-}
-
 static int cpu_eval_loss(void* self, const int32_t* x, const int32_t* y, float* loss, char* err, size_t errlen) {
     (void)err, (void)errlen;
     cpu_model* g = (cpu_model*)self;
     const int64_t n = count_targets(g, y);
-    *loss = n > 0 ? forward(g, x, y, n, 0) : 0.0f;
+    *loss = n > 0 ? run_pass(g, x, y, n, 0) : 0.0f;
     return 0;
 }
 
@@ -556,8 +710,7 @@ static int cpu_compute_grads(void* self, const int32_t* x, const int32_t* y, flo
         *loss = 0.0f;
         memset(g->grads, 0, sizeof(float) * (size_t)g->P);
     } else {
-        *loss = forward(g, x, y, n, 1);
-        backward(g, x);
+        *loss = run_pass(g, x, y, n, 1);
     }
     if (grads) memcpy(grads, g->grads, sizeof(float) * (size_t)g->P);
     return 0;
@@ -571,11 +724,11 @@ static int cpu_train_step(void* self, const int32_t* x, const int32_t* y, const 
     memset(out, 0, sizeof *out);
     out->n_targets = (int32_t)n;
     if (n == 0) return 0; /* nothing to learn from: loss 0, no update (see gpt.h) */
-    const float loss = forward(g, x, y, n, 1);
-    backward(g, x);
-    PROF_BEGIN(g);
+    const float loss = run_pass(g, x, y, n, 1);
+    double* prof = g->lanes[0].prof;
+    PROF_BEGIN(prof);
     const double norm = sqrt(k_sumsq(g->pool, g->grads, g->P, g->sumsq_scratch));
-    PROF_END(g, P_NORM);
+    PROF_END(prof, P_NORM);
     out->loss = loss;
     out->grad_norm = (float)norm;
     if (!isfinite(loss) || !isfinite(norm)) return 0;
@@ -598,7 +751,7 @@ static int cpu_train_step(void* self, const int32_t* x, const int32_t* y, const 
     k_adamw(g->pool, g->params, g->m, g->v, g->grads, g->P, g->segs, g->nsegs, &a);
     g->step = t;
     out->applied = 1;
-    PROF_END(g, P_ADAMW);
+    PROF_END(prof, P_ADAMW);
     return 0;
 }
 

@@ -1,0 +1,75 @@
+/**
+ * Interleaved A/B of two settings of the native library in one process, for changes
+ * smaller than this VM's run-to-run noise:
+ *
+ *   bun bench/ab.ts [--shape S1|S2] [--steps 40] "A_ENV=1 B_ENV=x" "A_ENV=0"
+ *
+ * Each argument is a list of environment settings (read by gpt_create). Both models are
+ * created in this process (the variables set with libc setenv just before each create),
+ * then train on the same batches with their steps alternating A, B, A, B, ... so that
+ * slow phases of the machine hit both alike. Prints the median step time of each and B/A.
+ */
+import { dlopen, FFIType } from "bun:ffi";
+import { NativeModel } from "../src/backend/native.ts";
+import type { ModelCfg } from "../src/model/config.ts";
+import { initParams } from "../src/model/layout.ts";
+import { Rng } from "../src/util/random.ts";
+import { buildNative } from "../scripts/build-native.ts";
+
+const SHAPES: Record<string, { cfg: ModelCfg; B: number }> = {
+  S1: { cfg: { V: 512, T: 128, C: 128, L: 4, H: 4, d_ff: 512 }, B: 16 },
+  S2: { cfg: { V: 4096, T: 256, C: 384, L: 6, H: 6, d_ff: 1536 }, B: 16 },
+};
+
+function arg(name: string, fallback: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1]! : fallback;
+}
+const settings = process.argv.slice(2).filter((a, i, all) => !a.startsWith("--") && !all[i - 1]?.startsWith("--"));
+if (settings.length !== 2) throw new Error('expected two settings, e.g. "GPT_LANES=1" ""');
+const shape = SHAPES[arg("shape", "S1")];
+if (!shape) throw new Error(`unknown shape: expected one of ${Object.keys(SHAPES).join(", ")}`);
+const steps = Number(arg("steps", "40"));
+
+const libc = dlopen(process.platform === "darwin" ? "libc.dylib" : "libc.so.6", {
+  setenv: { args: [FFIType.cstring, FFIType.cstring, FFIType.i32], returns: FFIType.i32 },
+  unsetenv: { args: [FFIType.cstring], returns: FFIType.i32 },
+});
+const cstr = (s: string) => Buffer.from(`${s}\0`);
+
+function open(setting: string): NativeModel {
+  const pairs = setting.split(/\s+/).filter((s) => s !== "").map((s) => s.split("=") as [string, string]);
+  for (const [k, v] of pairs) libc.symbols.setenv(cstr(k), cstr(v ?? ""), 1);
+  const m = NativeModel.open(shape!.cfg, shape!.B, "cpu");
+  for (const [k] of pairs) libc.symbols.unsetenv(cstr(k));
+  m.setParams(initParams(shape!.cfg, 1));
+  m.setOptState(null, null, 0);
+  return m;
+}
+
+await buildNative({ quiet: true });
+const models = settings.map(open);
+const { cfg, B } = shape;
+const n = B * cfg.T;
+const rng = new Rng(7);
+const x = new Int32Array(n);
+const y = new Int32Array(n);
+const hp = { lr: 3e-4, weightDecay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, gradClip: 1.0 };
+const times: number[][] = [[], []];
+for (let s = 0; s < steps + 2; s++) {
+  for (let i = 0; i < n; i++) {
+    x[i] = rng.below(cfg.V);
+    y[i] = rng.below(cfg.V);
+  }
+  for (const k of s % 2 === 0 ? [0, 1] : [1, 0]) {
+    const t0 = performance.now();
+    models[k]!.trainStep(x, y, hp);
+    if (s >= 2) times[k]!.push(performance.now() - t0);
+  }
+}
+const median = (a: number[]) => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)]!;
+const [ma, mb] = times.map(median) as [number, number];
+console.log(`A "${settings[0]}": median ${ma.toFixed(1)} ms/step (${((n / ma) * 1000).toFixed(0)} tok/s)`);
+console.log(`B "${settings[1]}": median ${mb.toFixed(1)} ms/step (${((n / mb) * 1000).toFixed(0)} tok/s)`);
+console.log(`B/A time ${(mb / ma).toFixed(3)} (below 1: B faster)`);
+for (const m of models) m.close();
