@@ -4,13 +4,14 @@
  *
  *   bun bench/ab.ts [--shape S1|S2] [--steps 40] "A_ENV=1 B_ENV=x" "A_ENV=0"
  *
- * Each argument is a list of environment settings (read by gpt_create). Both models are
+ * Each argument is a list of environment settings (read by gpt_create), where LIB=path
+ * instead picks the native library file (another build of it). Both models are
  * created in this process (the variables set with libc setenv just before each create),
  * then train on the same batches with their steps alternating A, B, A, B, ... so that
  * slow phases of the machine hit both alike. Prints the median step time of each and B/A.
  */
 import { dlopen, FFIType } from "bun:ffi";
-import { NativeModel } from "../src/backend/native.ts";
+import { NativeModel, openLibrary } from "../src/backend/native.ts";
 import type { ModelCfg } from "../src/model/config.ts";
 import { initParams } from "../src/model/layout.ts";
 import { Rng } from "../src/util/random.ts";
@@ -38,9 +39,11 @@ const libc = dlopen(process.platform === "darwin" ? "libc.dylib" : "libc.so.6", 
 const cstr = (s: string) => Buffer.from(`${s}\0`);
 
 function open(setting: string): NativeModel {
-  const pairs = setting.split(/\s+/).filter((s) => s !== "").map((s) => s.split("=") as [string, string]);
+  const all = setting.split(/\s+/).filter((s) => s !== "").map((s) => s.split("=") as [string, string]);
+  const lib = all.find(([k]) => k === "LIB")?.[1];
+  const pairs = all.filter(([k]) => k !== "LIB");
   for (const [k, v] of pairs) libc.symbols.setenv(cstr(k), cstr(v ?? ""), 1);
-  const m = NativeModel.open(shape!.cfg, shape!.B, "cpu");
+  const m = NativeModel.open(shape!.cfg, shape!.B, "cpu", lib ? openLibrary(lib) : undefined);
   for (const [k] of pairs) libc.symbols.unsetenv(cstr(k));
   m.setParams(initParams(shape!.cfg, 1));
   m.setOptState(null, null, 0);

@@ -559,29 +559,50 @@ typedef struct {
     int B, T, C, H;
 } att_ctx;
 
+/* The softmax rows below hold n valid values and are zeroed up to end (they may be
+ * written anywhere below end). Whole vectors run over [0, n8), n8 = n rounded down to
+ * 8; the tail [n8, n) is one masked vector when it fits below end, scalars otherwise. */
+#define ROW_TAIL(n, end) ((((n) & 7) != 0) && (((n) & ~(int64_t)7) + 8 <= (end)))
+/* the lanes k < n of a vector */
+#define v8_first(n) ((v8i){0, 1, 2, 3, 4, 5, 6, 7} < (v8i){0, 0, 0, 0, 0, 0, 0, 0} + (int32_t)(n))
+
+static inline void zero_span(float* p, int64_t n) {
+    if (n > 0) memset(p, 0, sizeof(float) * (size_t)n);
+}
+
 /* In place over row[0:n): softmax, saving st[0] = max, st[1] = 1/sum; row[n:end) = 0. */
 GPT_HOT static void softmax_causal_row(float* row, int64_t n, int64_t end, float* st) {
+    const int64_t n8 = n & ~(int64_t)7;
+    const int vt = ROW_TAIL(n, end);
+    const v8i tail = v8_first(n - n8);
     v8f vm = v8_set1(-INFINITY);
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) vm = v8_max(v8_load(row + j), vm);
+    for (int64_t j = 0; j < n8; j += 8) vm = v8_max(v8_load(row + j), vm);
+    if (vt) vm = v8_max(v8_select(tail, v8_load(row + n8), v8_set1(-INFINITY)), vm);
     float mx = v8_hmax(vm);
-    for (; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+    if (!vt)
+        for (int64_t j = n8; j < n; j++) mx = row[j] > mx ? row[j] : mx;
     v8f acc = v8_zero();
-    for (j = 0; j + 8 <= n; j += 8) {
-        v8f e = v8_exp(v8_load(row + j) - mx);
+    for (int64_t j = 0; j < n8; j += 8) {
+        const v8f e = v8_exp(v8_load(row + j) - mx);
         v8_store(row + j, e);
         acc += e;
     }
-    if (j < n) {
-        v8f e = v8_exp(v8_load_part(row + j, n - j) - mx);
-        for (int64_t i = n - j; i < 8; i++) e[i] = 0.0f;
-        v8_store_part(row + j, e, n - j);
+    if (vt) {
+        const v8f e = v8_select(tail, v8_exp(v8_load(row + n8) - mx), v8_zero());
+        v8_store(row + n8, e);
         acc += e;
     }
-    const float inv = 1.0f / v8_hsum(acc);
-    for (j = 0; j + 8 <= n; j += 8) v8_store(row + j, v8_load(row + j) * inv);
-    for (; j < n; j++) row[j] *= inv;
-    for (j = n; j < end; j++) row[j] = 0.0f;
+    float sum = v8_hsum(acc);
+    if (!vt)
+        for (int64_t j = n8; j < n; j++) {
+            row[j] = s_exp(row[j] - mx);
+            sum += row[j];
+        }
+    const float inv = 1.0f / sum;
+    const int64_t nv = vt ? n8 + 8 : n8;
+    for (int64_t j = 0; j < nv; j += 8) v8_store(row + j, v8_load(row + j) * inv);
+    for (int64_t j = nv; j < n; j++) row[j] *= inv;
+    zero_span(row + (vt ? nv : n), end - (vt ? nv : n));
     st[0] = mx;
     st[1] = inv;
 }
@@ -589,16 +610,18 @@ GPT_HOT static void softmax_causal_row(float* row, int64_t n, int64_t end, float
 /* The probabilities of softmax_causal_row again from the saved st, bit for bit. */
 GPT_HOT static void softmax_recompute_row(float* row, int64_t n, int64_t end, const float* st) {
     const float mx = st[0], inv = st[1];
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) v8_store(row + j, v8_exp(v8_load(row + j) - mx) * inv);
-    if (j < n) {
-        v8f e = v8_exp(v8_load_part(row + j, n - j) - mx);
-        v8_store_part(row + j, e, n - j);
-        for (; j < n; j++) row[j] *= inv;
+    const int64_t n8 = n & ~(int64_t)7;
+    const int vt = ROW_TAIL(n, end);
+    for (int64_t j = 0; j < n8; j += 8) v8_store(row + j, v8_exp(v8_load(row + j) - mx) * inv);
+    if (vt) {
+        v8f e = v8_select(v8_first(n - n8), v8_exp(v8_load(row + n8) - mx), v8_zero());
+        v8_store(row + n8, e * inv);
+    } else {
+        for (int64_t j = n8; j < n; j++) row[j] = s_exp(row[j] - mx) * inv;
     }
-    for (j = n; j < end; j++) row[j] = 0.0f;
+    const int64_t z = vt ? n8 + 8 : n;
+    zero_span(row + z, end - z);
 }
-
 
 /* ---- direct kernels for head sizes that are multiples of 32 (the usual 32, 64, 128)
  * and T <= 128: the per-(b, h) products are too small for a BLAS call to pay off (S1:
@@ -612,6 +635,8 @@ GPT_HOT static void softmax_recompute_row(float* row, int64_t n, int64_t end, co
 #define ATT_DIRECT(hs, T) ((hs) % 32 == 0 && (T) <= 128)
 #endif
 #define ATT_PAD(T) (((int64_t)(T) + 15) & ~(int64_t)15)
+/* Row i of a T x T tile is causal up to i; the softmax may write (zeros) up to here. */
+#define ATT_ROW_END(i, T) (((((i) + 8) & ~(int64_t)7) < (T)) ? (((i) + 8) & ~(int64_t)7) : (int64_t)(T))
 
 /* yT(hs, ldt) = y(n rows of hs at stride ldy)^T; columns n..ldt-1 zero */
 GPT_HOT static void att_pack_t(float* restrict yT, int64_t ldt, const float* restrict y, int64_t ldy, int64_t n,
@@ -773,7 +798,7 @@ static void att_fwd_pair(const att_ctx* a, int64_t pair, float* scratch) {
         float* kT = scratch + 2 * (int64_t)T * T;
         att_pack_t(kT, ATT_PAD(T), k, ld, T, hs);
         att_scores(A, T, q, ld, kT, ATT_PAD(T), T, hs, scale);
-        for (int64_t i = 0; i < T; i++) softmax_causal_row(A + i * T, i + 1, i + 1, st + 2 * i);
+        for (int64_t i = 0; i < T; i++) softmax_causal_row(A + i * T, i + 1, ATT_ROW_END(i, T), st + 2 * i);
         att_mix(o, C, A, T, v, ld, T, hs);
         return;
     }
@@ -806,16 +831,30 @@ void k_attention_fwd(gpt_pool* p, float* out, float* att, float* stats, float* s
     RUN(p, att_fwd_task, &a, 2.0 * B * (double)T * T * (C + 10.0 * H));
 }
 
-/* In place over d[0:n): d = a * (d - sum(a d)) * scale (softmax backward); d[n:end) = 0. */
+/* In place over d[0:n): d = a * (d - sum(a d)) * scale (softmax backward); d[n:end) = 0
+ * (as the rows above: written anywhere below end; arow is read below n only). */
 GPT_HOT static void softmax_bwd_row(float* d, const float* arow, int64_t n, int64_t end, float scale) {
+    const int64_t n8 = n & ~(int64_t)7;
+    const int vt = ROW_TAIL(n, end);
+    const v8i tail = v8_first(n - n8);
     v8f acc = v8_zero();
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) acc += v8_load(arow + j) * v8_load(d + j);
+    for (int64_t j = 0; j < n8; j += 8) acc += v8_load(arow + j) * v8_load(d + j);
+    v8f at = v8_zero(), dt = v8_zero();
+    if (vt) {
+        /* lanes from n on hold whatever was there: masked before any arithmetic */
+        at = v8_select(tail, v8_load(arow + n8), v8_zero());
+        dt = v8_select(tail, v8_load(d + n8), v8_zero());
+        acc += at * dt;
+    }
     float s = v8_hsum(acc);
-    for (; j < n; j++) s += arow[j] * d[j];
-    for (j = 0; j + 8 <= n; j += 8) v8_store(d + j, v8_load(arow + j) * (v8_load(d + j) - s) * scale);
-    for (; j < n; j++) d[j] = arow[j] * (d[j] - s) * scale;
-    for (j = n; j < end; j++) d[j] = 0.0f;
+    if (!vt)
+        for (int64_t j = n8; j < n; j++) s += arow[j] * d[j];
+    for (int64_t j = 0; j < n8; j += 8) v8_store(d + j, v8_load(arow + j) * (v8_load(d + j) - s) * scale);
+    if (vt) v8_store(d + n8, v8_select(tail, at * (dt - s) * scale, v8_zero()));
+    else
+        for (int64_t j = n8; j < n; j++) d[j] = arow[j] * (d[j] - s) * scale;
+    const int64_t z = vt ? n8 + 8 : n;
+    zero_span(d + z, end - z);
 }
 
 static void att_bwd_pair(const att_ctx* a, int64_t pair, float* scratch, float* D) {
@@ -836,12 +875,12 @@ static void att_bwd_pair(const att_ctx* a, int64_t pair, float* scratch, float* 
         if (!a->catt) {
             att_pack_t(yT, ATT_PAD(T), k, ld, T, hs);
             att_scores(scratch, T, q, ld, yT, ATT_PAD(T), T, hs, scale);
-            for (int64_t i = 0; i < T; i++) softmax_recompute_row(scratch + i * T, i + 1, i + 1, st + 2 * i);
+            for (int64_t i = 0; i < T; i++) softmax_recompute_row(scratch + i * T, i + 1, ATT_ROW_END(i, T), st + 2 * i);
         }
         /* dA = dO v^T, then through the softmax (and the scale) */
         att_pack_t(yT, ATT_PAD(T), v, ld, T, hs);
         att_scores(D, T, dO, C, yT, ATT_PAD(T), T, hs, 1.0f);
-        for (int64_t i = 0; i < T; i++) softmax_bwd_row(D + i * T, A + i * T, i + 1, i + 1, scale);
+        for (int64_t i = 0; i < T; i++) softmax_bwd_row(D + i * T, A + i * T, i + 1, ATT_ROW_END(i, T), scale);
         att_mix(dq, ld, D, T, k, ld, T, hs);
         att_mix_t(dv, ld, A, T, dO, C, T, hs);
         att_mix_t(dk, ld, D, T, q, ld, T, hs);

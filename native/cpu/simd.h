@@ -41,7 +41,12 @@ typedef int32_t v8i __attribute__((vector_size(32)));
         memcpy((p), &st_v_, sizeof st_v_); \
     } while (0)
 #define v8_zero() ((v8f){0, 0, 0, 0, 0, 0, 0, 0})
-#define v8_set1(x) ((v8f){0, 0, 0, 0, 0, 0, 0, 0} + (float)(x))
+/* Every lane x: a plain broadcast (0 + x would cost an add per call: it must keep -0.0). */
+#define v8_set1(x)                                                              \
+    ({                                                                          \
+        const float s1_x_ = (float)(x);                                         \
+        (v8f){s1_x_, s1_x_, s1_x_, s1_x_, s1_x_, s1_x_, s1_x_, s1_x_};          \
+    })
 /* m ? a : b, per lane (m lanes are all ones or all zeros). */
 #define v8_select(m, a, b) ((v8f)(((m) & (v8i)(a)) | (~(m) & (v8i)(b))))
 /* max(a, b) per lane; a NaN in a is kept. */
@@ -55,12 +60,14 @@ typedef int32_t v8i __attribute__((vector_size(32)));
         v8f hs_v_ = (v);                                                                    \
         ((hs_v_[0] + hs_v_[4]) + (hs_v_[1] + hs_v_[5])) + ((hs_v_[2] + hs_v_[6]) + (hs_v_[3] + hs_v_[7])); \
     })
-#define v8_hmax(v)                                                    \
-    ({                                                                \
-        v8f hm_v_ = (v);                                              \
-        float hm_m_ = hm_v_[0];                                       \
-        for (int hm_i_ = 1; hm_i_ < 8; hm_i_++) hm_m_ = hm_v_[hm_i_] > hm_m_ ? hm_v_[hm_i_] : hm_m_; \
-        hm_m_;                                                        \
+/* max over the lanes by halving (NaN-free inputs: softmax rows) */
+#define v8_hmax(v)                                                                      \
+    ({                                                                                  \
+        v8f hm_v_ = (v);                                                                \
+        hm_v_ = v8_max(hm_v_, __builtin_shufflevector(hm_v_, hm_v_, 4, 5, 6, 7, 0, 1, 2, 3)); \
+        hm_v_ = v8_max(hm_v_, __builtin_shufflevector(hm_v_, hm_v_, 2, 3, 0, 1, 6, 7, 4, 5)); \
+        hm_v_ = v8_max(hm_v_, __builtin_shufflevector(hm_v_, hm_v_, 1, 0, 3, 2, 5, 4, 7, 6)); \
+        hm_v_[0];                                                                       \
     })
 
 /* exp(x), about 2 ulp over [-87.3, 88]; clamps outside that range; NaN stays NaN.
