@@ -632,7 +632,10 @@ GPT_HOT static void softmax_recompute_row(float* row, int64_t n, int64_t end, co
 #if defined(GPT_ATT_NO_DIRECT) /* benchmarks: the BLAS path for every head size */
 #define ATT_DIRECT(hs, T) 0
 #else
-#define ATT_DIRECT(hs, T) ((hs) % 32 == 0 && (T) <= 128)
+#ifndef ATT_DIRECT_MAX_T
+#define ATT_DIRECT_MAX_T 128
+#endif
+#define ATT_DIRECT(hs, T) ((hs) % 32 == 0 && (T) <= ATT_DIRECT_MAX_T)
 #endif
 #define ATT_PAD(T) (((int64_t)(T) + 15) & ~(int64_t)15)
 /* Row i of a T x T tile is causal up to i; the softmax may write (zeros) up to here. */
@@ -660,101 +663,110 @@ GPT_HOT static void att_pack_t(float* restrict yT, int64_t ldt, const float* res
     }
 }
 
-/* Stores the first lim (> 0) of the 16 lanes of (lo, hi) * alpha at p. */
-#define att_store16(p, lo, hi, lim, alpha)                                                   \
+/* Stores the first lim (> 0) of the 16 lanes of (lo, hi) * alpha at p, in whole vectors
+ * where cap (the floats writable from p) allows: the lanes from lim to the next multiple
+ * of 8 then hold values no reader uses (the softmax rows mask them). */
+#define att_store16(p, lo, hi, lim, alpha, cap)                                              \
     do {                                                                                     \
-        if ((lim) >= 16) {                                                                   \
-            v8_store((p), (lo) * (alpha));                                                   \
-            v8_store((p) + 8, (hi) * (alpha));                                               \
-        } else if ((lim) >= 8) {                                                             \
-            v8_store((p), (lo) * (alpha));                                                   \
-            v8_store_part((p) + 8, (hi) * (alpha), (lim) - 8);                               \
-        } else {                                                                             \
-            v8_store_part((p), (lo) * (alpha), (lim));                                       \
+        if ((lim) > 8 || (cap) >= 8) v8_store((p), (lo) * (alpha));                          \
+        else v8_store_part((p), (lo) * (alpha), (lim));                                      \
+        if ((lim) > 8) {                                                                     \
+            if ((lim) >= 16 || (cap) >= 16) v8_store((p) + 8, (hi) * (alpha));               \
+            else v8_store_part((p) + 8, (hi) * (alpha), (lim) - 8);                          \
         }                                                                                    \
     } while (0)
 
-/* S[i][j] = alpha x_i . y_j for i < n, j <= i (rows of S at stride lds); x rows at stride
- * ldx; yT = y^T packed by att_pack_t with ldt >= ATT_PAD(n). Tiles of 4 rows x 16. */
+/* S[i][j] = alpha x_i . y_j for i < n, j <= i (rows of S at stride lds; beyond i, up to
+ * the next multiple of 8 below lds, unused values may be written); x rows at stride ldx;
+ * yT = y^T packed by att_pack_t with ldt >= ATT_PAD(n). Tiles of 6 rows x 16: 12
+ * accumulators, two loads of yT and six broadcasts of x per d. */
 GPT_HOT static void att_scores(float* S, int64_t lds, const float* x, int64_t ldx, const float* yT, int64_t ldt,
                                int64_t n, int hs, float alpha) {
-    for (int64_t i0 = 0; i0 < n; i0 += 4) {
-        const int64_t nr = min64(4, n - i0);
-        const float* x0 = x + i0 * ldx;
-        const float* x1 = nr > 1 ? x0 + ldx : x0;
-        const float* x2 = nr > 2 ? x0 + 2 * ldx : x0;
-        const float* x3 = nr > 3 ? x0 + 3 * ldx : x0;
+    for (int64_t i0 = 0; i0 < n; i0 += 6) {
+        const int64_t nr = min64(6, n - i0);
+        const float* xr[6];
+        for (int r = 0; r < 6; r++) xr[r] = x + (i0 + (r < nr ? r : 0)) * ldx;
         for (int64_t j0 = 0; j0 < i0 + nr; j0 += 16) {
-            v8f c00 = v8_zero(), c01 = v8_zero(), c10 = v8_zero(), c11 = v8_zero();
-            v8f c20 = v8_zero(), c21 = v8_zero(), c30 = v8_zero(), c31 = v8_zero();
+            v8f c0l = v8_zero(), c0h = v8_zero(), c1l = v8_zero(), c1h = v8_zero(), c2l = v8_zero(), c2h = v8_zero();
+            v8f c3l = v8_zero(), c3h = v8_zero(), c4l = v8_zero(), c4h = v8_zero(), c5l = v8_zero(), c5h = v8_zero();
             const float* b = yT + j0;
             for (int d = 0; d < hs; d++, b += ldt) {
                 const v8f b0 = v8_load(b), b1 = v8_load(b + 8);
-                v8f a = v8_set1(x0[d]);
-                c00 += a * b0;
-                c01 += a * b1;
-                a = v8_set1(x1[d]);
-                c10 += a * b0;
-                c11 += a * b1;
-                a = v8_set1(x2[d]);
-                c20 += a * b0;
-                c21 += a * b1;
-                a = v8_set1(x3[d]);
-                c30 += a * b0;
-                c31 += a * b1;
+                v8f a = v8_set1(xr[0][d]);
+                c0l += a * b0;
+                c0h += a * b1;
+                a = v8_set1(xr[1][d]);
+                c1l += a * b0;
+                c1h += a * b1;
+                a = v8_set1(xr[2][d]);
+                c2l += a * b0;
+                c2h += a * b1;
+                a = v8_set1(xr[3][d]);
+                c3l += a * b0;
+                c3h += a * b1;
+                a = v8_set1(xr[4][d]);
+                c4l += a * b0;
+                c4h += a * b1;
+                a = v8_set1(xr[5][d]);
+                c5l += a * b0;
+                c5h += a * b1;
             }
             float* o = S + i0 * lds + j0;
-            att_store16(o, c00, c01, i0 + 1 - j0, alpha);
-            if (nr > 1 && i0 + 2 - j0 > 0) att_store16(o + lds, c10, c11, i0 + 2 - j0, alpha);
-            if (nr > 2 && i0 + 3 - j0 > 0) att_store16(o + 2 * lds, c20, c21, i0 + 3 - j0, alpha);
-            if (nr > 3 && i0 + 4 - j0 > 0) att_store16(o + 3 * lds, c30, c31, i0 + 4 - j0, alpha);
+            /* row r keeps j <= i0 + r: the first i0 + r + 1 - j0 lanes */
+            att_store16(o, c0l, c0h, i0 + 1 - j0, alpha, lds - j0);
+            if (nr > 1 && i0 + 2 - j0 > 0) att_store16(o + lds, c1l, c1h, i0 + 2 - j0, alpha, lds - j0);
+            if (nr > 2 && i0 + 3 - j0 > 0) att_store16(o + 2 * lds, c2l, c2h, i0 + 3 - j0, alpha, lds - j0);
+            if (nr > 3 && i0 + 4 - j0 > 0) att_store16(o + 3 * lds, c3l, c3h, i0 + 4 - j0, alpha, lds - j0);
+            if (nr > 4 && i0 + 5 - j0 > 0) att_store16(o + 4 * lds, c4l, c4h, i0 + 5 - j0, alpha, lds - j0);
+            if (nr > 5 && i0 + 6 - j0 > 0) att_store16(o + 5 * lds, c5l, c5h, i0 + 6 - j0, alpha, lds - j0);
         }
     }
 }
 
-#define V4_ZERO(a) v8f a##0 = v8_zero(), a##1 = v8_zero(), a##2 = v8_zero(), a##3 = v8_zero()
-#define V4_FMA(a, s, y)            \
-    do {                           \
-        const v8f s_ = v8_set1(s); \
-        a##0 += s_ * y##0;         \
-        a##1 += s_ * y##1;         \
-        a##2 += s_ * y##2;         \
-        a##3 += s_ * y##3;         \
+/* The mixes below run 6 output rows x 16 columns at a time: 12 accumulators, two loads
+ * of y and six broadcasts of P per step of the sum (a GEMM micro-tile over the causal
+ * triangle). Rows of the tile past the last row (r >= nr) read a valid row and are not
+ * stored. */
+#define MIX_ROWS 6
+#define MIX_DECL(r) v8f r##l = v8_zero(), r##h = v8_zero()
+#define MIX_FMA(r, pv)                \
+    do {                              \
+        const v8f b_ = v8_set1(pv);   \
+        r##l += b_ * y0;              \
+        r##h += b_ * y1;              \
     } while (0)
-#define V4_LOAD(y, p) const v8f y##0 = v8_load(p), y##1 = v8_load((p) + 8), y##2 = v8_load((p) + 16), y##3 = v8_load((p) + 24)
-#define V4_STORE(p, a)             \
-    do {                           \
-        v8_store((p), a##0);       \
-        v8_store((p) + 8, a##1);   \
-        v8_store((p) + 16, a##2);  \
-        v8_store((p) + 24, a##3);  \
+#define MIX_STORE(r, k)                                     \
+    do {                                                    \
+        if ((k) < nr) {                                     \
+            v8_store(O + (o0 + (k)) * ldo + c0, r##l);      \
+            v8_store(O + (o0 + (k)) * ldo + c0 + 8, r##h);  \
+        }                                                   \
     } while (0)
 
-/* O[i] = sum_{j <= i} P[i][j] y_j for i < n (rows of hs; overwrites), two rows at a time. */
+/* O[i] = sum_{j <= i} P[i][j] y_j for i < n (rows of hs, a multiple of 16; overwrites). */
 GPT_HOT static void att_mix(float* O, int64_t ldo, const float* P, int64_t ldp, const float* y, int64_t ldy, int64_t n,
                             int hs) {
-    for (int c0 = 0; c0 < hs; c0 += 32) {
-        for (int64_t i = 0; i < n; i += 2) {
-            const float* p0 = P + i * ldp;
-            V4_ZERO(a);
-            if (i + 1 < n) {
-                const float* p1 = p0 + ldp;
-                V4_ZERO(b);
-                for (int64_t j = 0; j <= i; j++) {
-                    V4_LOAD(y, y + j * ldy + c0);
-                    V4_FMA(a, p0[j], y);
-                    V4_FMA(b, p1[j], y);
-                }
-                V4_LOAD(y, y + (i + 1) * ldy + c0);
-                V4_FMA(b, p1[i + 1], y);
-                V4_STORE(O + (i + 1) * ldo + c0, b);
-            } else {
-                for (int64_t j = 0; j <= i; j++) {
-                    V4_LOAD(y, y + j * ldy + c0);
-                    V4_FMA(a, p0[j], y);
-                }
+    for (int64_t o0 = 0; o0 < n; o0 += MIX_ROWS) {
+        const int64_t nr = min64(MIX_ROWS, n - o0);
+        const float* p[MIX_ROWS];
+        for (int r = 0; r < MIX_ROWS; r++) p[r] = P + (o0 + (r < nr ? r : 0)) * ldp;
+        for (int c0 = 0; c0 < hs; c0 += 16) {
+            MIX_DECL(a0); MIX_DECL(a1); MIX_DECL(a2); MIX_DECL(a3); MIX_DECL(a4); MIX_DECL(a5);
+            /* j <= o0: every row's term counts */
+            for (int64_t j = 0; j <= o0; j++) {
+                const v8f y0 = v8_load(y + j * ldy + c0), y1 = v8_load(y + j * ldy + c0 + 8);
+                MIX_FMA(a0, p[0][j]); MIX_FMA(a1, p[1][j]); MIX_FMA(a2, p[2][j]);
+                MIX_FMA(a3, p[3][j]); MIX_FMA(a4, p[4][j]); MIX_FMA(a5, p[5][j]);
             }
-            V4_STORE(O + i * ldo + c0, a);
+            /* the triangle: row r takes j <= o0 + r */
+            for (int64_t j = o0 + 1; j < o0 + nr; j++) {
+                const v8f y0 = v8_load(y + j * ldy + c0), y1 = v8_load(y + j * ldy + c0 + 8);
+                const int64_t d = j - o0;
+                MIX_FMA(a1, d <= 1 ? p[1][j] : 0.0f); MIX_FMA(a2, d <= 2 ? p[2][j] : 0.0f);
+                MIX_FMA(a3, d <= 3 ? p[3][j] : 0.0f); MIX_FMA(a4, d <= 4 ? p[4][j] : 0.0f);
+                MIX_FMA(a5, d <= 5 ? p[5][j] : 0.0f);
+            }
+            MIX_STORE(a0, 0); MIX_STORE(a1, 1); MIX_STORE(a2, 2); MIX_STORE(a3, 3); MIX_STORE(a4, 4); MIX_STORE(a5, 5);
         }
     }
 }
@@ -762,24 +774,29 @@ GPT_HOT static void att_mix(float* O, int64_t ldo, const float* P, int64_t ldp, 
 /* O[j] = sum_{i >= j} P[i][j] y_i for j < n (P^T y over the lower triangle; overwrites). */
 GPT_HOT static void att_mix_t(float* O, int64_t ldo, const float* P, int64_t ldp, const float* y, int64_t ldy,
                               int64_t n, int hs) {
-    for (int c0 = 0; c0 < hs; c0 += 32) {
-        for (int64_t j = 0; j < n; j += 2) {
-            V4_ZERO(a);
-            {
-                V4_LOAD(y, y + j * ldy + c0);
-                V4_FMA(a, P[j * ldp + j], y);
+    for (int64_t o0 = 0; o0 < n; o0 += MIX_ROWS) {
+        const int64_t nr = min64(MIX_ROWS, n - o0);
+        int64_t col[MIX_ROWS];
+        for (int r = 0; r < MIX_ROWS; r++) col[r] = o0 + (r < nr ? r : 0);
+        for (int c0 = 0; c0 < hs; c0 += 16) {
+            MIX_DECL(a0); MIX_DECL(a1); MIX_DECL(a2); MIX_DECL(a3); MIX_DECL(a4); MIX_DECL(a5);
+            /* the triangle: output row r takes i >= o0 + r */
+            for (int64_t i = o0; i < o0 + nr - 1; i++) {
+                const v8f y0 = v8_load(y + i * ldy + c0), y1 = v8_load(y + i * ldy + c0 + 8);
+                const float* pr = P + i * ldp;
+                const int64_t d = i - o0;
+                MIX_FMA(a0, pr[col[0]]); MIX_FMA(a1, d >= 1 ? pr[col[1]] : 0.0f);
+                MIX_FMA(a2, d >= 2 ? pr[col[2]] : 0.0f); MIX_FMA(a3, d >= 3 ? pr[col[3]] : 0.0f);
+                MIX_FMA(a4, d >= 4 ? pr[col[4]] : 0.0f);
             }
-            if (j + 1 < n) {
-                V4_ZERO(b);
-                for (int64_t i = j + 1; i < n; i++) {
-                    V4_LOAD(y, y + i * ldy + c0);
-                    const float* pr = P + i * ldp + j;
-                    V4_FMA(a, pr[0], y);
-                    V4_FMA(b, pr[1], y);
-                }
-                V4_STORE(O + (j + 1) * ldo + c0, b);
+            /* i >= o0 + nr - 1: every row's term counts */
+            for (int64_t i = o0 + nr - 1; i < n; i++) {
+                const v8f y0 = v8_load(y + i * ldy + c0), y1 = v8_load(y + i * ldy + c0 + 8);
+                const float* pr = P + i * ldp;
+                MIX_FMA(a0, pr[col[0]]); MIX_FMA(a1, pr[col[1]]); MIX_FMA(a2, pr[col[2]]);
+                MIX_FMA(a3, pr[col[3]]); MIX_FMA(a4, pr[col[4]]); MIX_FMA(a5, pr[col[5]]);
             }
-            V4_STORE(O + j * ldo + c0, a);
+            MIX_STORE(a0, 0); MIX_STORE(a1, 1); MIX_STORE(a2, 2); MIX_STORE(a3, 3); MIX_STORE(a4, 4); MIX_STORE(a5, 5);
         }
     }
 }
