@@ -130,6 +130,7 @@ typedef struct {
 
     /* lanes and what each lane owns; rebuilt by set_threads */
     int nlanes;
+    int64_t act_floats; /* acts + work: what a lane's gradient buffer is weighed against */
     lane* lanes;
     float* lane_buf;     /* the lanes' gradient buffers (but lane 0's), logits, scratch */
     float* att_scratch;  /* k_attention_scratch(T, C, nthreads) */
@@ -269,12 +270,15 @@ static int online_cores(void) {
 
 /* ---- threads and lanes ---- */
 
-/* One lane per thread when the threads split the batch evenly and each may call a
- * single-threaded BLAS of its own (GPT_BLAS_SPLIT); else one lane, every op split over
- * the pool. GPT_LANES=1 forces one lane (tests: both ways agree). */
+/* One lane per thread when the threads split the batch evenly, each may call a
+ * single-threaded BLAS of its own (GPT_BLAS_SPLIT) and the lanes' extra gradient buffers
+ * take no more memory than the activations (many cores, a large model and a small batch
+ * would otherwise multiply the footprint); else one lane, every op split over the pool.
+ * GPT_LANES=1 forces one lane (tests: both ways agree). */
 static int lanes_for(const cpu_model* g, int nthreads) {
     const char* e = getenv("GPT_LANES");
     if (!GPT_BLAS_SPLIT || nthreads <= 1 || g->B % nthreads != 0 || (e && strcmp(e, "1") == 0)) return 1;
+    if ((double)(nthreads - 1) * (double)g->P > (double)g->act_floats) return 1;
     return nthreads;
 }
 
@@ -413,6 +417,7 @@ static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen)
     carver ca = {NULL, 0}, cw = {NULL, 0};
     layout_acts(g, &ca);
     layout_work(g, &cw);
+    g->act_floats = ca.used + cw.used;
     g->acts = alloc_floats(ca.used);
     g->work = alloc_floats(cw.used);
     if (!g->params || !g->grads || !g->m || !g->v || !g->acts || !g->work) goto oom;
