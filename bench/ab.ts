@@ -2,7 +2,7 @@
  * Interleaved A/B of two settings of the native library in one process, for changes
  * smaller than this VM's run-to-run noise:
  *
- *   bun bench/ab.ts [--shape S1|S2] [--steps 40] "A_ENV=1 B_ENV=x" "A_ENV=0"
+ *   bun bench/ab.ts [--shape S1|S2|S3] [--steps 40] "A_ENV=1 B_ENV=x" "A_ENV=0"
  *
  * Each argument is a list of environment settings (read by gpt_create), where LIB=path
  * instead picks the native library file (another build of it). Both models are
@@ -20,6 +20,7 @@ import { buildNative } from "../scripts/build-native.ts";
 const SHAPES: Record<string, { cfg: ModelCfg; B: number }> = {
   S1: { cfg: { V: 512, T: 128, C: 128, L: 4, H: 4, d_ff: 512 }, B: 16 },
   S2: { cfg: { V: 4096, T: 256, C: 384, L: 6, H: 6, d_ff: 1536 }, B: 16 },
+  S3: { cfg: { V: 8192, T: 256, C: 512, L: 8, H: 8, d_ff: 2048 }, B: 8 },
 };
 
 function arg(name: string, fallback: string): string {
