@@ -1,6 +1,10 @@
 /**
  * Training-speed benchmark: `bun bench/bench.ts [--shapes S1,S2,S3] [--steps N]
- * [--warmup N] [--threads N] [--profile] [--scaling] [--no-torch] [--json FILE]`.
+ * [--warmup N] [--rounds N] [--threads N] [--profile] [--scaling] [--no-torch] [--json FILE]`.
+ *
+ * Each shape runs in --rounds rounds (default 2), ours then PyTorch in each, so that a
+ * slow phase of a shared machine hits both sides; each side reports its best round
+ * (the round medians are printed too), peak RSS the largest of its rounds.
  *
  * Every measurement runs in its own child process (bench/worker.ts for ours,
  * bench/torch_bench.py for PyTorch) so that its peak RSS is its own. Reports tokens/s
@@ -35,6 +39,7 @@ interface Options {
   shapes: Shape[];
   steps: number;
   warmup: number;
+  rounds: number;
   threads: number;
   profile: boolean;
   scaling: boolean;
@@ -49,6 +54,7 @@ function parseOptions(argv: string[]): Options {
       shapes: { type: "string", default: "S1,S2,S3" },
       steps: { type: "string", default: "5" },
       warmup: { type: "string", default: "2" },
+      rounds: { type: "string", default: "2" },
       threads: { type: "string", default: "2" },
       profile: { type: "boolean", default: false },
       scaling: { type: "boolean", default: false },
@@ -71,6 +77,7 @@ function parseOptions(argv: string[]): Options {
     shapes,
     steps: int("steps", values.steps!, 1),
     warmup: int("warmup", values.warmup!, 0),
+    rounds: int("rounds", values.rounds!, 1),
     threads: int("threads", values.threads!, 1),
     profile: values.profile!,
     scaling: values.scaling!,
@@ -165,6 +172,14 @@ interface ShapeRow {
   shape: Shape;
   ours: ChildRun<TrainResult>;
   torch: ChildRun<TorchTrain> | null;
+  oursRounds: number[]; // tokens/s of each round
+  torchRounds: number[];
+}
+
+/** The round with the fastest median step, with the largest peak RSS of all rounds. */
+function bestRound<T extends { stepS: number }>(runs: ChildRun<T>[]): ChildRun<T> {
+  const best = runs.reduce((a, b) => (b.result.stepS < a.result.stepS ? b : a));
+  return { result: best.result, maxRssBytes: Math.max(...runs.map((r) => r.maxRssBytes)) };
 }
 
 async function main(): Promise<void> {
@@ -173,7 +188,10 @@ async function main(): Promise<void> {
   if (!existsSync(lib)) throw new Error(`native library ${lib} not found: build it with "bun scripts/build-native.ts"`);
   const torchVersion = opt.torch ? torchAvailable() : null;
 
-  console.log(`train benchmark: ${opt.threads} threads, ${opt.warmup} warm-up + ${opt.steps} timed steps (median), fp32, CPU`);
+  console.log(
+    `train benchmark: ${opt.threads} threads, ${opt.warmup} warm-up + ${opt.steps} timed steps (median), ` +
+      `best of ${opt.rounds} interleaved round${opt.rounds > 1 ? "s" : ""} per side, fp32, CPU`,
+  );
   console.log(FLOP_CONVENTION);
   const load = () => loadavg()[0]!;
   const loadAtStart = load();
@@ -194,9 +212,20 @@ async function main(): Promise<void> {
   for (const shape of opt.shapes) {
     process.stderr.write(`measuring ${shape.name} (${shapeText(shape)}) ...\n`);
     const job = { cfg: shape.cfg, B: shape.B, warmup: opt.warmup, steps: opt.steps, threads: opt.threads };
-    const ours = await runOurs<TrainResult>({ kind: "train", ...job, profile: opt.profile }, opt.threads, opt.profile);
-    const torch = torchVersion ? await runTorch<TorchTrain>({ kind: "train", ...job }, opt.threads) : null;
-    rows.push({ shape, ours, torch });
+    const oursRuns: ChildRun<TrainResult>[] = [];
+    const torchRuns: ChildRun<TorchTrain>[] = [];
+    for (let r = 0; r < opt.rounds; r++) {
+      oursRuns.push(await runOurs<TrainResult>({ kind: "train", ...job, profile: opt.profile }, opt.threads, opt.profile));
+      if (torchVersion) torchRuns.push(await runTorch<TorchTrain>({ kind: "train", ...job }, opt.threads));
+    }
+    const tokens = shape.B * shape.cfg.T;
+    rows.push({
+      shape,
+      ours: bestRound(oursRuns),
+      torch: torchVersion ? bestRound(torchRuns) : null,
+      oursRounds: oursRuns.map((r) => tokens / r.result.stepS),
+      torchRounds: torchRuns.map((r) => tokens / r.result.stepS),
+    });
   }
 
   const scaling = opt.scaling ? await measureScaling(opt) : [];
@@ -234,6 +263,13 @@ async function main(): Promise<void> {
     ),
   );
   for (const { shape } of rows) console.log(`  ${shape.name}: ${shapeText(shape)}`);
+  if (opt.rounds > 1) {
+    const list = (v: number[]) => v.map((x) => fmt(x)).join(" / ");
+    for (const { shape, oursRounds, torchRounds } of rows)
+      console.log(
+        `  ${shape.name} tok/s by round: ours ${list(oursRounds)}` + (torchRounds.length ? `, torch ${list(torchRounds)}` : ""),
+      );
+  }
 
   if (torchVersion) {
     console.log(`\nAgainst PyTorch ${torchVersion} (interop/reference_gpt.py, AdamW + clip_grad_norm_, torch.set_num_threads(${opt.threads}))`);
@@ -286,7 +322,8 @@ async function main(): Promise<void> {
           convention: FLOP_CONVENTION,
           sgemm: { start: sgemmStart.result, end: sgemmEnd.result },
           baselineRss: { ours: idle.maxRssBytes, torch: torchIdle?.maxRssBytes ?? null },
-          shapes: rows.map((r) => ({ shape: r.shape, ours: r.ours, torch: r.torch })),
+          rounds: opt.rounds,
+          shapes: rows.map((r) => ({ shape: r.shape, ours: r.ours, torch: r.torch, oursRounds: r.oursRounds, torchRounds: r.torchRounds })),
           scaling,
         },
         null,
