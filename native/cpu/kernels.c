@@ -624,20 +624,24 @@ GPT_HOT static void softmax_recompute_row(float* row, int64_t n, int64_t end, co
 }
 
 /* ---- direct kernels for head sizes that are multiples of 32 (the usual 32, 64, 128)
- * and T <= 128: the per-(b, h) products are too small for a BLAS call to pay off (S1:
- * forward 20%, backward 25% faster), and a pair's two T x T tiles stay in L2. Beyond
- * that the blocked BLAS path wins (T = 256: 25% faster). Only the causal part (j <= i)
- * is computed and read. */
+ * and T <= 256, query rows in blocks of ATT_RB: the per-(b, h) products are too small
+ * for a BLAS call to pay off (T = 256, S2's heads: forward and backward 10-20% faster
+ * than the BLAS path; T = 512: the BLAS path 10-20% faster). Only the causal part
+ * (j <= i) is computed and read. */
 
 #if defined(GPT_ATT_NO_DIRECT) /* benchmarks: the BLAS path for every head size */
 #define ATT_DIRECT(hs, T) 0
 #else
 #ifndef ATT_DIRECT_MAX_T
-#define ATT_DIRECT_MAX_T 128
+#define ATT_DIRECT_MAX_T 256
 #endif
 #define ATT_DIRECT(hs, T) ((hs) % 32 == 0 && (T) <= ATT_DIRECT_MAX_T)
 #endif
 #define ATT_PAD(T) (((int64_t)(T) + 15) & ~(int64_t)15)
+/* Query rows per block of the direct kernels. */
+#ifndef ATT_RB
+#define ATT_RB 128
+#endif
 /* Row i of a T x T tile is causal up to i; the softmax may write (zeros) up to here. */
 #define ATT_ROW_END(i, T) (((((i) + 8) & ~(int64_t)7) < (T)) ? (((i) + 8) & ~(int64_t)7) : (int64_t)(T))
 
@@ -676,14 +680,14 @@ GPT_HOT static void att_pack_t(float* restrict yT, int64_t ldt, const float* res
         }                                                                                    \
     } while (0)
 
-/* S[i][j] = alpha x_i . y_j for i < n, j <= i (rows of S at stride lds; beyond i, up to
- * the next multiple of 8 below lds, unused values may be written); x rows at stride ldx;
- * yT = y^T packed by att_pack_t with ldt >= ATT_PAD(n). Tiles of 6 rows x 16: 12
- * accumulators, two loads of yT and six broadcasts of x per d. */
+/* Row i - r0 of S = alpha x_i . y_j for r0 <= i < r1, j <= i (rows of S at stride lds;
+ * beyond i, up to the next multiple of 8 below lds, unused values may be written); x rows
+ * at stride ldx; yT = y^T packed by att_pack_t with ldt >= ATT_PAD(r1). Tiles of 6 rows x
+ * 16: 12 accumulators, two loads of yT and six broadcasts of x per d. */
 GPT_HOT static void att_scores(float* S, int64_t lds, const float* x, int64_t ldx, const float* yT, int64_t ldt,
-                               int64_t n, int hs, float alpha) {
-    for (int64_t i0 = 0; i0 < n; i0 += 6) {
-        const int64_t nr = min64(6, n - i0);
+                               int64_t r0, int64_t r1, int hs, float alpha) {
+    for (int64_t i0 = r0; i0 < r1; i0 += 6) {
+        const int64_t nr = min64(6, r1 - i0);
         const float* xr[6];
         for (int r = 0; r < 6; r++) xr[r] = x + (i0 + (r < nr ? r : 0)) * ldx;
         for (int64_t j0 = 0; j0 < i0 + nr; j0 += 16) {
@@ -711,7 +715,7 @@ GPT_HOT static void att_scores(float* S, int64_t lds, const float* x, int64_t ld
                 c5l += a * b0;
                 c5h += a * b1;
             }
-            float* o = S + i0 * lds + j0;
+            float* o = S + (i0 - r0) * lds + j0;
             /* row r keeps j <= i0 + r: the first i0 + r + 1 - j0 lanes */
             att_store16(o, c0l, c0h, i0 + 1 - j0, alpha, lds - j0);
             if (nr > 1 && i0 + 2 - j0 > 0) att_store16(o + lds, c1l, c1h, i0 + 2 - j0, alpha, lds - j0);
@@ -743,13 +747,14 @@ GPT_HOT static void att_scores(float* S, int64_t lds, const float* x, int64_t ld
         }                                                   \
     } while (0)
 
-/* O[i] = sum_{j <= i} P[i][j] y_j for i < n (rows of hs, a multiple of 16; overwrites). */
-GPT_HOT static void att_mix(float* O, int64_t ldo, const float* P, int64_t ldp, const float* y, int64_t ldy, int64_t n,
-                            int hs) {
-    for (int64_t o0 = 0; o0 < n; o0 += MIX_ROWS) {
-        const int64_t nr = min64(MIX_ROWS, n - o0);
+/* O[i] = sum_{j <= i} P[i - r0][j] y_j for r0 <= i < r1 (rows of hs, a multiple of 16;
+ * overwrites). */
+GPT_HOT static void att_mix(float* O, int64_t ldo, const float* P, int64_t ldp, const float* y, int64_t ldy,
+                            int64_t r0, int64_t r1, int hs) {
+    for (int64_t o0 = r0; o0 < r1; o0 += MIX_ROWS) {
+        const int64_t nr = min64(MIX_ROWS, r1 - o0);
         const float* p[MIX_ROWS];
-        for (int r = 0; r < MIX_ROWS; r++) p[r] = P + (o0 + (r < nr ? r : 0)) * ldp;
+        for (int r = 0; r < MIX_ROWS; r++) p[r] = P + (o0 - r0 + (r < nr ? r : 0)) * ldp;
         for (int c0 = 0; c0 < hs; c0 += 16) {
             MIX_DECL(a0); MIX_DECL(a1); MIX_DECL(a2); MIX_DECL(a3); MIX_DECL(a4); MIX_DECL(a5);
             /* j <= o0: every row's term counts */
@@ -771,32 +776,46 @@ GPT_HOT static void att_mix(float* O, int64_t ldo, const float* P, int64_t ldp, 
     }
 }
 
-/* O[j] = sum_{i >= j} P[i][j] y_i for j < n (P^T y over the lower triangle; overwrites). */
+/* The rows i in [r0, r1) of P^T y over the lower triangle: O[j] (+)= sum over i in
+ * [max(r0, j), r1) of P[i - r0][j] y_i for j < r1, added to rows j < r0 (which earlier
+ * row blocks wrote) and overwriting rows j >= r0 (which no earlier block reached). */
+#define MIX_STORE_T(r, k)                                                               \
+    do {                                                                                \
+        if ((k) < nr) {                                                                 \
+            float* o_ = O + (o0 + (k)) * ldo + c0;                                      \
+            const int add_ = o0 + (k) < r0;                                             \
+            v8_store(o_, add_ ? r##l + v8_load(o_) : r##l);                             \
+            v8_store(o_ + 8, add_ ? r##h + v8_load(o_ + 8) : r##h);                     \
+        }                                                                               \
+    } while (0)
+
 GPT_HOT static void att_mix_t(float* O, int64_t ldo, const float* P, int64_t ldp, const float* y, int64_t ldy,
-                              int64_t n, int hs) {
-    for (int64_t o0 = 0; o0 < n; o0 += MIX_ROWS) {
-        const int64_t nr = min64(MIX_ROWS, n - o0);
+                              int64_t r0, int64_t r1, int hs) {
+    for (int64_t o0 = 0; o0 < r1; o0 += MIX_ROWS) {
+        const int64_t nr = min64(MIX_ROWS, r1 - o0);
+        const int64_t i_start = r0 > o0 ? r0 : o0;
+        const int64_t i_full = o0 + nr - 1 > i_start ? o0 + nr - 1 : i_start; /* every row counts from here */
         int64_t col[MIX_ROWS];
         for (int r = 0; r < MIX_ROWS; r++) col[r] = o0 + (r < nr ? r : 0);
         for (int c0 = 0; c0 < hs; c0 += 16) {
             MIX_DECL(a0); MIX_DECL(a1); MIX_DECL(a2); MIX_DECL(a3); MIX_DECL(a4); MIX_DECL(a5);
             /* the triangle: output row r takes i >= o0 + r */
-            for (int64_t i = o0; i < o0 + nr - 1; i++) {
+            for (int64_t i = i_start; i < i_full; i++) {
                 const v8f y0 = v8_load(y + i * ldy + c0), y1 = v8_load(y + i * ldy + c0 + 8);
-                const float* pr = P + i * ldp;
+                const float* pr = P + (i - r0) * ldp;
                 const int64_t d = i - o0;
                 MIX_FMA(a0, pr[col[0]]); MIX_FMA(a1, d >= 1 ? pr[col[1]] : 0.0f);
                 MIX_FMA(a2, d >= 2 ? pr[col[2]] : 0.0f); MIX_FMA(a3, d >= 3 ? pr[col[3]] : 0.0f);
                 MIX_FMA(a4, d >= 4 ? pr[col[4]] : 0.0f);
             }
-            /* i >= o0 + nr - 1: every row's term counts */
-            for (int64_t i = o0 + nr - 1; i < n; i++) {
+            for (int64_t i = i_full; i < r1; i++) {
                 const v8f y0 = v8_load(y + i * ldy + c0), y1 = v8_load(y + i * ldy + c0 + 8);
-                const float* pr = P + i * ldp;
+                const float* pr = P + (i - r0) * ldp;
                 MIX_FMA(a0, pr[col[0]]); MIX_FMA(a1, pr[col[1]]); MIX_FMA(a2, pr[col[2]]);
                 MIX_FMA(a3, pr[col[3]]); MIX_FMA(a4, pr[col[4]]); MIX_FMA(a5, pr[col[5]]);
             }
-            MIX_STORE(a0, 0); MIX_STORE(a1, 1); MIX_STORE(a2, 2); MIX_STORE(a3, 3); MIX_STORE(a4, 4); MIX_STORE(a5, 5);
+            MIX_STORE_T(a0, 0); MIX_STORE_T(a1, 1); MIX_STORE_T(a2, 2);
+            MIX_STORE_T(a3, 3); MIX_STORE_T(a4, 4); MIX_STORE_T(a5, 5);
         }
     }
 }
@@ -812,11 +831,17 @@ static void att_fwd_pair(const att_ctx* a, int64_t pair, float* scratch) {
     float* A = a->att ? a->att + pair * T * T : scratch;
     const float scale = 1.0f / sqrtf((float)hs);
     if (ATT_DIRECT(hs, T)) {
+        /* query rows in blocks of ATT_RB: a block's probabilities stay in L2 */
         float* kT = scratch + 2 * (int64_t)T * T;
         att_pack_t(kT, ATT_PAD(T), k, ld, T, hs);
-        att_scores(A, T, q, ld, kT, ATT_PAD(T), T, hs, scale);
-        for (int64_t i = 0; i < T; i++) softmax_causal_row(A + i * T, i + 1, ATT_ROW_END(i, T), st + 2 * i);
-        att_mix(o, C, A, T, v, ld, T, hs);
+        for (int64_t r0 = 0; r0 < T; r0 += ATT_RB) {
+            const int64_t r1 = min64(T, r0 + ATT_RB);
+            float* P = A + (a->att ? r0 * T : 0); /* rows r0..r1 */
+            att_scores(P, T, q, ld, kT, ATT_PAD(T), r0, r1, hs, scale);
+            for (int64_t i = r0; i < r1; i++)
+                softmax_causal_row(P + (i - r0) * T, i + 1, ATT_ROW_END(i, T), st + 2 * i);
+            att_mix(o, C, P, T, v, ld, r0, r1, hs);
+        }
         return;
     }
     for (int64_t i0 = 0; i0 < T; i0 += ATT_TB) {
@@ -838,7 +863,7 @@ static void att_fwd_task(void* vctx, int tid, int nt) {
 }
 
 int64_t k_attention_scratch(int T, int C, int nthreads) {
-    return (2 * (int64_t)T * T + (int64_t)C * ATT_PAD(T)) * (nthreads < 1 ? 1 : nthreads);
+    return (2 * (int64_t)T * T + 2 * (int64_t)C * ATT_PAD(T)) * (nthreads < 1 ? 1 : nthreads);
 }
 
 void k_attention_fwd(gpt_pool* p, float* out, float* att, float* stats, float* scratch, const float* qkv, int B,
@@ -888,19 +913,27 @@ static void att_bwd_pair(const att_ctx* a, int64_t pair, float* scratch, float* 
     const float* A = a->catt ? a->catt + pair * T * T : scratch;
     const float scale = 1.0f / sqrtf((float)hs);
     if (ATT_DIRECT(hs, T)) {
-        float* yT = scratch + 2 * (int64_t)T * T;
-        if (!a->catt) {
-            att_pack_t(yT, ATT_PAD(T), k, ld, T, hs);
-            att_scores(scratch, T, q, ld, yT, ATT_PAD(T), T, hs, scale);
-            for (int64_t i = 0; i < T; i++) softmax_recompute_row(scratch + i * T, i + 1, ATT_ROW_END(i, T), st + 2 * i);
+        float* kT = scratch + 2 * (int64_t)T * T;
+        float* vT = kT + (int64_t)hs * ATT_PAD(T);
+        if (!a->catt) att_pack_t(kT, ATT_PAD(T), k, ld, T, hs);
+        att_pack_t(vT, ATT_PAD(T), v, ld, T, hs);
+        /* query rows in blocks of ATT_RB; dk and dv gather every block's part */
+        for (int64_t r0 = 0; r0 < T; r0 += ATT_RB) {
+            const int64_t r1 = min64(T, r0 + ATT_RB);
+            const float* P = A + (a->catt ? r0 * T : 0); /* the probabilities of rows r0..r1 */
+            if (!a->catt) {
+                att_scores(scratch, T, q, ld, kT, ATT_PAD(T), r0, r1, hs, scale);
+                for (int64_t i = r0; i < r1; i++)
+                    softmax_recompute_row(scratch + (i - r0) * T, i + 1, ATT_ROW_END(i, T), st + 2 * i);
+            }
+            /* dA = dO v^T, then through the softmax (and the scale) */
+            att_scores(D, T, dO, C, vT, ATT_PAD(T), r0, r1, hs, 1.0f);
+            for (int64_t i = r0; i < r1; i++)
+                softmax_bwd_row(D + (i - r0) * T, P + (i - r0) * T, i + 1, ATT_ROW_END(i, T), scale);
+            att_mix(dq, ld, D, T, k, ld, r0, r1, hs);
+            att_mix_t(dv, ld, P, T, dO, C, r0, r1, hs);
+            att_mix_t(dk, ld, D, T, q, ld, r0, r1, hs);
         }
-        /* dA = dO v^T, then through the softmax (and the scale) */
-        att_pack_t(yT, ATT_PAD(T), v, ld, T, hs);
-        att_scores(D, T, dO, C, yT, ATT_PAD(T), T, hs, 1.0f);
-        for (int64_t i = 0; i < T; i++) softmax_bwd_row(D + i * T, A + i * T, i + 1, ATT_ROW_END(i, T), scale);
-        att_mix(dq, ld, D, T, k, ld, T, hs);
-        att_mix_t(dv, ld, A, T, dO, C, T, hs);
-        att_mix_t(dk, ld, D, T, q, ld, T, hs);
         return;
     }
     for (int64_t i0 = 0; i0 < T; i0 += ATT_TB) {

@@ -67,7 +67,7 @@ void k_matmul_bwd_add(gpt_pool* p, float* dinp, float* dW, const float* dout, co
 
 /* ---- causal self-attention, H heads of hs = C/H, scale 1/sqrt(hs) ---- */
 /* Floats of scratch either attention kernel needs with nthreads threads (two T x T
- * tiles and a packed head per thread). */
+ * tiles and two packed heads per thread). */
 int64_t k_attention_scratch(int T, int C, int nthreads);
 /* qkv(B,T,3C) holds q, k, v side by side; out(B,T,C) = heads of softmax(q k^T) v
  * (overwrites); stats(B,H,T,2) saves the max and 1/sum of every softmax row; att

@@ -445,10 +445,10 @@ int main(int argc, char** argv) {
         test_attention(2, 5, 8, 2, keep);
         test_attention(1, 70, 8, 2, keep); /* crosses the 64-row block */
         test_attention(2, 9, 12, 3, keep); /* hs = 4, T not a multiple of 8 */
-        /* the direct kernels (hs a multiple of 32, T <= 128): odd T, row tiles of 4 and
-         * column tiles of 16 */
+        /* the direct kernels (hs a multiple of 32, T <= 256): odd T, 6 x 16 tiles */
         test_attention(2, 23, 32, 1, keep);
-        test_attention(1, 37, 64, 1, keep); /* hs = 64, two column strips of 32 */
+        test_attention(1, 37, 64, 1, keep); /* hs = 64, four column strips of 16 */
+        test_attention(1, 133, 32, 1, keep); /* two query-row blocks of 128 and 5 */
     }
     test_gelu();
     test_residual();
