@@ -20,7 +20,13 @@ export class ConfigError extends InputError {
 
 const PositiveInt = Type.Integer({ minimum: 1 });
 const NonNegativeInt = Type.Integer({ minimum: 0 });
-const NonNegative = Type.Number({ minimum: 0 });
+// the hyperparameters reach the native step as float32: a larger value would be infinite there
+const FLOAT32_MAX = 3.4028234663852886e38;
+const NonNegative = Type.Number({
+  minimum: 0,
+  maximum: FLOAT32_MAX,
+  description: "expected a number from 0 to 3.4e38 (the step runs in float32)",
+});
 const Probability = Type.Number({ minimum: 0 });
 
 const ModelCfgSchema = Type.Object(
@@ -66,7 +72,13 @@ const TrainCfgSchema = Type.Object(
     weight_decay: Type.Optional(NonNegative),
     beta1: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 1 })),
     beta2: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 1 })),
-    eps: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
+    eps: Type.Optional(
+      Type.Number({
+        minimum: 1.1754943508222875e-38,
+        maximum: FLOAT32_MAX,
+        description: "expected a number from 1.2e-38 to 3.4e38 (above 0 in float32)",
+      }),
+    ),
     max_nonfinite_steps: Type.Optional(PositiveInt),
   },
   { additionalProperties: false },

@@ -179,6 +179,18 @@ describe("config errors: JSON path, all at once", () => {
     expectProblem(configError(() => loadPhaseConfig("configs/p.json", "pretrain", repo.root)).lines, "/train_cfg/base_lr", "finite", "Infinity");
   });
 
+  test("learning rates, clipping, decay and eps beyond float32 (the native step's precision) are refused", () => {
+    const { lines } = configError(
+      pretrainWith(repo, { ...goodPretrain, train_cfg: { base_lr: 1e39, min_lr: -1e-4, grad_clip: 5e38, weight_decay: 1e40, eps: 1e-50 } }),
+    );
+    expectProblem(lines, "/train_cfg/base_lr", "3.4e38", "1e+39");
+    expectProblem(lines, "/train_cfg/min_lr", "from 0", "-0.0001");
+    expectProblem(lines, "/train_cfg/grad_clip", "float32", "5e+38");
+    expectProblem(lines, "/train_cfg/weight_decay", "float32", "1e+40");
+    expectProblem(lines, "/train_cfg/eps", "above 0 in float32", "1e-50");
+    expect(lines.length).toBe(6); // the heading and the five
+  });
+
   test("a key given twice (JSON.parse would keep the last silently)", () => {
     writeFileSync(join(repo.root, "configs/p.json"), '{\n  "model_cfg_path": "configs/model.json",\n  "train_cfg": { "B": 4, "B": 8 },\n  "sources": { "wiki": 1 }\n}\n');
     expectProblem(configError(() => loadPhaseConfig("configs/p.json", "pretrain", repo.root)).lines, "/train_cfg/B", "given twice", "line 3, column 26");
