@@ -3,7 +3,8 @@
  * train --phase {pretrain,sft,pipeline} --config PATH [--device mps|cpu] [--resume PATH | --no-resume]
  *
  * Flags only: everything else is in src/train. Exit codes: 0 done, 2 usage/config/data
- * errors (one clear message, no stack trace), 1 runtime failure, 130/143 interrupted.
+ * errors (one clear message, no stack trace), 1 runtime failure, 130/143/129 interrupted
+ * (SIGINT/SIGTERM/SIGHUP).
  */
 import { renderUsage, type ArgsDef, type CommandDef } from "citty";
 import { stripVTControlCharacters } from "node:util";

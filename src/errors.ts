@@ -8,10 +8,13 @@ export class InputError extends Error {
   override name = "InputError";
 }
 
+/** The signals after which a run stops between steps, saving first. */
+export type StopSignalName = "SIGINT" | "SIGTERM" | "SIGHUP";
+
 /** The run stopped on a signal after saving; exit 128 + signal number, as shells do. */
 export class Interrupted extends Error {
   override name = "Interrupted";
-  constructor(readonly signal: "SIGINT" | "SIGTERM", message: string) {
+  constructor(readonly signal: StopSignalName, message: string) {
     super(message);
   }
 }
@@ -19,7 +22,7 @@ export class Interrupted extends Error {
 const INPUT_ERROR_NAMES = new Set(["InputError", "ConfigError", "DataError", "CheckpointError"]);
 
 export function exitCodeOf(e: unknown): number {
-  if (e instanceof Interrupted) return e.signal === "SIGINT" ? 130 : 143;
+  if (e instanceof Interrupted) return e.signal === "SIGINT" ? 130 : e.signal === "SIGHUP" ? 129 : 143;
   if (e instanceof InputError || (e instanceof Error && INPUT_ERROR_NAMES.has(e.name))) return 2;
   return 1;
 }

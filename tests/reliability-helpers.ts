@@ -41,8 +41,9 @@ export class LiveRun {
   private out = "";
   private readonly reading: Promise<void>;
 
-  constructor(args: string[], cwd: string) {
-    const proc = Bun.spawn([process.execPath, CLI, ...args], { cwd, env: cliEnv(), stdout: "pipe", stderr: "pipe" });
+  /** launcher: a command the run is started through (e.g. ["nohup"]). */
+  constructor(args: string[], cwd: string, launcher: string[] = []) {
+    const proc = Bun.spawn([...launcher, process.execPath, CLI, ...args], { cwd, env: cliEnv(), stdout: "pipe", stderr: "pipe" });
     this.proc = proc;
     this.reading = (async () => {
       const decoder = new TextDecoder();
@@ -71,7 +72,7 @@ export class LiveRun {
     }
   }
 
-  signal(sig: "SIGINT" | "SIGTERM" | "SIGKILL"): void {
+  signal(sig: "SIGINT" | "SIGTERM" | "SIGHUP" | "SIGKILL"): void {
     this.proc.kill(sig);
   }
 

@@ -1,8 +1,9 @@
 /**
- * Ctrl-C and SIGTERM on the real command (`bun src/cli.ts` in a tiny REPO_ROOT): the first
- * signal finishes the step, writes latest.pt, says so and exits 130 / 143; the resumed run
- * ends byte-identical to an uninterrupted one. A second signal ends the process at once,
- * even in the middle of a native step. A closed stdout does not end the run.
+ * Ctrl-C, SIGTERM and SIGHUP on the real command (`bun src/cli.ts` in a tiny REPO_ROOT):
+ * the first signal finishes the step, writes latest.pt, says so and exits 130 / 143 / 129;
+ * the resumed run ends byte-identical to an uninterrupted one. A second signal ends the
+ * process at once, even in the middle of a native step. Under nohup a SIGHUP changes
+ * nothing. A closed stdout does not end the run.
  */
 import { beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
@@ -29,6 +30,7 @@ function ckptFile(root: string, name: string): Buffer {
 describe.each([
   ["SIGINT", 130],
   ["SIGTERM", 143],
+  ["SIGHUP", 129],
 ] as const)("%s", (signal, exitCode) => {
   test(`finishes the step, saves latest.pt at the step it reports, exits ${exitCode}; the resumed run equals an uninterrupted one to the byte`, async () => {
     const r = makeTinyRepo({ pretrain: LONG });
@@ -76,6 +78,18 @@ test("a second SIGINT ends the process at once, in the middle of a native step, 
   expect(end.stdout).not.toContain("stopped after step");
   expect(afterSecond).toBeLessThan(500);
   for (const f of finalCheckpoints(join(r.root, "checkpoints"))) expect(() => load(f)).not.toThrow();
+}, 60_000);
+
+test("under nohup (SIGHUP ignored) a SIGHUP does not stop the run", async () => {
+  const r = makeTinyRepo({ pretrain: LONG });
+  const run = new LiveRun(PRETRAIN, r.root, ["nohup"]);
+  await run.waitFor(/checkpoint step\s+50\/400/);
+  run.signal("SIGHUP");
+  const done = await run.finish();
+  expect(done.signal).toBeNull();
+  expect(done.code).toBe(0);
+  expect(done.stdout).not.toContain("SIGHUP");
+  expect(ckptFile(r.root, "latest.pt").equals(ckptFile(reference.root, "latest.pt"))).toBe(true);
 }, 60_000);
 
 test("a closed stdout (`train | head -n 2`) loses the output, not the run", () => {

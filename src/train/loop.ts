@@ -7,7 +7,7 @@
  * Steps count completed updates: after the loop body for step s, `step` is s+1, the
  * number a checkpoint written then carries (step_{step:07d}.pt).
  *
- * A stop request (first Ctrl-C / SIGTERM) is honoured between steps: latest.pt is written
+ * A stop request (first Ctrl-C / SIGTERM / SIGHUP) is honoured between steps: latest.pt is written
  * unless it already holds this step, then Interrupted is thrown. Whether the weights are
  * sound enough to be written is the save's decision (it gets this step's val loss).
  */

@@ -29,7 +29,7 @@ export interface RunEnvironment {
   out: ProgressStream;
   /** The native library's path (the compiled executable passes its embedded copy). */
   libraryPath?: string;
-  /** Stop requests (default: Ctrl-C / SIGTERM handlers). */
+  /** Stop requests (default: Ctrl-C / SIGTERM / SIGHUP handlers). */
   stop?: StopSignal;
 }
 

@@ -1,13 +1,15 @@
 /**
- * Ctrl-C / SIGTERM: the first signal asks the loop to stop after the current step (it
- * saves latest.pt and exits 130 / 143); the second one stops at once, with the default
- * action of the signal (atomic writes keep every file whole).
+ * Ctrl-C / SIGTERM / SIGHUP (the terminal or the ssh session closed): the first signal asks
+ * the loop to stop after the current step (it saves latest.pt and exits 130 / 143 / 129);
+ * the second one stops at once, with the default action of the signal (atomic writes keep
+ * every file whole).
  */
 import { dlopen, FFIType, ptr } from "bun:ffi";
 import { constants } from "node:os";
+import type { StopSignalName } from "../errors.ts";
 
 export interface StopSignal {
-  readonly requested: "SIGINT" | "SIGTERM" | null;
+  readonly requested: StopSignalName | null;
 }
 
 /** struct sigaction of libc: its size, where sa_flags sits, and the SA_RESETHAND bit. */
@@ -17,38 +19,53 @@ const SIGACTION = {
 } as const;
 
 /**
- * Adds SA_RESETHAND to the handler Bun installed for `signal`: the kernel restores the
- * default action once the signal is delivered, so a second one ends the process even in
- * the middle of a native step, when no JavaScript handler can run (Bun queues signals
- * for the event loop). Best effort: on any other libc nothing changes.
+ * Reads the sigaction of `signal` and, with `change`, writes it back changed. Returns the
+ * handler in place (0 SIG_DFL, 1 SIG_IGN, else a function), or null on a libc whose struct
+ * layout is not known here.
  */
-function resetAfterFirstDelivery(signal: "SIGINT" | "SIGTERM"): void {
+function withSigaction(signal: StopSignalName, change?: (view: DataView, flagsAt: number, resetHand: number) => void): bigint | null {
   const layout = SIGACTION[process.platform as keyof typeof SIGACTION];
-  if (!layout || (process.arch !== "x64" && process.arch !== "arm64")) return;
+  if (!layout || (process.arch !== "x64" && process.arch !== "arm64")) return null;
   try {
     const libc = dlopen(layout.lib, { sigaction: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 } });
     try {
       const act = new Uint8Array(layout.size);
       const view = new DataView(act.buffer);
       const signo = constants.signals[signal];
-      // Only a real handler (not SIG_DFL 0 / SIG_IGN 1) is touched.
-      if (libc.symbols.sigaction(signo, null, ptr(act)) !== 0 || view.getBigUint64(0, true) <= 1n) return;
-      view.setUint32(layout.flagsAt, view.getUint32(layout.flagsAt, true) | layout.resetHand, true);
-      libc.symbols.sigaction(signo, ptr(act), null);
+      if (libc.symbols.sigaction(signo, null, ptr(act)) !== 0) return null;
+      const handler = view.getBigUint64(0, true);
+      if (change && handler > 1n) {
+        change(view, layout.flagsAt, layout.resetHand);
+        libc.symbols.sigaction(signo, ptr(act), null);
+      }
+      return handler;
     } finally {
       libc.close();
     }
   } catch {
-    // no such libc: the second signal is then seen between steps, like the first
+    return null; // no such libc
   }
 }
 
+/**
+ * Adds SA_RESETHAND to the handler Bun installed for `signal`: the kernel restores the
+ * default action once the signal is delivered, so a second one ends the process even in
+ * the middle of a native step, when no JavaScript handler can run (Bun queues signals
+ * for the event loop). Best effort: on any other libc the second signal is seen between
+ * steps, like the first.
+ */
+function resetAfterFirstDelivery(signal: StopSignalName): void {
+  withSigaction(signal, (view, flagsAt, resetHand) => view.setUint32(flagsAt, view.getUint32(flagsAt, true) | resetHand, true));
+}
+
 export class StopOnSignals implements StopSignal {
-  requested: "SIGINT" | "SIGTERM" | null = null;
+  requested: StopSignalName | null = null;
   private readonly handlers = new Map<NodeJS.Signals, () => void>();
 
   constructor(private readonly notify: (message: string) => void) {
-    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+      // under nohup SIGHUP is ignored, and must stay so: the run goes on when the terminal closes
+      if (signal === "SIGHUP" && withSigaction(signal) === 1n) continue;
       const handler = () => this.onSignal(signal);
       this.handlers.set(signal, handler);
       process.on(signal, handler);
@@ -56,7 +73,7 @@ export class StopOnSignals implements StopSignal {
     }
   }
 
-  private onSignal(signal: "SIGINT" | "SIGTERM"): void {
+  private onSignal(signal: StopSignalName): void {
     // With our handlers gone the signals get their default action again, so a second one
     // terminates at once, even in the middle of a native step.
     this.dispose();
