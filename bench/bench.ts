@@ -2,7 +2,7 @@
  * Training-speed benchmark: `bun bench/bench.ts [--shapes S1,S2,S3] [--steps N]
  * [--warmup N] [--rounds N] [--threads N] [--profile] [--scaling] [--no-torch] [--json FILE]`.
  *
- * Each shape runs in --rounds rounds (default 2), ours then PyTorch in each, so that a
+ * Each shape runs in --rounds rounds (default 3), ours then PyTorch in each, so that a
  * slow phase of a shared machine hits both sides; each side reports its best round
  * (the round medians are printed too), peak RSS the largest of its rounds.
  *
@@ -54,7 +54,7 @@ function parseOptions(argv: string[]): Options {
       shapes: { type: "string", default: "S1,S2,S3" },
       steps: { type: "string", default: "5" },
       warmup: { type: "string", default: "2" },
-      rounds: { type: "string", default: "2" },
+      rounds: { type: "string", default: "3" },
       threads: { type: "string", default: "2" },
       profile: { type: "boolean", default: false },
       scaling: { type: "boolean", default: false },
