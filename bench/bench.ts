@@ -1,6 +1,8 @@
 /**
  * Training-speed benchmark: `bun bench/bench.ts [--shapes S1,S2,S3] [--steps N]
- * [--warmup N] [--rounds N] [--threads N] [--profile] [--scaling] [--no-torch] [--json FILE]`.
+ * [--warmup N] [--min-seconds S] [--rounds N] [--threads N] [--profile] [--scaling] [--no-torch]
+ * [--json FILE]`. Timed steps: at least --steps, and at least --min-seconds (default 3) of them,
+ * so that a shape of 0.1 s steps is not judged on a fraction of a second.
  *
  * Each shape runs in --rounds rounds (default 3), ours then PyTorch in each, so that a
  * slow phase of a shared machine hits both sides; each side reports its best round
@@ -39,6 +41,7 @@ interface Options {
   shapes: Shape[];
   steps: number;
   warmup: number;
+  minSeconds: number;
   rounds: number;
   threads: number;
   profile: boolean;
@@ -55,6 +58,7 @@ function parseOptions(argv: string[]): Options {
       steps: { type: "string", default: "5" },
       warmup: { type: "string", default: "2" },
       rounds: { type: "string", default: "3" },
+      "min-seconds": { type: "string", default: "3" },
       threads: { type: "string", default: "2" },
       profile: { type: "boolean", default: false },
       scaling: { type: "boolean", default: false },
@@ -78,6 +82,7 @@ function parseOptions(argv: string[]): Options {
     steps: int("steps", values.steps!, 1),
     warmup: int("warmup", values.warmup!, 0),
     rounds: int("rounds", values.rounds!, 1),
+    minSeconds: int("min-seconds", values["min-seconds"]!, 0),
     threads: int("threads", values.threads!, 1),
     profile: values.profile!,
     scaling: values.scaling!,
@@ -189,7 +194,7 @@ async function main(): Promise<void> {
   const torchVersion = opt.torch ? torchAvailable() : null;
 
   console.log(
-    `train benchmark: ${opt.threads} threads, ${opt.warmup} warm-up + ${opt.steps} timed steps (median), ` +
+    `train benchmark: ${opt.threads} threads, ${opt.warmup} warm-up + at least ${opt.steps} timed steps and ${opt.minSeconds} s (median), ` +
       `best of ${opt.rounds} interleaved round${opt.rounds > 1 ? "s" : ""} per side, fp32, CPU`,
   );
   console.log(FLOP_CONVENTION);
@@ -211,7 +216,7 @@ async function main(): Promise<void> {
   const rows: ShapeRow[] = [];
   for (const shape of opt.shapes) {
     process.stderr.write(`measuring ${shape.name} (${shapeText(shape)}) ...\n`);
-    const job = { cfg: shape.cfg, B: shape.B, warmup: opt.warmup, steps: opt.steps, threads: opt.threads };
+    const job = { cfg: shape.cfg, B: shape.B, warmup: opt.warmup, steps: opt.steps, minSeconds: opt.minSeconds, threads: opt.threads };
     const oursRuns: ChildRun<TrainResult>[] = [];
     const torchRuns: ChildRun<TorchTrain>[] = [];
     for (let r = 0; r < opt.rounds; r++) {
@@ -303,8 +308,8 @@ async function main(): Promise<void> {
 
   if (opt.profile) {
     for (const { shape, ours } of rows) {
-      console.log(`\nNative per-op breakdown, ${shape.name} (${opt.steps} timed steps, native step ${fmt(ours.result.nativeS * 1e3, 1)} ms median):`);
-      console.log(profileTable(ours.result.profile, opt.steps));
+      console.log(`\nNative per-op breakdown, ${shape.name} (${ours.result.timedSteps} timed steps, native step ${fmt(ours.result.nativeS * 1e3, 1)} ms median):`);
+      console.log(profileTable(ours.result.profile, ours.result.timedSteps));
     }
   }
 
@@ -359,7 +364,10 @@ async function measureScaling(opt: Options): Promise<ScalingRow[]> {
     for (const B of SCALING_B) {
       process.stderr.write(`scaling B=${B} T=${T} ...\n`);
       const cfg = { ...base, T };
-      const r = await runOurs<TrainResult>({ kind: "train", cfg, B, warmup: 1, steps, threads: opt.threads, profile: false }, opt.threads);
+      const r = await runOurs<TrainResult>(
+        { kind: "train", cfg, B, warmup: 1, steps, minSeconds: 0, threads: opt.threads, profile: false },
+        opt.threads,
+      );
       const tps = (B * T) / r.result.stepS;
       out.push({ B, T, tokensPerS: tps, gflops: (tps * trainFlopsPerToken(cfg)) / 1e9, maxRssBytes: r.maxRssBytes });
     }

@@ -32,6 +32,9 @@ def lr_at(step: int, base=3e-4, min_lr=3e-5, warmup=10, total=1000) -> float:
     return min_lr + 0.5 * (1 + math.cos(math.pi * p)) * (base - min_lr)
 
 
+MAX_TIMED_STEPS = 500
+
+
 def run_train(job: dict) -> dict:
     cfg, B, T = job["cfg"], job["B"], job["cfg"]["T"]
     torch.manual_seed(1)
@@ -46,17 +49,22 @@ def run_train(job: dict) -> dict:
         w = corpus[starts + offsets].long()
         return w[:, :-1], w[:, 1:]
 
+    # timed steps: at least job["steps"] and at least job["minSeconds"] of them (as bench/worker.ts)
+    warmup, steps, min_s = job["warmup"], job["steps"], job.get("minSeconds", 0)
     step_times, first, last = [], float("nan"), float("nan")
-    for i in range(job["warmup"] + job["steps"]):
+    i = 0
+    while i < warmup + steps or (sum(step_times) < min_s and len(step_times) < MAX_TIMED_STEPS):
         t0 = time.perf_counter()
         x, y = sample()
         r = train_step(model, opt, x, y, lr_at(i), 1.0)
         dt = time.perf_counter() - t0
         if i == 0:
             first = r["loss"]
-        last = r["loss"]
-        if i >= job["warmup"]:
+        if i == warmup + steps - 1:
+            last = r["loss"]
+        if i >= warmup:
             step_times.append(dt)
+        i += 1
 
     eval_times = []
     with torch.no_grad():

@@ -25,9 +25,12 @@ export interface TrainJob {
   B: number;
   warmup: number;
   steps: number;
+  minSeconds: number; // timed steps go on until they took this long (and were >= steps)
   threads: number;
   profile: boolean;
 }
+
+const MAX_TIMED_STEPS = 500;
 
 export interface SgemmJob {
   kind: "sgemm";
@@ -50,6 +53,7 @@ export interface TrainResult {
   firstLoss: number;
   lastLoss: number;
   profile: string; // native per-op breakdown of the timed steps ("" when off)
+  timedSteps: number;
 }
 
 export interface SgemmResult {
@@ -101,7 +105,8 @@ function runTrain(job: TrainJob): TrainResult {
     let skipped = 0;
     let firstLoss = NaN;
     let lastLoss = NaN;
-    for (let i = 0; i < job.warmup + job.steps; i++) {
+    const timedLong = () => stepTimes.reduce((s, v) => s + v, 0) >= job.minSeconds || stepTimes.length >= MAX_TIMED_STEPS;
+    for (let i = 0; i < job.warmup + job.steps || !timedLong(); i++) {
       if (i === job.warmup) model.profileReport(); // drop the warm-up from the breakdown
       const t0 = performance.now();
       const { x, y } = data.getBatch(i);
@@ -113,7 +118,7 @@ function runTrain(job: TrainJob): TrainResult {
       if (r.applied) lossSum += r.loss;
       else skipped++;
       if (i === 0) firstLoss = r.loss;
-      lastLoss = r.loss;
+      if (i === job.warmup + job.steps - 1) lastLoss = r.loss; // the same step as PyTorch's
       const t3 = performance.now();
       if (i >= job.warmup) {
         stepTimes.push((t3 - t0) / 1e3);
@@ -151,6 +156,7 @@ function runTrain(job: TrainJob): TrainResult {
       firstLoss,
       lastLoss,
       profile,
+      timedSteps: stepTimes.length,
     };
   } finally {
     model.close();
