@@ -5,10 +5,12 @@
  * Memory as llm.c: what is cheap to recompute is not saved (see layer_a), buffers the
  * layers use one after the other are shared, the LM head holds one chunk of logits.
  *
- * Threads (see lane): with B a multiple of the thread count, each thread runs the whole
- * step over its own B / nthreads batch rows (no barrier inside forward and backward) into
- * its own gradient buffer, and the buffers are summed in a fixed order; otherwise every
- * op is split over the pool. Either way a fixed thread count gives fixed results.
+ * Threads (see lane, lanes_for): with B a multiple of the thread count, each thread runs
+ * the whole step over its own B / nthreads batch rows (no barrier inside forward and
+ * backward) into its own gradient buffer, and the buffers are summed in a fixed order;
+ * otherwise (or with a BLAS that threads itself, or when those buffers would outweigh the
+ * activations) every op is split over the pool. Either way a fixed thread count gives
+ * fixed results.
  *
  * Shapes: B batch rows, T positions, C width, H heads, F = d_ff, V vocab, N = B*T.
  */
