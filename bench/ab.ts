@@ -6,12 +6,12 @@
  *
  * Each argument is a list of environment settings (read by gpt_create), where LIB=path
  * instead picks the native library file (another build of it). Both models are
- * created in this process (the variables set with libc setenv just before each create),
+ * created in this process (the variables set in the C environment just before each create),
  * then train on the same batches with their steps alternating A, B, A, B, ... so that
  * slow phases of the machine hit both alike. Prints the median step time of each and B/A.
  */
-import { dlopen, FFIType } from "bun:ffi";
 import { NativeModel, openLibrary } from "../src/backend/native.ts";
+import { setNativeEnv } from "../src/backend/native-env.ts";
 import type { ModelCfg } from "../src/model/config.ts";
 import { initParams } from "../src/model/layout.ts";
 import { Rng } from "../src/util/random.ts";
@@ -33,19 +33,14 @@ const shape = SHAPES[arg("shape", "S1")];
 if (!shape) throw new Error(`unknown shape: expected one of ${Object.keys(SHAPES).join(", ")}`);
 const steps = Number(arg("steps", "40"));
 
-const libc = dlopen(process.platform === "darwin" ? "libc.dylib" : "libc.so.6", {
-  setenv: { args: [FFIType.cstring, FFIType.cstring, FFIType.i32], returns: FFIType.i32 },
-  unsetenv: { args: [FFIType.cstring], returns: FFIType.i32 },
-});
-const cstr = (s: string) => Buffer.from(`${s}\0`);
 
 function open(setting: string): NativeModel {
   const all = setting.split(/\s+/).filter((s) => s !== "").map((s) => s.split("=") as [string, string]);
   const lib = all.find(([k]) => k === "LIB")?.[1];
   const pairs = all.filter(([k]) => k !== "LIB");
-  for (const [k, v] of pairs) libc.symbols.setenv(cstr(k), cstr(v ?? ""), 1);
+  for (const [k, v] of pairs) setNativeEnv(k, v ?? "");
   const m = NativeModel.open(shape!.cfg, shape!.B, "cpu", lib ? openLibrary(lib) : undefined);
-  for (const [k] of pairs) libc.symbols.unsetenv(cstr(k));
+  for (const [k] of pairs) setNativeEnv(k, null);
   m.setParams(initParams(shape!.cfg, 1));
   m.setOptState(null, null, 0);
   return m;

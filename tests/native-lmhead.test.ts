@@ -67,7 +67,8 @@ beforeAll(async () => {
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-function run(chunkRows: number, maskPct: number | "half", recompute = "", lanes = ""): Run {
+// lanes "all": two threads run a lane each even at this tiny batch (GPT_LANES, see gpt.h)
+function run(chunkRows: number, maskPct: number | "half", recompute = "", lanes = "all"): Run {
   const out = join(dir, `r${chunkRows}-${maskPct}-${recompute}-${lanes}`);
   const p = Bun.spawnSync([process.execPath, "-e", CHILD, out, String(maskPct)], {
     env: { ...process.env, GPT_HEAD_CHUNK_ROWS: String(chunkRows), GPT_RECOMPUTE: recompute, GPT_LANES: lanes },

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import type { ModelCfg } from "../src/model/config.ts";
 import { initParams, paramLayout } from "../src/model/layout.ts";
 import { NativeModel, type HParams } from "../src/backend/native.ts";
+import { setNativeEnv } from "../src/backend/native-env.ts";
 import { randomBatches, relScalar, tensorMismatches } from "./helpers/compare.ts";
 import { makeTempDir, readF32, readJson, removeDir, runPython, torchVersion, writeArray, writeJson } from "./helpers/torch.ts";
 
@@ -74,6 +75,8 @@ const prepared = new Map<string, Prepared>();
 
 beforeAll(() => {
   torchVersion(); // a clear error when python3 or torch is missing
+  // batch-parallel lanes even at these tiny batches (see the two threads below)
+  setNativeEnv("GPT_LANES", "all");
   for (const c of CASES) {
     const dir = makeTempDir("parity-");
     const params = initParams(c.cfg, c.seed);
@@ -92,6 +95,7 @@ beforeAll(() => {
 });
 
 afterAll(() => {
+  setNativeEnv("GPT_LANES", null);
   for (const p of prepared.values()) removeDir(p.dir);
 });
 

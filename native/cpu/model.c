@@ -272,14 +272,22 @@ static int online_cores(void) {
 
 /* ---- threads and lanes ---- */
 
-/* One lane per thread when the threads split the batch evenly, each may call a
- * single-threaded BLAS of its own (GPT_BLAS_SPLIT) and the lanes' extra gradient buffers
- * take no more memory than the activations (many cores, a large model and a small batch
- * would otherwise multiply the footprint); else one lane, every op split over the pool.
- * GPT_LANES=1 forces one lane (tests: both ways agree). */
+/* Token rows a lane needs to pay for summing the lanes' gradient buffers (a pass over
+ * the parameters per lane: S2's width at B=4 T=64, 128 rows a lane, was 1.3x the cost per
+ * token of larger batches; 256 rows a lane run at the median). */
+#define LANE_MIN_ROWS 256
+
+/* One lane per thread when the threads split the batch evenly into lanes of at least
+ * LANE_MIN_ROWS rows, each may call a single-threaded BLAS of its own (GPT_BLAS_SPLIT)
+ * and the lanes' extra gradient buffers take no more memory than the activations (many
+ * cores, a large model and a small batch would otherwise multiply the footprint); else
+ * one lane, every op split over the pool. GPT_LANES=1 forces one lane, GPT_LANES=all
+ * lanes whenever the batch splits evenly (tests at tiny shapes: both ways agree). */
 static int lanes_for(const cpu_model* g, int nthreads) {
     const char* e = getenv("GPT_LANES");
     if (!GPT_BLAS_SPLIT || nthreads <= 1 || g->B % nthreads != 0 || (e && strcmp(e, "1") == 0)) return 1;
+    if (e && strcmp(e, "all") == 0) return nthreads;
+    if (g->N / nthreads < LANE_MIN_ROWS) return 1;
     if ((double)(nthreads - 1) * (double)g->P > (double)g->act_floats) return 1;
     return nthreads;
 }
