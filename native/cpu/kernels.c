@@ -536,9 +536,10 @@ void k_matmul_bwd_add(gpt_pool* p, float* dinp, float* dW, const float* dout, co
 }
 
 /* ------------------------------------------------------------------------------------
- * Causal self-attention, one (b, h) pair at a time per thread, in row blocks of ATT_TB
- * so that only the lower triangle (plus the diagonal blocks) is ever computed. The
- * probabilities live in a per-thread T x T scratch only: the forward saves the max and
+ * Causal self-attention, one (b, h) pair at a time per thread, in blocks of query rows
+ * (ATT_RB for the direct SIMD kernels below, ATT_TB for the BLAS path) so that only the
+ * lower triangle (plus the diagonal tiles) is ever computed. Unless the model keeps them,
+ * the probabilities live in a per-thread scratch only: the forward saves the max and
  * 1/sum of each softmax row, the backward recomputes the very same probabilities.
  * ---------------------------------------------------------------------------------- */
 
