@@ -12,16 +12,10 @@
  */
 import { NativeModel, openLibrary } from "../src/backend/native.ts";
 import { setNativeEnv } from "../src/backend/native-env.ts";
-import type { ModelCfg } from "../src/model/config.ts";
 import { initParams } from "../src/model/layout.ts";
 import { Rng } from "../src/util/random.ts";
 import { buildNative } from "../scripts/build-native.ts";
-
-const SHAPES: Record<string, { cfg: ModelCfg; B: number }> = {
-  S1: { cfg: { V: 512, T: 128, C: 128, L: 4, H: 4, d_ff: 512 }, B: 16 },
-  S2: { cfg: { V: 4096, T: 256, C: 384, L: 6, H: 6, d_ff: 1536 }, B: 16 },
-  S3: { cfg: { V: 8192, T: 256, C: 512, L: 8, H: 8, d_ff: 2048 }, B: 8 },
-};
+import { shapeNamed } from "./shapes.ts";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -29,19 +23,17 @@ function arg(name: string, fallback: string): string {
 }
 const settings = process.argv.slice(2).filter((a, i, all) => !a.startsWith("--") && !all[i - 1]?.startsWith("--"));
 if (settings.length !== 2) throw new Error('expected two settings, e.g. "GPT_LANES=1" ""');
-const shape = SHAPES[arg("shape", "S1")];
-if (!shape) throw new Error(`unknown shape: expected one of ${Object.keys(SHAPES).join(", ")}`);
+const shape = shapeNamed(arg("shape", "S1"));
 const steps = Number(arg("steps", "40"));
-
 
 function open(setting: string): NativeModel {
   const all = setting.split(/\s+/).filter((s) => s !== "").map((s) => s.split("=") as [string, string]);
   const lib = all.find(([k]) => k === "LIB")?.[1];
   const pairs = all.filter(([k]) => k !== "LIB");
   for (const [k, v] of pairs) setNativeEnv(k, v ?? "");
-  const m = NativeModel.open(shape!.cfg, shape!.B, "cpu", lib ? openLibrary(lib) : undefined);
+  const m = NativeModel.open(shape.cfg, shape.B, "cpu", lib ? openLibrary(lib) : undefined);
   for (const [k] of pairs) setNativeEnv(k, null);
-  m.setParams(initParams(shape!.cfg, 1));
+  m.setParams(initParams(shape.cfg, 1));
   m.setOptState(null, null, 0);
   return m;
 }

@@ -18,22 +18,10 @@ import { existsSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import type { ModelCfg } from "../src/model/config.ts";
 import { defaultLibraryPath } from "../src/backend/native.ts";
 import { FLOP_CONVENTION, matmulParams, trainFlopsPerToken } from "./flops.ts";
+import { SHAPES, shapeNamed, type Shape } from "./shapes.ts";
 import type { Job, SgemmResult, TrainResult } from "./worker.ts";
-
-interface Shape {
-  name: string;
-  cfg: ModelCfg;
-  B: number;
-}
-
-const SHAPES: Record<string, Shape> = {
-  S1: { name: "S1", cfg: { V: 512, T: 128, C: 128, L: 4, H: 4, d_ff: 512 }, B: 16 },
-  S2: { name: "S2", cfg: { V: 4096, T: 256, C: 384, L: 6, H: 6, d_ff: 1536 }, B: 16 },
-  S3: { name: "S3", cfg: { V: 8192, T: 256, C: 512, L: 8, H: 8, d_ff: 2048 }, B: 8 },
-};
 
 const PYTHON = process.env.BENCH_PYTHON ?? "/usr/bin/python3";
 
@@ -73,9 +61,7 @@ function parseOptions(argv: string[]): Options {
     return n;
   };
   const shapes = values.shapes!.split(",").filter((s) => s !== "").map((s) => {
-    const shape = SHAPES[s.trim().toUpperCase()];
-    if (!shape) throw new Error(`--shapes: unknown shape "${s}", expected some of ${Object.keys(SHAPES).join(",")}`);
-    return shape;
+    return shapeNamed(s);
   });
   return {
     shapes,

@@ -1,29 +1,22 @@
 /**
  * Quick native training throughput at one shape (default S2) with the per-op profile.
  *
- *   bun bench/quick-step.ts [--steps 5] [--threads 2] [--shape S2|S1] [--device cpu|mps]
+ *   bun bench/quick-step.ts [--steps 5] [--threads 2] [--shape S1|S2|S3] [--device cpu|mps]
  * Prints tokens/s of the best and the median timed step, and the profile of the
  * timed steps with --profile (which runs the script again with GPT_PROFILE=1).
  */
 import { NativeModel } from "../src/backend/native.ts";
-import type { ModelCfg } from "../src/model/config.ts";
 import { initParams } from "../src/model/layout.ts";
 import { Rng } from "../src/util/random.ts";
 import { buildNative } from "../scripts/build-native.ts";
-
-const SHAPES: Record<string, { cfg: ModelCfg; B: number }> = {
-  S1: { cfg: { V: 512, T: 128, C: 128, L: 4, H: 4, d_ff: 512 }, B: 16 },
-  S2: { cfg: { V: 4096, T: 256, C: 384, L: 6, H: 6, d_ff: 1536 }, B: 16 },
-};
+import { shapeNamed } from "./shapes.ts";
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`);
   return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1]! : fallback;
 }
 
-const shapeName = arg("shape", "S2");
-const shape = SHAPES[shapeName];
-if (!shape) throw new Error(`unknown shape ${shapeName}: expected one of ${Object.keys(SHAPES).join(", ")}`);
+const shape = shapeNamed(arg("shape", "S2"));
 const steps = Number(arg("steps", "5"));
 const threads = Number(arg("threads", "0"));
 const device = arg("device", "cpu") as "cpu" | "mps";
@@ -76,7 +69,7 @@ for (let s = 0; s <= steps; s++) {
 times.sort((a, b) => a - b);
 const best = times[0]!;
 const median = times[Math.floor(times.length / 2)]!;
-console.log(`${shapeName} B=${B} ${device}: best ${(n / best).toFixed(0)} tok/s, median ${(n / median).toFixed(0)} tok/s over ${steps} steps`);
+console.log(`${shape.name} B=${B} ${device}: best ${(n / best).toFixed(0)} tok/s, median ${(n / median).toFixed(0)} tok/s over ${steps} steps`);
 if (device === "cpu") {
   // what the step would take with every thread on its own idle core
   const used = threads > 0 ? threads : navigator.hardwareConcurrency;
