@@ -1199,31 +1199,6 @@ double k_sumsq(gpt_pool* p, const float* g, int64_t n, double* scratch) {
 }
 
 typedef struct {
-    float* dst;
-    const float* const* srcs;
-    int nsrc;
-    int64_t n;
-} sum_ctx;
-
-GPT_HOT static void add_span(float* restrict d, const float* restrict x, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) v8_store(d + i, v8_load(d + i) + v8_load(x + i));
-    for (; i < n; i++) d[i] += x[i];
-}
-
-static void sum_task(void* vctx, int tid, int nt) {
-    const sum_ctx* c = (const sum_ctx*)vctx;
-    int64_t i0, i1;
-    gpt_split_aligned(c->n, EW_ALIGN, tid, nt, &i0, &i1);
-    for (int s = 0; s < c->nsrc && i0 < i1; s++) add_span(c->dst + i0, c->srcs[s] + i0, i1 - i0);
-}
-
-void k_sum_into(gpt_pool* p, float* dst, const float* const* srcs, int nsrc, int64_t n) {
-    sum_ctx c = {dst, srcs, nsrc, n};
-    RUN(p, sum_task, &c, 2.0 * (double)n * nsrc);
-}
-
-typedef struct {
     float* param;
     float* m;
     float* v;

@@ -86,6 +86,7 @@ void k_gelu_fwd(gpt_pool* p, float* out, const float* inp, int64_t n);
 void k_gelu_bwd(gpt_pool* p, float* dinp, const float* inp, const float* dout, int64_t n);
 
 /* ---- residual ---- */
+/* out = a + b elementwise (out may be a or b: also sums the lanes' gradient buffers). */
 void k_residual_fwd(gpt_pool* p, float* out, const float* a, const float* b, int64_t n);
 /* da += dout; db += dout. */
 void k_residual_bwd(gpt_pool* p, float* da, float* db, const float* dout, int64_t n);
@@ -108,10 +109,6 @@ void k_scatter_rows(gpt_pool* p, float* dst, const float* src, const int32_t* ro
 int64_t k_sumsq_scratch(int64_t n);
 /* sum of g[i]^2 in double, in fixed chunks: independent of the thread count. */
 double k_sumsq(gpt_pool* p, const float* g, int64_t n, double* scratch);
-
-/* dst = (((dst + srcs[0]) + srcs[1]) + ...) elementwise, in that order (the gradient
- * buffers of the batch-parallel lanes summed). */
-void k_sum_into(gpt_pool* p, float* dst, const float* const* srcs, int nsrc, int64_t n);
 
 typedef struct {
     int64_t begin, end; /* [begin, end) of the flat buffer */

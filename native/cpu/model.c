@@ -136,7 +136,6 @@ typedef struct {
     lane* lanes;
     float* lane_buf;     /* the lanes' gradient buffers (but lane 0's), logits, scratch */
     float* att_scratch;  /* k_attention_scratch(T, C, nthreads) */
-    const float** lane_grads; /* lanes 1.. gradient buffers, for k_sum_into */
 
     int profile;
     double prof[P_COUNT];
@@ -322,11 +321,9 @@ static void free_threads(cpu_model* g) {
     free(g->lane_buf);
     if (g->lanes) free(g->lanes[0].gw.l);
     free(g->lanes);
-    free(g->lane_grads);
     g->pool = NULL;
     g->att_scratch = g->lane_buf = NULL;
     g->lanes = NULL;
-    g->lane_grads = NULL;
 }
 
 /* Pool, lanes and scratch for n threads (the model's are replaced only on success). */
@@ -336,14 +333,12 @@ static int setup_threads(cpu_model* g, int n) {
     lane* lanes = (lane*)calloc((size_t)nl, sizeof(lane));
     if (lanes) layout_lanes(g, lanes, nl, &c);
     layer_w* views = (layer_w*)calloc((size_t)nl * (size_t)g->cfg.L, sizeof(layer_w));
-    const float** lane_grads = (const float**)calloc((size_t)nl, sizeof(float*));
     float* buf = alloc_floats(c.used);
     float* att = alloc_floats(k_attention_scratch(g->cfg.T, g->cfg.C, n));
     gpt_pool* pool = gpt_pool_create(n);
-    if (!lanes || !views || !lane_grads || !buf || !att || !pool) {
+    if (!lanes || !views || !buf || !att || !pool) {
         free(lanes);
         free(views);
-        free(lane_grads);
         free(buf);
         free(att);
         gpt_pool_destroy(pool);
@@ -359,7 +354,6 @@ static int setup_threads(cpu_model* g, int n) {
         L->gw.l = views + (size_t)i * (size_t)g->cfg.L;
         set_views(g, L->grads, &L->gw);
         L->prof = i == 0 && g->profile ? g->prof : NULL;
-        if (i > 0) lane_grads[i - 1] = L->grads;
     }
     free_threads(g);
     g->pool = pool;
@@ -367,7 +361,6 @@ static int setup_threads(cpu_model* g, int n) {
     g->lane_buf = buf;
     g->lanes = lanes;
     g->nlanes = nl;
-    g->lane_grads = lane_grads;
     g->nthreads = n;
     gpt_blas_set_threads(n);
     return 0;
@@ -700,7 +693,8 @@ static float run_pass(cpu_model* g, const int32_t* x, const int32_t* y, int64_t 
     else gpt_pool_run(g->pool, lanes_task, &c);
     if (grad && g->nlanes > 1) {
         PROF_BEGIN(g->lanes[0].prof);
-        k_sum_into(g->pool, g->grads, g->lane_grads, g->nlanes - 1, g->P);
+        /* grads = ((lane 0 + lane 1) + lane 2) + ...: a fixed order */
+        for (int i = 1; i < g->nlanes; i++) k_residual_fwd(g->pool, g->grads, g->grads, g->lanes[i].grads, g->P);
         PROF_END(g->lanes[0].prof, P_NORM);
     }
     double sum = 0.0;
