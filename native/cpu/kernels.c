@@ -681,57 +681,10 @@ GPT_HOT static void att_pack_t(float* restrict yT, int64_t ldt, const float* res
         }                                                                                    \
     } while (0)
 
-/* Row i - r0 of S = alpha x_i . y_j for r0 <= i < r1, j <= i (rows of S at stride lds;
- * beyond i, up to the next multiple of 8 below lds, unused values may be written); x rows
- * at stride ldx; yT = y^T packed by att_pack_t with ldt >= ATT_PAD(r1). Tiles of 6 rows x
- * 16: 12 accumulators, two loads of yT and six broadcasts of x per d. */
-GPT_HOT static void att_scores(float* S, int64_t lds, const float* x, int64_t ldx, const float* yT, int64_t ldt,
-                               int64_t r0, int64_t r1, int hs, float alpha) {
-    for (int64_t i0 = r0; i0 < r1; i0 += 6) {
-        const int64_t nr = min64(6, r1 - i0);
-        const float* xr[6];
-        for (int r = 0; r < 6; r++) xr[r] = x + (i0 + (r < nr ? r : 0)) * ldx;
-        for (int64_t j0 = 0; j0 < i0 + nr; j0 += 16) {
-            v8f c0l = v8_zero(), c0h = v8_zero(), c1l = v8_zero(), c1h = v8_zero(), c2l = v8_zero(), c2h = v8_zero();
-            v8f c3l = v8_zero(), c3h = v8_zero(), c4l = v8_zero(), c4h = v8_zero(), c5l = v8_zero(), c5h = v8_zero();
-            const float* b = yT + j0;
-            for (int d = 0; d < hs; d++, b += ldt) {
-                const v8f b0 = v8_load(b), b1 = v8_load(b + 8);
-                v8f a = v8_set1(xr[0][d]);
-                c0l += a * b0;
-                c0h += a * b1;
-                a = v8_set1(xr[1][d]);
-                c1l += a * b0;
-                c1h += a * b1;
-                a = v8_set1(xr[2][d]);
-                c2l += a * b0;
-                c2h += a * b1;
-                a = v8_set1(xr[3][d]);
-                c3l += a * b0;
-                c3h += a * b1;
-                a = v8_set1(xr[4][d]);
-                c4l += a * b0;
-                c4h += a * b1;
-                a = v8_set1(xr[5][d]);
-                c5l += a * b0;
-                c5h += a * b1;
-            }
-            float* o = S + (i0 - r0) * lds + j0;
-            /* row r keeps j <= i0 + r: the first i0 + r + 1 - j0 lanes */
-            att_store16(o, c0l, c0h, i0 + 1 - j0, alpha, lds - j0);
-            if (nr > 1 && i0 + 2 - j0 > 0) att_store16(o + lds, c1l, c1h, i0 + 2 - j0, alpha, lds - j0);
-            if (nr > 2 && i0 + 3 - j0 > 0) att_store16(o + 2 * lds, c2l, c2h, i0 + 3 - j0, alpha, lds - j0);
-            if (nr > 3 && i0 + 4 - j0 > 0) att_store16(o + 3 * lds, c3l, c3h, i0 + 4 - j0, alpha, lds - j0);
-            if (nr > 4 && i0 + 5 - j0 > 0) att_store16(o + 4 * lds, c4l, c4h, i0 + 5 - j0, alpha, lds - j0);
-            if (nr > 5 && i0 + 6 - j0 > 0) att_store16(o + 5 * lds, c5l, c5h, i0 + 6 - j0, alpha, lds - j0);
-        }
-    }
-}
-
-/* The mixes below run 6 output rows x 16 columns at a time: 12 accumulators, two loads
- * of y and six broadcasts of P per step of the sum (a GEMM micro-tile over the causal
- * triangle). Rows of the tile past the last row (r >= nr) read a valid row and are not
- * stored. */
+/* The scores and mixes below run 6 rows x 16 columns at a time: 12 accumulators, two
+ * vector loads (y0, y1) and six broadcasts per step of the sum (a GEMM micro-tile over
+ * the causal triangle). Rows of the tile past the last row (r >= nr) read a valid row
+ * and are not stored. */
 #define MIX_ROWS 6
 #define MIX_DECL(r) v8f r##l = v8_zero(), r##h = v8_zero()
 #define MIX_FMA(r, pv)                \
@@ -747,6 +700,35 @@ GPT_HOT static void att_scores(float* S, int64_t lds, const float* x, int64_t ld
             v8_store(O + (o0 + (k)) * ldo + c0 + 8, r##h);  \
         }                                                   \
     } while (0)
+
+/* Row i - r0 of S = alpha x_i . y_j for r0 <= i < r1, j <= i (rows of S at stride lds;
+ * beyond i, up to the next multiple of 8 below lds, unused values may be written); x rows
+ * at stride ldx; yT = y^T packed by att_pack_t with ldt >= ATT_PAD(r1). */
+GPT_HOT static void att_scores(float* S, int64_t lds, const float* x, int64_t ldx, const float* yT, int64_t ldt,
+                               int64_t r0, int64_t r1, int hs, float alpha) {
+    for (int64_t i0 = r0; i0 < r1; i0 += MIX_ROWS) {
+        const int64_t nr = min64(MIX_ROWS, r1 - i0);
+        const float* xr[MIX_ROWS];
+        for (int r = 0; r < MIX_ROWS; r++) xr[r] = x + (i0 + (r < nr ? r : 0)) * ldx;
+        for (int64_t j0 = 0; j0 < i0 + nr; j0 += 16) {
+            MIX_DECL(c0); MIX_DECL(c1); MIX_DECL(c2); MIX_DECL(c3); MIX_DECL(c4); MIX_DECL(c5);
+            const float* b = yT + j0;
+            for (int d = 0; d < hs; d++, b += ldt) {
+                const v8f y0 = v8_load(b), y1 = v8_load(b + 8);
+                MIX_FMA(c0, xr[0][d]); MIX_FMA(c1, xr[1][d]); MIX_FMA(c2, xr[2][d]);
+                MIX_FMA(c3, xr[3][d]); MIX_FMA(c4, xr[4][d]); MIX_FMA(c5, xr[5][d]);
+            }
+            float* o = S + (i0 - r0) * lds + j0;
+            /* row r keeps j <= i0 + r: the first i0 + r + 1 - j0 lanes */
+            att_store16(o, c0l, c0h, i0 + 1 - j0, alpha, lds - j0);
+            if (nr > 1 && i0 + 2 - j0 > 0) att_store16(o + lds, c1l, c1h, i0 + 2 - j0, alpha, lds - j0);
+            if (nr > 2 && i0 + 3 - j0 > 0) att_store16(o + 2 * lds, c2l, c2h, i0 + 3 - j0, alpha, lds - j0);
+            if (nr > 3 && i0 + 4 - j0 > 0) att_store16(o + 3 * lds, c3l, c3h, i0 + 4 - j0, alpha, lds - j0);
+            if (nr > 4 && i0 + 5 - j0 > 0) att_store16(o + 4 * lds, c4l, c4h, i0 + 5 - j0, alpha, lds - j0);
+            if (nr > 5 && i0 + 6 - j0 > 0) att_store16(o + 5 * lds, c5l, c5h, i0 + 6 - j0, alpha, lds - j0);
+        }
+    }
+}
 
 /* O[i] = sum_{j <= i} P[i - r0][j] y_j for r0 <= i < r1 (rows of hs, a multiple of 16;
  * overwrites). */
