@@ -19,6 +19,7 @@ import type { ModelCfg } from "../src/model/config.ts";
 import { initParams, paramLayout, TIED_LM_HEAD } from "../src/model/layout.ts";
 import { Rng } from "../src/util/random.ts";
 import { describeValue } from "./fixtures/checkpoint/describe.ts";
+import { tensorMismatches } from "./helpers/compare.ts";
 import { makeTempDir, readF32, readJson, removeDir, runPython, torchVersion, writeJson } from "./helpers/torch.ts";
 
 const SCRIPT = "torch_checkpoint_check.py";
@@ -113,23 +114,6 @@ function batch(rng: Rng): { x: Int32Array; y: Int32Array } {
   const x = Int32Array.from({ length: B * CFG.T }, () => rng.below(CFG.V));
   const y = Int32Array.from({ length: B * CFG.T }, () => rng.below(CFG.V));
   return { x, y };
-}
-
-function relErr(ours: Float32Array, ref: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < ref.length; i++) {
-    diff = Math.max(diff, Math.abs(ours[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
-  }
-  return Number.isNaN(diff) ? Infinity : scale > 0 ? diff / scale : diff;
-}
-
-function mismatches(ours: Float32Array, ref: Float32Array, tol: number): string[] {
-  return paramLayout(CFG)
-    .map((p) => [p.name, relErr(ours.subarray(p.offset, p.offset + p.size), ref.subarray(p.offset, p.offset + p.size))] as const)
-    .filter(([, e]) => !(e <= tol))
-    .map(([n, e]) => `${n}: ${e.toExponential(2)}`);
 }
 
 interface CheckReport {
@@ -239,9 +223,9 @@ describe("files written by us, read by torch.load", () => {
 
   test("one more AdamW step in torch from the checkpoint matches one more native step", () => {
     expect(Math.abs(report.step_loss - nativeStepLoss) / nativeStepLoss).toBeLessThan(1e-5);
-    expect(mismatches(after.params, readF32(join(dir, "after_params.f32")), 1e-5)).toEqual([]);
-    expect(mismatches(after.m, readF32(join(dir, "after_m.f32")), 1e-5)).toEqual([]);
-    expect(mismatches(after.v, readF32(join(dir, "after_v.f32")), 1e-5)).toEqual([]);
+    expect(tensorMismatches(paramLayout(CFG), after.params, readF32(join(dir, "after_params.f32")), 1e-5)).toEqual([]);
+    expect(tensorMismatches(paramLayout(CFG), after.m, readF32(join(dir, "after_m.f32")), 1e-5)).toEqual([]);
+    expect(tensorMismatches(paramLayout(CFG), after.v, readF32(join(dir, "after_v.f32")), 1e-5)).toEqual([]);
   });
 
   test("torch.save of the dict torch loaded reads back with loadCheckpoint to the same checkpoint", () => {

@@ -15,6 +15,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { buildNative } from "../scripts/build-native.ts";
+import { relErr } from "./helpers/compare.ts";
 
 const ROOT = join(import.meta.dir, "..");
 // N = 4 * 40 = 160 rows, two lanes of 80 with two threads: chunks of 32 and 24 leave a
@@ -81,16 +82,6 @@ function run(chunkRows: number, maskPct: number | "half", recompute = "", lanes 
     return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
   };
   return { ...JSON.parse(readFileSync(out + ".json", "utf8")), grads: f32(out + ".grads"), params: f32(out + ".params") };
-}
-
-function relErr(a: Float32Array, b: Float32Array): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    m = Math.max(m, Math.abs(b[i]!));
-  }
-  return d / m;
 }
 
 describe("LM head in chunks", () => {
