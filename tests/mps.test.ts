@@ -8,10 +8,9 @@
  * Relative error of a tensor = max |mps - cpu| / max |cpu| over its elements.
  */
 import { describe, expect, test } from "bun:test";
-import type { ModelCfg } from "../src/model/config.ts";
 import { initParams, paramLayout } from "../src/model/layout.ts";
-import { deviceAvailable, NativeError, NativeModel, type HParams } from "../src/backend/native.ts";
-import { randomBatches, relScalar, tensorMismatches } from "./helpers/compare.ts";
+import { deviceAvailable, NativeError, NativeModel } from "../src/backend/native.ts";
+import { PARITY_HP, randomBatches, relScalar, tensorMismatches, type ParityCase } from "./helpers/compare.ts";
 
 const MPS = process.platform === "darwin" && deviceAvailable("mps");
 const SKIP_NOTE = MPS ? "" : " (skipped: needs macOS with a Metal device)";
@@ -24,17 +23,9 @@ const STEPS = 10;
 // As tests/parity.test.ts: clipping active every step (grad norm ~2-3), a weight decay
 // large enough that decaying the wrong tensors is far outside the tolerance, eps 1e-5
 // so that float32 rounding of near-zero gradients is not amplified by lr / eps.
-const HP: HParams = { lr: 3e-3, weightDecay: 0.5, beta1: 0.9, beta2: 0.95, eps: 1e-5, gradClip: 0.1 };
+const HP = PARITY_HP;
 
-interface Case {
-  name: string;
-  cfg: ModelCfg;
-  B: number;
-  maskFraction: number; // share of targets set to -100
-  seed: number;
-}
-
-const CASES: Case[] = [
+const CASES: ParityCase[] = [
   { name: "V97 T13 C48 L2 H4 (C/H=12), -100 targets", cfg: { V: 97, T: 13, C: 48, L: 2, H: 4, d_ff: 80 }, B: 3, maskFraction: 0.45, seed: 21 },
   { name: "V256 T32 C64 L2 H2, plain CE", cfg: { V: 256, T: 32, C: 64, L: 2, H: 2, d_ff: 256 }, B: 4, maskFraction: 0, seed: 22 },
 ];
@@ -48,7 +39,7 @@ function sameBits(a: Float32Array, b: Float32Array): boolean {
 }
 
 /** Runs fn with a fresh model per device holding the same parameters, then closes them. */
-function withModels<T>(c: Case, params: Float32Array, fn: (cpu: NativeModel, mps: NativeModel) => T): T {
+function withModels<T>(c: ParityCase, params: Float32Array, fn: (cpu: NativeModel, mps: NativeModel) => T): T {
   const cpu = NativeModel.open(c.cfg, c.B, "cpu");
   let mps: NativeModel | null = null;
   try {

@@ -9,9 +9,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { ModelCfg } from "../src/model/config.ts";
 import { initParams, paramLayout } from "../src/model/layout.ts";
-import { NativeModel, type HParams } from "../src/backend/native.ts";
+import { NativeModel } from "../src/backend/native.ts";
 import { setNativeEnv } from "../src/backend/native-env.ts";
-import { randomBatches, relScalar, tensorMismatches } from "./helpers/compare.ts";
+import { PARITY_HP, randomBatches, relScalar, tensorMismatches, type ParityCase } from "./helpers/compare.ts";
 import { makeTempDir, readF32, readJson, removeDir, runPython, torchVersion, writeArray, writeJson } from "./helpers/torch.ts";
 
 const LOSS_TOL = 1e-5;
@@ -20,26 +20,12 @@ const STEP_TOL = 1e-4;
 const STEPS = 5;
 const N_BATCHES = 3; // step s uses batch s mod 3; gradients use batch 0
 
-// gradClip 0.1: the grad norm is ~2-3, so clipping scales every step. weightDecay 0.5 at
-// lr 3e-3 moves 2-D weights by ~1e-4 per step: a decay applied to the wrong tensors (or
-// not at all) is far outside the tolerance. eps 1e-5 rather than 1e-8: Adam maps a
-// gradient element near 0 to about lr * g / (|g| + eps), whose slope lr / eps amplifies
-// float32 rounding; with eps 1e-8 torch float32 and torch float64 already differ by
-// 3e-4 after 5 steps, with 1e-5 by < 1e-5 (measured for these shapes).
-const HP: HParams = { lr: 3e-3, weightDecay: 0.5, beta1: 0.9, beta2: 0.95, eps: 1e-5, gradClip: 0.1 };
-
-interface Case {
-  name: string;
-  cfg: ModelCfg;
-  B: number;
-  maskFraction: number; // share of targets set to -100
-  seed: number;
-}
+const HP = PARITY_HP; // see tests/helpers/compare.ts
 
 const SHAPE_ODD: ModelCfg = { V: 97, T: 13, C: 48, L: 2, H: 4, d_ff: 80 }; // T % 8 != 0, C/H = 12
 const SHAPE_POW2: ModelCfg = { V: 256, T: 32, C: 64, L: 2, H: 2, d_ff: 256 };
 
-const CASES: Case[] = [
+const CASES: ParityCase[] = [
   { name: "V97 T13 C48 H4 (C/H=12), plain CE", cfg: SHAPE_ODD, B: 3, maskFraction: 0, seed: 11 },
   { name: "V97 T13 C48 H4 (C/H=12), -100 targets", cfg: SHAPE_ODD, B: 3, maskFraction: 0.45, seed: 12 },
   { name: "V256 T32 C64 H2, plain CE", cfg: SHAPE_POW2, B: 4, maskFraction: 0, seed: 13 },
@@ -69,6 +55,13 @@ function concat(arrays: Int32Array[]): Int32Array {
     o += a.length;
   }
   return out;
+}
+
+/** Two threads: B = 3 splits every op over them, B = 4 runs two batch-parallel lanes. */
+function openTwoThreads(c: ParityCase): NativeModel {
+  const model = NativeModel.open(c.cfg, c.B, "cpu");
+  model.setThreads(2);
+  return model;
 }
 
 const prepared = new Map<string, Prepared>();
@@ -110,9 +103,7 @@ for (const c of CASES) {
     test("loss and every parameter gradient", () => {
       const p = prepared.get(c.name)!;
       const layout = paramLayout(c.cfg);
-      const model = NativeModel.open(c.cfg, c.B, "cpu");
-      // two threads: B = 3 splits every op over them, B = 4 runs two batch-parallel lanes
-      model.setThreads(2);
+      const model = openTwoThreads(c);
       try {
         model.setParams(p.params);
         const { loss, grads } = model.computeGrads(p.xs[0]!, p.ys[0]!);
@@ -132,9 +123,7 @@ for (const c of CASES) {
     test(`${STEPS} AdamW steps with clipping and weight decay`, () => {
       const p = prepared.get(c.name)!;
       const layout = paramLayout(c.cfg);
-      const model = NativeModel.open(c.cfg, c.B, "cpu");
-      // two threads: B = 3 splits every op over them, B = 4 runs two batch-parallel lanes
-      model.setThreads(2);
+      const model = openTwoThreads(c);
       try {
         model.setParams(p.params);
         model.setOptState(null, null, 0);
