@@ -20,6 +20,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { defaultLibraryPath } from "../src/backend/native.ts";
 import { FLOP_CONVENTION, matmulParams, trainFlopsPerToken } from "./flops.ts";
+import { buildGemmBound, measureGemmBound, type GemmBound } from "./gemm-bound.ts";
 import { SHAPES, shapeNamed, type Shape } from "./shapes.ts";
 import type { Job, SgemmResult, TrainResult } from "./worker.ts";
 
@@ -165,6 +166,7 @@ interface ShapeRow {
   torch: ChildRun<TorchTrain> | null;
   oursRounds: number[]; // tokens/s of each round
   torchRounds: number[];
+  bound: GemmBound; // the step's GEMMs alone, fastest round
 }
 
 /** The round with the fastest median step, with the largest peak RSS of all rounds. */
@@ -199,15 +201,18 @@ async function main(): Promise<void> {
         : opt.torch ? `, PyTorch: ${PYTHON} has no torch (comparison skipped)` : ", PyTorch: not run (--no-torch)"),
   );
 
+  const boundBin = buildGemmBound();
   const rows: ShapeRow[] = [];
   for (const shape of opt.shapes) {
     process.stderr.write(`measuring ${shape.name} (${shapeText(shape)}) ...\n`);
     const job = { cfg: shape.cfg, B: shape.B, warmup: opt.warmup, steps: opt.steps, minSeconds: opt.minSeconds, threads: opt.threads };
     const oursRuns: ChildRun<TrainResult>[] = [];
     const torchRuns: ChildRun<TorchTrain>[] = [];
+    const bounds: GemmBound[] = [];
     for (let r = 0; r < opt.rounds; r++) {
       oursRuns.push(await runOurs<TrainResult>({ kind: "train", ...job, profile: opt.profile }, opt.threads, opt.profile));
       if (torchVersion) torchRuns.push(await runTorch<TorchTrain>({ kind: "train", ...job }, opt.threads));
+      bounds.push(measureGemmBound(boundBin, shape, opt.threads, bounds[0]?.lanes));
     }
     const tokens = shape.B * shape.cfg.T;
     rows.push({
@@ -216,6 +221,7 @@ async function main(): Promise<void> {
       torch: torchVersion ? bestRound(torchRuns) : null,
       oursRounds: oursRuns.map((r) => tokens / r.result.stepS),
       torchRounds: torchRuns.map((r) => tokens / r.result.stepS),
+      bound: bounds.reduce((a, b) => (b.stepS < a.stepS ? b : a)),
     });
   }
 
@@ -292,6 +298,8 @@ async function main(): Promise<void> {
     }
   }
 
+  printGemmBound(rows, opt, peak);
+
   if (opt.profile) {
     for (const { shape, ours } of rows) {
       console.log(`\nNative per-op breakdown, ${shape.name} (${ours.result.timedSteps} timed steps, native step ${fmt(ours.result.nativeS * 1e3, 1)} ms median):`);
@@ -322,6 +330,36 @@ async function main(): Promise<void> {
       ),
     );
   }
+}
+
+/** What the step's GEMMs alone allow: no step with this BLAS can be faster. */
+function printGemmBound(rows: ShapeRow[], opt: Options, peak: number): void {
+  console.log(
+    `\nThe step's GEMMs alone (bench/gemm_bound.c: every matmul of a step, same shapes, through the BLAS; ` +
+      `no attention, elementwise op or optimizer), best of ${opt.rounds} round${opt.rounds > 1 ? "s" : ""}`,
+  );
+  console.log(
+    table(
+      ["shape", "GEMM ms/step", "GEMM GFLOP/s", "of peak", "GEMM-only tok/s", "ours/GEMM-only", ...(rows[0]?.torch ? ["GEMM-only/torch"] : [])],
+      rows.map(({ shape, ours, torch, bound }) => {
+        const tokens = shape.B * shape.cfg.T;
+        const gflops = bound.gemmFlops / bound.stepS / 1e9;
+        return [
+          shape.name,
+          fmt(bound.stepS * 1e3, 1),
+          fmt(gflops, 1),
+          pct(gflops / peak),
+          fmt(tokens / bound.stepS),
+          `${fmt(bound.stepS / ours.result.stepS, 2)}x`,
+          ...(torch ? [`${fmt(torch.result.stepS / bound.stepS, 2)}x`] : []),
+        ];
+      }),
+    ),
+  );
+  console.log(
+    "  GEMM-only/torch is the most any step could gain over PyTorch with these GEMMs, were everything else free;" +
+      `\n  lanes: ${rows.map((r) => `${r.shape.name} ${r.bound.lanes === 1 ? "one BLAS-threaded list" : `${r.bound.lanes} lanes`}`).join(", ")}`,
+  );
 }
 
 // ---- scaling: B x T at S2's width

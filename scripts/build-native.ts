@@ -91,6 +91,32 @@ export function openblasConfig(cc: string = compiler()): BlasConfig {
   return { includes: [inc], libs: [lib, "-lm", "-lpthread"] };
 }
 
+/** The BLAS to compile and link against: Accelerate on macOS, static OpenBLAS elsewhere. */
+export function blasConfig(cc: string = compiler()): BlasConfig {
+  return isMac ? { includes: [], libs: ["-framework", "Accelerate"] } : openblasConfig(cc);
+}
+
+/** Compiles a C test or benchmark program (its sources plus any of native/cpu) with the
+ * library's flags and BLAS into `out`. Throws BuildError with the compiler's output. */
+export function buildProgram(sources: string[], out: string): string {
+  const cc = compiler();
+  const blas = blasConfig(cc);
+  mkdirSync(dirname(out), { recursive: true });
+  const cmd = [
+    cc,
+    ...cflags(false, cc).filter((f) => f !== "-fvisibility=hidden"),
+    ...blas.includes.map((d) => `-I${d}`),
+    `-I${join(NATIVE, "cpu")}`,
+    ...sources,
+    "-o",
+    out,
+    ...blas.libs,
+  ];
+  const r = run(cmd);
+  if (r.code !== 0) throw new BuildError(`compiling ${basename(out)} failed:\n${cmd.join(" ")}\n${r.stderr || r.stdout}`);
+  return out;
+}
+
 function isGcc(cc: string): boolean {
   return /Free Software Foundation/.test(run([cc, "--version"]).stdout);
 }
@@ -189,7 +215,7 @@ async function compileAndLink(
   quiet: boolean,
 ): Promise<string> {
   const defines = mSources.length > 0 ? ["-DGPT_HAVE_MPS"] : [];
-  const blas = isMac ? { includes: [], libs: ["-framework", "Accelerate"] } : openblasConfig(cc);
+  const blas = blasConfig(cc);
   const flags = [...cflags(sanitize, cc), ...defines, ...blas.includes.map((d) => `-I${d}`)];
 
   // compile every source to its own object, all at once

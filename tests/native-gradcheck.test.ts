@@ -4,9 +4,8 @@
  * same BLAS as the library) and runs it with 3 threads (uneven splits) and with 1.
  */
 import { beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { BUILD_DIR, cflags, compiler, NATIVE, openblasConfig, ROOT } from "../scripts/build-native.ts";
+import { BUILD_DIR, buildProgram, NATIVE, ROOT } from "../scripts/build-native.ts";
 
 const BIN = join(BUILD_DIR, "tests", "gradcheck");
 const KERNELS = ["encoder", "layernorm", "matmul", "attention", "gelu", "residual", "softmax_ce"];
@@ -30,24 +29,7 @@ function runGradcheck(threads: number): { lines: Line[]; code: number; out: stri
 }
 
 beforeAll(() => {
-  mkdirSync(join(BUILD_DIR, "tests"), { recursive: true });
-  const cc = compiler();
-  const blas =
-    process.platform === "darwin" ? { includes: [], libs: ["-framework", "Accelerate"] } : openblasConfig(cc);
-  const cmd = [
-    cc,
-    ...cflags(false, cc).filter((f) => f !== "-fvisibility=hidden"),
-    ...blas.includes.map((d) => `-I${d}`),
-    `-I${join(NATIVE, "cpu")}`,
-    join(ROOT, "tests", "native", "gradcheck.c"),
-    join(NATIVE, "cpu", "kernels.c"),
-    join(NATIVE, "cpu", "pool.c"),
-    "-o",
-    BIN,
-    ...blas.libs,
-  ];
-  const p = Bun.spawnSync(cmd, { stdout: "pipe", stderr: "pipe" });
-  if (p.exitCode !== 0) throw new Error(`compiling gradcheck failed:\n${cmd.join(" ")}\n${p.stderr.toString()}`);
+  buildProgram([join(ROOT, "tests", "native", "gradcheck.c"), join(NATIVE, "cpu", "kernels.c"), join(NATIVE, "cpu", "pool.c")], BIN);
 }, 120_000);
 
 for (const threads of [3, 1]) {
