@@ -15,6 +15,9 @@
  * bench/bench.ts turns it into the tokens/s a step can never beat with this BLAS.
  */
 #define _POSIX_C_SOURCE 200809L
+#if defined(__APPLE__)
+#define _DARWIN_C_SOURCE /* what Accelerate's headers need */
+#endif
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,20 +93,8 @@ static void run_list(const gemm_list* l) {
     }
 }
 
-typedef struct {
-    const gemm_list* list;
-    pthread_barrier_t* start;
-    pthread_barrier_t* done;
-    int reps;
-} lane_arg;
-
-static void* lane_main(void* v) {
-    lane_arg* a = (lane_arg*)v;
-    for (int r = 0; r < a->reps; r++) {
-        pthread_barrier_wait(a->start);
-        run_list(a->list);
-        pthread_barrier_wait(a->done);
-    }
+static void* lane_main(void* list) {
+    run_list((const gemm_list*)list);
     return NULL;
 }
 
@@ -150,24 +141,21 @@ int main(int argc, char** argv) {
     for (long i = 0; i < lanes; i++)
         for (int j = 0; j < lists[i].n; j++) flops += 2.0 * lists[i].g[j].M * lists[i].g[j].N * lists[i].g[j].K;
 
-    pthread_barrier_t start, done;
-    pthread_barrier_init(&start, NULL, (unsigned)lanes + 1);
-    pthread_barrier_init(&done, NULL, (unsigned)lanes + 1);
+    /* threads started per step (tens of microseconds against steps of milliseconds):
+     * portable where pthread barriers are not (macOS) */
     const int total = (int)reps + 1; /* one warm-up */
-    lane_arg arg[64];
-    pthread_t th[64];
-    for (long i = 0; i < lanes; i++) {
-        arg[i] = (lane_arg){&lists[i], &start, &done, total};
-        pthread_create(&th[i], NULL, lane_main, &arg[i]);
-    }
     double* times = (double*)calloc((size_t)total, sizeof(double));
+    pthread_t th[64];
     for (int r = 0; r < total; r++) {
         const double t0 = now();
-        pthread_barrier_wait(&start);
-        pthread_barrier_wait(&done);
+        if (lanes == 1) {
+            run_list(&lists[0]);
+        } else {
+            for (long i = 0; i < lanes; i++) pthread_create(&th[i], NULL, lane_main, &lists[i]);
+            for (long i = 0; i < lanes; i++) pthread_join(th[i], NULL);
+        }
         times[r] = now() - t0;
     }
-    for (long i = 0; i < lanes; i++) pthread_join(th[i], NULL);
     qsort(times + 1, (size_t)reps, sizeof(double), by_value);
     printf("{\"stepS\": %.9f, \"gemmFlops\": %.0f}\n", times[1 + reps / 2], flops);
     return 0;

@@ -93,6 +93,11 @@ echo "== compile for $TARGET (-Wall -Wextra -Werror)"
 OBJS=()
 for s in "${OBJC_SRC[@]}"; do compile "$s" "${OBJC[@]}"; done
 for s in "${C_SRC[@]}"; do compile "$s" "${CFLAGS[@]}"; done
+# the C programs built next to the library (gradcheck test, GEMM bound of the bench):
+# compiled for macOS too, not linked into the dylib
+LIB_OBJS=("${OBJS[@]}")
+for s in "$REPO"/tests/native/*.c "$REPO"/bench/*.c; do compile "$s" "${CFLAGS[@]}" -I"$REPO/native/cpu"; done
+OBJS=("${LIB_OBJS[@]}")
 
 # The availability attributes must be live, or a clean build at macOS 12 proves nothing:
 # at a deployment target older than MPSGraph itself (macOS 11) clang has to complain.
