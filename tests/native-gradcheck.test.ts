@@ -29,7 +29,7 @@ function runGradcheck(threads: number): { lines: Line[]; code: number; out: stri
 }
 
 beforeAll(() => {
-  buildProgram([join(ROOT, "tests", "native", "gradcheck.c"), join(NATIVE, "cpu", "kernels.c"), join(NATIVE, "cpu", "pool.c")], BIN);
+  buildProgram([join(ROOT, "tests", "native", "gradcheck.c"), join(NATIVE, "cpu", "kernels.c"), join(NATIVE, "cpu", "sgemm_small.c"), join(NATIVE, "cpu", "pool.c")], BIN);
 }, 120_000);
 
 for (const threads of [3, 1]) {

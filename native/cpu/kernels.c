@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "blas.h"
+#include "sgemm_small.h"
 #include "simd.h"
 
 #if defined(__linux__) && !defined(__APPLE__)
@@ -64,6 +65,10 @@ static void sgemm_rows(const gemm_args* g, int64_t r0, int64_t r1) {
         return;
     }
     const float* A = g->ta ? g->A + r0 : g->A + r0 * g->lda;
+    if (GPT_BLAS_SPLIT && gpt_sgemm_small_fits(g->ta, g->N, g->K, g->beta)) {
+        gpt_sgemm_small(g->tb, r1 - r0, g->N, g->K, g->alpha, A, g->lda, g->B, g->ldb, g->beta, C, g->ldc);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans,
                 (int)(r1 - r0), (int)g->N, (int)g->K, g->alpha, A, (int)g->lda, g->B, (int)g->ldb, g->beta, C,
                 (int)g->ldc);

@@ -21,6 +21,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 /* Functions worth an AVX2+FMA copy on x86-64 (picked at load time by the ifunc resolver). */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(GPT_NO_CLONES)
 #define GPT_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define GPT_AVX2_CLONES 1
 #else
 #define GPT_HOT
 #endif

@@ -1,0 +1,113 @@
+/*
+ * sgemm_small.c: see sgemm_small.h. BLIS-style loops without packing A:
+ *
+ *   for each block of NC columns, each block of KC of the sum:
+ *     pack B(KC, NC) into 16-column panels (on the stack, 64 KiB)
+ *     for each 6-row tile of C, each 16-column panel: the 6 x 16 micro-kernel
+ *
+ * so a tile's 6 rows of A (6 x KC floats) stay in L1 while the packed B block is read
+ * from L2. The micro-kernel keeps C's tile in 12 vectors of 8: per k, two loads of B,
+ * six broadcasts of A, twelve FMAs.
+ */
+#include "sgemm_small.h"
+
+#include "simd.h"
+
+#define SGEMM_SMALL_KC 128
+#define SGEMM_SMALL_NC 128
+#define TILE_M 6
+#define TILE_N 16
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+int gpt_sgemm_small_fits(int ta, int64_t N, int64_t K, float beta) {
+#if defined(GPT_AVX2_CLONES)
+    static int avx2 = -1; /* the CPU's answer, the same for every thread that writes it */
+    if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return avx2 && !ta && (beta == 0.0f || beta == 1.0f) && K <= SGEMM_SMALL_MAX && N <= SGEMM_SMALL_MAX;
+#else
+    (void)ta, (void)N, (void)K, (void)beta;
+    return 0;
+#endif
+}
+
+/* Bp[panel][p][16] = op(B)(p0 + p, j0 + 16 panel + j), zero beyond column nc. */
+GPT_HOT static void pack_b(float* Bp, const float* B, int64_t ldb, int tb, int64_t p0, int64_t kc, int64_t j0,
+                           int64_t nc) {
+    for (int64_t jp = 0; jp < nc; jp += TILE_N, Bp += kc * TILE_N) {
+        const int64_t w = min64(TILE_N, nc - jp);
+        if (tb) { /* B(N, K): row j of B is column j of op(B) */
+            for (int64_t j = 0; j < TILE_N; j++) {
+                const float* src = B + (j0 + jp + j) * ldb + p0;
+                for (int64_t p = 0; p < kc; p++) Bp[p * TILE_N + j] = j < w ? src[p] : 0.0f;
+            }
+        } else {
+            for (int64_t p = 0; p < kc; p++) {
+                const float* src = B + (p0 + p) * ldb + j0 + jp;
+                for (int64_t j = 0; j < TILE_N; j++) Bp[p * TILE_N + j] = j < w ? src[j] : 0.0f;
+            }
+        }
+    }
+}
+
+#define TILE_ACC(r) v8f c##r##l = v8_zero(), c##r##h = v8_zero()
+#define TILE_FMA(r)                        \
+    do {                                   \
+        const v8f a_ = v8_set1(a[r][p]);   \
+        c##r##l += a_ * b0;                \
+        c##r##h += a_ * b1;                \
+    } while (0)
+/* row r of the tile into C: = alpha acc (beta 0) or += alpha acc (beta 1), w columns */
+#define TILE_STORE(r)                                                                        \
+    do {                                                                                     \
+        if ((r) < mr) {                                                                      \
+            float* c_ = C + (r) * ldc;                                                       \
+            const v8f lo_ = alpha * c##r##l, hi_ = alpha * c##r##h;                          \
+            if (w == TILE_N) {                                                               \
+                v8_store(c_, beta == 0.0f ? lo_ : v8_load(c_) + lo_);                        \
+                v8_store(c_ + 8, beta == 0.0f ? hi_ : v8_load(c_ + 8) + hi_);                \
+            } else {                                                                         \
+                for (int j_ = 0; j_ < w; j_++) {                                             \
+                    const float v_ = j_ < 8 ? lo_[j_] : hi_[j_ - 8];                         \
+                    c_[j_] = beta == 0.0f ? v_ : c_[j_] + v_;                                \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    } while (0)
+
+/* C(mr <= 6, w <= 16) (+)= alpha A(mr, kc) Bp(kc, 16) */
+GPT_HOT static void tile_6x16(int64_t kc, const float* A, int64_t lda, const float* Bp, float* C, int64_t ldc,
+                              int mr, int w, float alpha, float beta) {
+    const float* a[TILE_M];
+    for (int r = 0; r < TILE_M; r++) a[r] = A + (r < mr ? r : 0) * lda; /* rows past mr: computed, not stored */
+    /* C's tile is read at the end (beta 1) or written: fetch its lines while the sum runs */
+    for (int r = 0; r < mr; r++) {
+        __builtin_prefetch(C + r * ldc, 1, 3);
+        __builtin_prefetch(C + r * ldc + TILE_N - 1, 1, 3);
+    }
+    TILE_ACC(0); TILE_ACC(1); TILE_ACC(2); TILE_ACC(3); TILE_ACC(4); TILE_ACC(5);
+    for (int64_t p = 0; p < kc; p++, Bp += TILE_N) {
+        const v8f b0 = v8_load(Bp), b1 = v8_load(Bp + 8);
+        TILE_FMA(0); TILE_FMA(1); TILE_FMA(2); TILE_FMA(3); TILE_FMA(4); TILE_FMA(5);
+    }
+    TILE_STORE(0); TILE_STORE(1); TILE_STORE(2); TILE_STORE(3); TILE_STORE(4); TILE_STORE(5);
+}
+
+void gpt_sgemm_small(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    float Bp[SGEMM_SMALL_KC * SGEMM_SMALL_NC] __attribute__((aligned(64)));
+    for (int64_t j0 = 0; j0 < N; j0 += SGEMM_SMALL_NC) {
+        const int64_t nc = min64(SGEMM_SMALL_NC, N - j0);
+        for (int64_t p0 = 0; p0 < K; p0 += SGEMM_SMALL_KC) {
+            const int64_t kc = min64(SGEMM_SMALL_KC, K - p0);
+            const float b = p0 == 0 ? beta : 1.0f; /* later blocks of the sum add to the first */
+            pack_b(Bp, B, ldb, tb, p0, kc, j0, nc);
+            for (int64_t i0 = 0; i0 < M; i0 += TILE_M) {
+                const int mr = (int)min64(TILE_M, M - i0);
+                for (int64_t jp = 0; jp < nc; jp += TILE_N)
+                    tile_6x16(kc, A + i0 * lda + p0, lda, Bp + jp * kc, C + i0 * ldc + j0 + jp, ldc, mr,
+                              (int)min64(TILE_N, nc - jp), alpha, b);
+            }
+        }
+    }
+}

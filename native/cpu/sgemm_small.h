@@ -1,0 +1,26 @@
+/*
+ * sgemm_small.h: a GEMM for the small layers of small models, next to the BLAS.
+ *
+ * C(M,N) = alpha A(M,K) op(B) + beta C, row-major, beta 0 or 1, A not transposed;
+ * op(B) = B^T (B is N x K: an nn.Linear weight, x W^T) when tb, else B (K x N: dy W).
+ * Where the weight is small (K, N <= SGEMM_SMALL_MAX) a BLAS spends a large share of
+ * such a GEMM packing A; this one broadcasts A from its rows as they are and packs
+ * only the small B, in 6 x 16 register tiles. Each element of C sums over k in order
+ * (blocks of SGEMM_SMALL_KC): the result does not depend on how rows are split.
+ */
+#ifndef GPT_SGEMM_SMALL_H
+#define GPT_SGEMM_SMALL_H
+
+#include <stdint.h>
+
+#define SGEMM_SMALL_MAX 512
+
+/* Nonzero when gpt_sgemm_small takes this GEMM: x86-64 with AVX2 and FMA (elsewhere the
+ * BLAS's own kernels are the better choice), A not transposed, beta 0 or 1, K and N
+ * at most SGEMM_SMALL_MAX. */
+int gpt_sgemm_small_fits(int ta, int64_t N, int64_t K, float beta);
+
+void gpt_sgemm_small(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+#endif
