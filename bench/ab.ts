@@ -2,13 +2,18 @@
  * Interleaved A/B of two settings of the native library in one process, for changes
  * smaller than this VM's run-to-run noise:
  *
- *   bun bench/ab.ts [--shape S1|S2|S3] [--steps 40] "A_ENV=1 B_ENV=x" "A_ENV=0"
+ *   bun bench/ab.ts [--shape S1|S2|S3] [--steps 40] [--instances 3] "A_ENV=1 B_ENV=x" "A_ENV=0"
  *
  * Each argument is a list of environment settings (read by gpt_create), where LIB=path
  * instead picks the native library file (another build of it). Both models are
  * created in this process (the variables set in the C environment just before each create),
  * then train on the same batches with their steps alternating A, B, A, B, ... so that
  * slow phases of the machine hit both alike. Prints the median step time of each and B/A.
+ *
+ * Each side runs as several model instances (--instances), all interleaved: one instance
+ * can be a few percent slower than another of the very same build for its whole life
+ * (where its buffers landed in memory; measured: 1.029x and 0.995x for one library
+ * against a copy of itself), which a single pair would report as a difference.
  */
 import { NativeModel, openLibrary } from "../src/backend/native.ts";
 import { setNativeEnv } from "../src/backend/native-env.ts";
@@ -25,6 +30,7 @@ const settings = process.argv.slice(2).filter((a, i, all) => !a.startsWith("--")
 if (settings.length !== 2) throw new Error('expected two settings, e.g. "GPT_LANES=1" ""');
 const shape = shapeNamed(arg("shape", "S1"));
 const steps = Number(arg("steps", "40"));
+const instances = Number(arg("instances", "3"));
 
 function open(setting: string): NativeModel {
   const all = setting.split(/\s+/).filter((s) => s !== "").map((s) => s.split("=") as [string, string]);
@@ -39,28 +45,32 @@ function open(setting: string): NativeModel {
 }
 
 await buildNative({ quiet: true });
-const models = settings.map(open);
+// A1, B1, A2, B2, ...: instance i of side k is models[2 i + k]
+const models = Array.from({ length: instances }, () => settings.map(open)).flat();
 const { cfg, B } = shape;
 const n = B * cfg.T;
 const rng = new Rng(7);
 const x = new Int32Array(n);
 const y = new Int32Array(n);
 const hp = { lr: 3e-4, weightDecay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, gradClip: 1.0 };
-const times: number[][] = [[], []];
+const times: number[][] = models.map(() => []);
 for (let s = 0; s < steps + 2; s++) {
   for (let i = 0; i < n; i++) {
     x[i] = rng.below(cfg.V);
     y[i] = rng.below(cfg.V);
   }
-  for (const k of s % 2 === 0 ? [0, 1] : [1, 0]) {
+  const order = models.map((_, k) => k);
+  for (const k of s % 2 === 0 ? order : order.reverse()) {
     const t0 = performance.now();
     models[k]!.trainStep(x, y, hp);
     if (s >= 2) times[k]!.push(performance.now() - t0);
   }
 }
 const median = (a: number[]) => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)]!;
-const [ma, mb] = times.map(median) as [number, number];
-console.log(`A "${settings[0]}": median ${ma.toFixed(1)} ms/step (${((n / ma) * 1000).toFixed(0)} tok/s)`);
-console.log(`B "${settings[1]}": median ${mb.toFixed(1)} ms/step (${((n / mb) * 1000).toFixed(0)} tok/s)`);
+const side = (k: number) => times.filter((_, i) => i % 2 === k);
+const [ma, mb] = [0, 1].map((k) => median(side(k).flat())) as [number, number];
+const perInstance = (k: number) => side(k).map((t) => median(t).toFixed(1)).join(" / ");
+console.log(`A "${settings[0]}": median ${ma.toFixed(1)} ms/step (${((n / ma) * 1000).toFixed(0)} tok/s); instances ${perInstance(0)}`);
+console.log(`B "${settings[1]}": median ${mb.toFixed(1)} ms/step (${((n / mb) * 1000).toFixed(0)} tok/s); instances ${perInstance(1)}`);
 console.log(`B/A time ${(mb / ma).toFixed(3)} (below 1: B faster)`);
 for (const m of models) m.close();

@@ -661,10 +661,8 @@ GPT_HOT static void att_pack_t(float* restrict yT, int64_t ldt, const float* res
         for (int d0 = 0; d0 < hs; d0 += 8) {
             v8f r[8];
             for (int k = 0; k < 8; k++) r[k] = v8_load(s + k * ldy + d0);
-            for (int d = 0; d < 8; d++) {
-                v8f c = {r[0][d], r[1][d], r[2][d], r[3][d], r[4][d], r[5][d], r[6][d], r[7][d]};
-                v8_store(yT + (d0 + d) * ldt + j0, c);
-            }
+            v8_transpose8(r);
+            for (int d = 0; d < 8; d++) v8_store(yT + (d0 + d) * ldt + j0, r[d]);
         }
     }
     for (int d = 0; d < hs; d++) {

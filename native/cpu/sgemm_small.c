@@ -36,10 +36,27 @@ GPT_HOT static void pack_b(float* Bp, const float* B, int64_t ldb, int tb, int64
                            int64_t nc) {
     for (int64_t jp = 0; jp < nc; jp += TILE_N, Bp += kc * TILE_N) {
         const int64_t w = min64(TILE_N, nc - jp);
-        if (tb) { /* B(N, K): row j of B is column j of op(B) */
+        if (tb && w == TILE_N) { /* B(N, K): row j of B is column j of op(B); 8 x 8 blocks transposed */
+            int64_t p = 0;
+            for (; p + 8 <= kc; p += 8)
+                for (int64_t h = 0; h < TILE_N; h += 8) {
+                    v8f r[8];
+                    for (int j = 0; j < 8; j++) r[j] = v8_load(B + (j0 + jp + h + j) * ldb + p0 + p);
+                    v8_transpose8(r);
+                    for (int q = 0; q < 8; q++) v8_store(Bp + (p + q) * TILE_N + h, r[q]);
+                }
+            for (; p < kc; p++)
+                for (int64_t j = 0; j < TILE_N; j++) Bp[p * TILE_N + j] = B[(j0 + jp + j) * ldb + p0 + p];
+        } else if (tb) {
             for (int64_t j = 0; j < TILE_N; j++) {
                 const float* src = B + (j0 + jp + j) * ldb + p0;
                 for (int64_t p = 0; p < kc; p++) Bp[p * TILE_N + j] = j < w ? src[p] : 0.0f;
+            }
+        } else if (w == TILE_N) { /* B(K, N): rows of op(B) as they are */
+            for (int64_t p = 0; p < kc; p++) {
+                const float* src = B + (p0 + p) * ldb + j0 + jp;
+                v8_store(Bp + p * TILE_N, v8_load(src));
+                v8_store(Bp + p * TILE_N + 8, v8_load(src + 8));
             }
         } else {
             for (int64_t p = 0; p < kc; p++) {

@@ -71,6 +71,26 @@ typedef int32_t v8i __attribute__((vector_size(32)));
         hm_v_[0];                                                                       \
     })
 
+/* Transposes the 8 x 8 block r[0..7] (rows) in place: r[i][j] <- r[j][i]. Shuffles within
+ * and across the two 128-bit halves (AVX: unpack, shuffle, permute2f128), 24 in all. */
+#define v8_transpose8(r)                                                                          \
+    do {                                                                                          \
+        v8f t_[8], u_[8];                                                                         \
+        for (int tr_ = 0; tr_ < 8; tr_ += 2) {                                                    \
+            t_[tr_] = __builtin_shufflevector((r)[tr_], (r)[tr_ + 1], 0, 8, 1, 9, 4, 12, 5, 13);  \
+            t_[tr_ + 1] = __builtin_shufflevector((r)[tr_], (r)[tr_ + 1], 2, 10, 3, 11, 6, 14, 7, 15); \
+        }                                                                                         \
+        for (int tr_ = 0; tr_ < 8; tr_ += 4)                                                      \
+            for (int h_ = 0; h_ < 2; h_++) {                                                      \
+                u_[tr_ + 2 * h_] = __builtin_shufflevector(t_[tr_ + h_], t_[tr_ + 2 + h_], 0, 1, 8, 9, 4, 5, 12, 13); \
+                u_[tr_ + 2 * h_ + 1] = __builtin_shufflevector(t_[tr_ + h_], t_[tr_ + 2 + h_], 2, 3, 10, 11, 6, 7, 14, 15); \
+            }                                                                                     \
+        for (int tr_ = 0; tr_ < 4; tr_++) {                                                       \
+            (r)[tr_] = __builtin_shufflevector(u_[tr_], u_[tr_ + 4], 0, 1, 2, 3, 8, 9, 10, 11);   \
+            (r)[tr_ + 4] = __builtin_shufflevector(u_[tr_], u_[tr_ + 4], 4, 5, 6, 7, 12, 13, 14, 15); \
+        }                                                                                         \
+    } while (0)
+
 /* exp(x), about 2 ulp over [-87.3, 88]; clamps outside that range; NaN stays NaN.
  * Cephes-style: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial; 2^n is
  * built in the exponent bits, n read from the low mantissa bits of x/ln2 + 1.5*2^23. */
