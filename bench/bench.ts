@@ -335,7 +335,7 @@ async function main(): Promise<void> {
 /** What the step's GEMMs alone allow: no step with this BLAS can be faster. */
 function printGemmBound(rows: ShapeRow[], opt: Options, peak: number): void {
   console.log(
-    `\nThe step's GEMMs alone (bench/gemm_bound.c: every matmul of a step, same shapes, through the BLAS; ` +
+    `\nThe step's GEMMs alone (bench/gemm_bound.c: every matmul of a step, same shapes, through the library's GEMMs; ` +
       `no attention, elementwise op or optimizer), best of ${opt.rounds} round${opt.rounds > 1 ? "s" : ""}`,
   );
   console.log(

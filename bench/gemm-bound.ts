@@ -1,11 +1,12 @@
 /**
  * The GEMM-only bound of a shape: bench/gemm_bound.c runs exactly the matmuls of one
  * training step (same shapes, transposes, betas, own activation buffers) through the
- * BLAS the library links, and nothing else. No step of ours can beat it with this BLAS,
- * whatever the other ops cost: it tells what a target asks of the GEMMs.
+ * GEMM code the library uses (its small GEMM, the BLAS it links), and nothing else. No
+ * step of ours can beat it with these GEMMs, whatever the other ops cost: it tells what
+ * a target asks of the GEMMs.
  */
 import { join } from "node:path";
-import { BUILD_DIR, buildProgram } from "../scripts/build-native.ts";
+import { BUILD_DIR, buildProgram, NATIVE } from "../scripts/build-native.ts";
 import type { Shape } from "./shapes.ts";
 
 export interface GemmBound {
@@ -15,7 +16,10 @@ export interface GemmBound {
 }
 
 export function buildGemmBound(): string {
-  return buildProgram([join(import.meta.dir, "gemm_bound.c")], join(BUILD_DIR, "bench", "gemm_bound"));
+  return buildProgram(
+    [join(import.meta.dir, "gemm_bound.c"), join(NATIVE, "cpu", "sgemm_small.c")],
+    join(BUILD_DIR, "bench", "gemm_bound"),
+  );
 }
 
 function runOnce(bin: string, shape: Shape, threads: number, lanes: number, reps: number): GemmBound {

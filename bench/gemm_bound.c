@@ -4,11 +4,11 @@
  *   gemm_bound V T C L d_ff B threads lanes reps
  *
  * Runs the GEMMs of one training step of the native CPU backend (native/cpu/model.c),
- * with the same shapes, transposes and betas, straight through cblas_sgemm: no bias,
- * GELU, attention, LayerNorm, softmax, AdamW or anything else. With lanes > 1 each of
- * `lanes` threads runs the list over its own B*T/lanes rows at once (the backend's
- * batch-parallel lanes, one-threaded BLAS each); with lanes = 1 one list over all rows,
- * threaded by the BLAS on `threads` threads. Every GEMM has its own activation buffers, so the step's
+ * with the same shapes, transposes and betas, and nothing else: no bias, GELU,
+ * attention, LayerNorm, softmax, AdamW. With lanes > 1 each of `lanes` threads runs the
+ * list over its own B*T/lanes rows at once, as the backend's batch-parallel lanes do
+ * (the small GEMMs by native/cpu/sgemm_small.c, the rest by a one-threaded BLAS); with
+ * lanes = 1 one list over all rows, each GEMM threaded by the BLAS on `threads` threads. Every GEMM has its own activation buffers, so the step's
  * memory footprint (and its cache misses) is kept.
  *
  * Prints one line: {"stepS": median seconds per step, "gemmFlops": FLOPs per step}.
@@ -23,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "sgemm_small.h"
 
 #if defined(__APPLE__)
 #define ACCELERATE_NEW_LAPACK
@@ -84,17 +86,21 @@ static void build(gemm_list* l, long V, long C, long L, long F, long n, float* c
         }
 }
 
-static void run_list(const gemm_list* l) {
+static void run_list(const gemm_list* l, int small) {
     for (int i = 0; i < l->n; i++) {
         const gemm* g = &l->g[i];
         const long lda = g->ta ? g->M : g->K, ldb = g->tb ? g->K : g->N;
+        if (small && gpt_sgemm_small_fits(g->ta, g->N, g->K, g->beta)) {
+            gpt_sgemm_small(g->tb, g->M, g->N, g->K, 1.0f, g->A, lda, g->B, ldb, g->beta, g->C, g->N);
+            continue;
+        }
         cblas_sgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans, g->tb ? CblasTrans : CblasNoTrans, (int)g->M,
                     (int)g->N, (int)g->K, 1.0f, g->A, (int)lda, g->B, (int)ldb, g->beta, g->C, (int)g->N);
     }
 }
 
 static void* lane_main(void* list) {
-    run_list((const gemm_list*)list);
+    run_list((const gemm_list*)list, 1);
     return NULL;
 }
 
@@ -149,7 +155,7 @@ int main(int argc, char** argv) {
     for (int r = 0; r < total; r++) {
         const double t0 = now();
         if (lanes == 1) {
-            run_list(&lists[0]);
+            run_list(&lists[0], 0);
         } else {
             for (long i = 0; i < lanes; i++) pthread_create(&th[i], NULL, lane_main, &lists[i]);
             for (long i = 0; i < lanes; i++) pthread_join(th[i], NULL);
