@@ -689,13 +689,6 @@ GPT_HOT static void att_pack_t(float* restrict yT, int64_t ldt, const float* res
  * the causal triangle). Rows of the tile past the last row (r >= nr) read a valid row
  * and are not stored. */
 #define MIX_ROWS 6
-#define MIX_DECL(r) v8f r##l = v8_zero(), r##h = v8_zero()
-#define MIX_FMA(r, pv)                \
-    do {                              \
-        const v8f b_ = v8_set1(pv);   \
-        r##l += b_ * y0;              \
-        r##h += b_ * y1;              \
-    } while (0)
 #define MIX_STORE(r, k)                                     \
     do {                                                    \
         if ((k) < nr) {                                     \
@@ -714,12 +707,12 @@ GPT_HOT static void att_scores(float* S, int64_t lds, const float* x, int64_t ld
         const float* xr[MIX_ROWS];
         for (int r = 0; r < MIX_ROWS; r++) xr[r] = x + (i0 + (r < nr ? r : 0)) * ldx;
         for (int64_t j0 = 0; j0 < i0 + nr; j0 += 16) {
-            MIX_DECL(c0); MIX_DECL(c1); MIX_DECL(c2); MIX_DECL(c3); MIX_DECL(c4); MIX_DECL(c5);
+            TILE16_DECL(c0); TILE16_DECL(c1); TILE16_DECL(c2); TILE16_DECL(c3); TILE16_DECL(c4); TILE16_DECL(c5);
             const float* b = yT + j0;
             for (int d = 0; d < hs; d++, b += ldt) {
                 const v8f y0 = v8_load(b), y1 = v8_load(b + 8);
-                MIX_FMA(c0, xr[0][d]); MIX_FMA(c1, xr[1][d]); MIX_FMA(c2, xr[2][d]);
-                MIX_FMA(c3, xr[3][d]); MIX_FMA(c4, xr[4][d]); MIX_FMA(c5, xr[5][d]);
+                TILE16_FMA(c0, xr[0][d]); TILE16_FMA(c1, xr[1][d]); TILE16_FMA(c2, xr[2][d]);
+                TILE16_FMA(c3, xr[3][d]); TILE16_FMA(c4, xr[4][d]); TILE16_FMA(c5, xr[5][d]);
             }
             float* o = S + (i0 - r0) * lds + j0;
             /* row r keeps j <= i0 + r: the first i0 + r + 1 - j0 lanes */
@@ -742,20 +735,20 @@ GPT_HOT static void att_mix(float* O, int64_t ldo, const float* P, int64_t ldp, 
         const float* p[MIX_ROWS];
         for (int r = 0; r < MIX_ROWS; r++) p[r] = P + (o0 - r0 + (r < nr ? r : 0)) * ldp;
         for (int c0 = 0; c0 < hs; c0 += 16) {
-            MIX_DECL(a0); MIX_DECL(a1); MIX_DECL(a2); MIX_DECL(a3); MIX_DECL(a4); MIX_DECL(a5);
+            TILE16_DECL(a0); TILE16_DECL(a1); TILE16_DECL(a2); TILE16_DECL(a3); TILE16_DECL(a4); TILE16_DECL(a5);
             /* j <= o0: every row's term counts */
             for (int64_t j = 0; j <= o0; j++) {
                 const v8f y0 = v8_load(y + j * ldy + c0), y1 = v8_load(y + j * ldy + c0 + 8);
-                MIX_FMA(a0, p[0][j]); MIX_FMA(a1, p[1][j]); MIX_FMA(a2, p[2][j]);
-                MIX_FMA(a3, p[3][j]); MIX_FMA(a4, p[4][j]); MIX_FMA(a5, p[5][j]);
+                TILE16_FMA(a0, p[0][j]); TILE16_FMA(a1, p[1][j]); TILE16_FMA(a2, p[2][j]);
+                TILE16_FMA(a3, p[3][j]); TILE16_FMA(a4, p[4][j]); TILE16_FMA(a5, p[5][j]);
             }
             /* the triangle: row r takes j <= o0 + r */
             for (int64_t j = o0 + 1; j < o0 + nr; j++) {
                 const v8f y0 = v8_load(y + j * ldy + c0), y1 = v8_load(y + j * ldy + c0 + 8);
                 const int64_t d = j - o0;
-                MIX_FMA(a1, d <= 1 ? p[1][j] : 0.0f); MIX_FMA(a2, d <= 2 ? p[2][j] : 0.0f);
-                MIX_FMA(a3, d <= 3 ? p[3][j] : 0.0f); MIX_FMA(a4, d <= 4 ? p[4][j] : 0.0f);
-                MIX_FMA(a5, d <= 5 ? p[5][j] : 0.0f);
+                TILE16_FMA(a1, d <= 1 ? p[1][j] : 0.0f); TILE16_FMA(a2, d <= 2 ? p[2][j] : 0.0f);
+                TILE16_FMA(a3, d <= 3 ? p[3][j] : 0.0f); TILE16_FMA(a4, d <= 4 ? p[4][j] : 0.0f);
+                TILE16_FMA(a5, d <= 5 ? p[5][j] : 0.0f);
             }
             MIX_STORE(a0, 0); MIX_STORE(a1, 1); MIX_STORE(a2, 2); MIX_STORE(a3, 3); MIX_STORE(a4, 4); MIX_STORE(a5, 5);
         }
@@ -784,21 +777,21 @@ GPT_HOT static void att_mix_t(float* O, int64_t ldo, const float* P, int64_t ldp
         int64_t col[MIX_ROWS];
         for (int r = 0; r < MIX_ROWS; r++) col[r] = o0 + (r < nr ? r : 0);
         for (int c0 = 0; c0 < hs; c0 += 16) {
-            MIX_DECL(a0); MIX_DECL(a1); MIX_DECL(a2); MIX_DECL(a3); MIX_DECL(a4); MIX_DECL(a5);
+            TILE16_DECL(a0); TILE16_DECL(a1); TILE16_DECL(a2); TILE16_DECL(a3); TILE16_DECL(a4); TILE16_DECL(a5);
             /* the triangle: output row r takes i >= o0 + r */
             for (int64_t i = i_start; i < i_full; i++) {
                 const v8f y0 = v8_load(y + i * ldy + c0), y1 = v8_load(y + i * ldy + c0 + 8);
                 const float* pr = P + (i - r0) * ldp;
                 const int64_t d = i - o0;
-                MIX_FMA(a0, pr[col[0]]); MIX_FMA(a1, d >= 1 ? pr[col[1]] : 0.0f);
-                MIX_FMA(a2, d >= 2 ? pr[col[2]] : 0.0f); MIX_FMA(a3, d >= 3 ? pr[col[3]] : 0.0f);
-                MIX_FMA(a4, d >= 4 ? pr[col[4]] : 0.0f);
+                TILE16_FMA(a0, pr[col[0]]); TILE16_FMA(a1, d >= 1 ? pr[col[1]] : 0.0f);
+                TILE16_FMA(a2, d >= 2 ? pr[col[2]] : 0.0f); TILE16_FMA(a3, d >= 3 ? pr[col[3]] : 0.0f);
+                TILE16_FMA(a4, d >= 4 ? pr[col[4]] : 0.0f);
             }
             for (int64_t i = i_full; i < r1; i++) {
                 const v8f y0 = v8_load(y + i * ldy + c0), y1 = v8_load(y + i * ldy + c0 + 8);
                 const float* pr = P + (i - r0) * ldp;
-                MIX_FMA(a0, pr[col[0]]); MIX_FMA(a1, pr[col[1]]); MIX_FMA(a2, pr[col[2]]);
-                MIX_FMA(a3, pr[col[3]]); MIX_FMA(a4, pr[col[4]]); MIX_FMA(a5, pr[col[5]]);
+                TILE16_FMA(a0, pr[col[0]]); TILE16_FMA(a1, pr[col[1]]); TILE16_FMA(a2, pr[col[2]]);
+                TILE16_FMA(a3, pr[col[3]]); TILE16_FMA(a4, pr[col[4]]); TILE16_FMA(a5, pr[col[5]]);
             }
             MIX_STORE_T(a0, 0); MIX_STORE_T(a1, 1); MIX_STORE_T(a2, 2);
             MIX_STORE_T(a3, 3); MIX_STORE_T(a4, 4); MIX_STORE_T(a5, 5);

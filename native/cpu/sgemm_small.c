@@ -67,13 +67,6 @@ GPT_HOT static void pack_b(float* Bp, const float* B, int64_t ldb, int tb, int64
     }
 }
 
-#define TILE_ACC(r) v8f c##r##l = v8_zero(), c##r##h = v8_zero()
-#define TILE_FMA(r)                        \
-    do {                                   \
-        const v8f a_ = v8_set1(a[r][p]);   \
-        c##r##l += a_ * b0;                \
-        c##r##h += a_ * b1;                \
-    } while (0)
 /* row r of the tile into C: = alpha acc (beta 0) or += alpha acc (beta 1), w columns */
 #define TILE_STORE(r)                                                                        \
     do {                                                                                     \
@@ -102,10 +95,11 @@ GPT_HOT static void tile_6x16(int64_t kc, const float* A, int64_t lda, const flo
         __builtin_prefetch(C + r * ldc, 1, 3);
         __builtin_prefetch(C + r * ldc + TILE_N - 1, 1, 3);
     }
-    TILE_ACC(0); TILE_ACC(1); TILE_ACC(2); TILE_ACC(3); TILE_ACC(4); TILE_ACC(5);
+    TILE16_DECL(c0); TILE16_DECL(c1); TILE16_DECL(c2); TILE16_DECL(c3); TILE16_DECL(c4); TILE16_DECL(c5);
     for (int64_t p = 0; p < kc; p++, Bp += TILE_N) {
-        const v8f b0 = v8_load(Bp), b1 = v8_load(Bp + 8);
-        TILE_FMA(0); TILE_FMA(1); TILE_FMA(2); TILE_FMA(3); TILE_FMA(4); TILE_FMA(5);
+        const v8f y0 = v8_load(Bp), y1 = v8_load(Bp + 8);
+        TILE16_FMA(c0, a[0][p]); TILE16_FMA(c1, a[1][p]); TILE16_FMA(c2, a[2][p]);
+        TILE16_FMA(c3, a[3][p]); TILE16_FMA(c4, a[4][p]); TILE16_FMA(c5, a[5][p]);
     }
     TILE_STORE(0); TILE_STORE(1); TILE_STORE(2); TILE_STORE(3); TILE_STORE(4); TILE_STORE(5);
 }

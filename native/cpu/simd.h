@@ -71,6 +71,17 @@ typedef int32_t v8i __attribute__((vector_size(32)));
         hm_v_[0];                                                                       \
     })
 
+/* One row of a 16-column register tile (a GEMM micro-tile: the small GEMM, the attention
+ * products): accumulators r##l, r##h for columns 0-7 and 8-15, and r += s * (y0, y1), the
+ * two vectors of the other operand loaded by the caller for this step of the sum. */
+#define TILE16_DECL(r) v8f r##l = v8_zero(), r##h = v8_zero()
+#define TILE16_FMA(r, s)               \
+    do {                               \
+        const v8f tf_s_ = v8_set1(s);  \
+        r##l += tf_s_ * y0;            \
+        r##h += tf_s_ * y1;            \
+    } while (0)
+
 /* Transposes the 8 x 8 block r[0..7] (rows) in place: r[i][j] <- r[j][i]. Shuffles within
  * and across the two 128-bit halves (AVX: unpack, shuffle, permute2f128), 24 in all. */
 #define v8_transpose8(r)                                                                          \
