@@ -357,7 +357,7 @@ async function main(): Promise<void> {
   }
 }
 
-/** What the step's GEMMs alone allow: no step with this BLAS can be faster. */
+/** What the step's GEMMs alone allow: no step with these GEMMs can be faster. */
 function printGemmBound(rows: ShapeRow[], opt: Options, peak: number): void {
   console.log(
     `\nThe step's GEMMs alone (bench/gemm_bound.c: every matmul of a step, same shapes, through the library's GEMMs; ` +

@@ -8,11 +8,12 @@
  * attention, LayerNorm, softmax, AdamW. With lanes > 1 each of `lanes` threads runs the
  * list over its own B*T/lanes rows at once, as the backend's batch-parallel lanes do
  * (the small GEMMs by native/cpu/sgemm_small.c, the rest by a one-threaded BLAS); with
- * lanes = 1 one list over all rows, each GEMM threaded by the BLAS on `threads` threads. Every GEMM has its own activation buffers, so the step's
- * memory footprint (and its cache misses) is kept.
+ * lanes = 1 one list over all rows, each GEMM threaded by the BLAS on `threads` threads.
+ * Every GEMM has its own activation buffers, so the step's memory footprint (and its
+ * cache misses) is kept.
  *
  * Prints one line: {"stepS": median seconds per step, "gemmFlops": FLOPs per step}.
- * bench/bench.ts turns it into the tokens/s a step can never beat with this BLAS.
+ * bench/bench.ts turns it into the tokens/s a step can never beat with these GEMMs.
  */
 #define _POSIX_C_SOURCE 200809L
 #if defined(__APPLE__)
