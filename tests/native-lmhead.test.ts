@@ -6,8 +6,10 @@
  *  - GELU outputs and attention probabilities recomputed in backward (large models)
  *    must give bit for bit the results of keeping them (small models).
  *  - two threads running a batch-parallel lane each (half the batch, own gradient buffer,
- *    summed after) must agree with one lane whose every op is split over both threads.
- * GPT_HEAD_CHUNK_ROWS, GPT_RECOMPUTE and GPT_LANES are read at gpt_create: every setting
+ *    summed after) must agree with one lane whose every op is split over both threads;
+ *  - a lane's ops run on its own thread or, when the other lane is done, on both: the
+ *    results must be the same bit for bit.
+ * GPT_HEAD_CHUNK_ROWS, GPT_RECOMPUTE, GPT_LANES and GPT_LANE_HELP are read at gpt_create: every setting
  * runs in its own process.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
@@ -69,10 +71,16 @@ beforeAll(async () => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 // lanes "all": two threads run a lane each even at this tiny batch (GPT_LANES, see gpt.h)
-function run(chunkRows: number, maskPct: number | "half", recompute = "", lanes = "all"): Run {
-  const out = join(dir, `r${chunkRows}-${maskPct}-${recompute}-${lanes}`);
+function run(chunkRows: number, maskPct: number | "half", recompute = "", lanes = "all", help = ""): Run {
+  const out = join(dir, `r${chunkRows}-${maskPct}-${recompute}-${lanes}-${help}`);
   const p = Bun.spawnSync([process.execPath, "-e", CHILD, out, String(maskPct)], {
-    env: { ...process.env, GPT_HEAD_CHUNK_ROWS: String(chunkRows), GPT_RECOMPUTE: recompute, GPT_LANES: lanes },
+    env: {
+      ...process.env,
+      GPT_HEAD_CHUNK_ROWS: String(chunkRows),
+      GPT_RECOMPUTE: recompute,
+      GPT_LANES: lanes,
+      GPT_LANE_HELP: help,
+    },
     stdout: "pipe",
     stderr: "pipe",
   });
@@ -132,6 +140,23 @@ describe("batch-parallel lanes", () => {
       // and each way is deterministic
       const again = run(32, mask);
       expect(Buffer.from(again.grads.buffer).equals(Buffer.from(twoLanes.grads.buffer))).toBe(true);
+    }, 60_000);
+  }
+});
+
+// GPT_LANE_HELP=test: lane 1 runs first, then lane 0 runs every op split over both threads
+// (lane 1's thread as helper, even the tiniest loops); =0: every op of a lane on its own thread
+describe("a lane helped by the thread of a lane that is done", () => {
+  for (const mask of [0, 40] as const) {
+    test(`every op on two threads == on one, bit for bit (${mask}% -100 targets)`, () => {
+      const alone = run(32, mask, "", "all", "0");
+      const helped = run(32, mask, "", "all", "test");
+      expect(helped.loss).toBe(alone.loss);
+      expect(helped.evalLoss).toBe(alone.evalLoss);
+      expect(helped.stepLoss).toBe(alone.stepLoss);
+      expect(helped.norm).toBe(alone.norm);
+      expect(Buffer.from(helped.grads.buffer).equals(Buffer.from(alone.grads.buffer))).toBe(true);
+      expect(Buffer.from(helped.params.buffer).equals(Buffer.from(alone.params.buffer))).toBe(true);
     }, 60_000);
   }
 });

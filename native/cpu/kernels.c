@@ -99,14 +99,35 @@ typedef struct {
     const gemm_job* jobs;
     int n;
     int phases;
+    int invariant; /* results must not depend on nt (gpt_pool_split_invariant) */
 } jobs_task;
+
+/* Whether C's rows come out the same however they are split over calls: the small GEMM
+ * sums every element alone, in order; a BLAS may block a part differently from the whole
+ * (OpenBLAS's TN GEMMs do). */
+static int gemm_rows_exact(const gemm_args* g) {
+    return g->K <= 0 || (GPT_BLAS_SPLIT && gpt_sgemm_small_fits(g->ta, g->N, g->K, g->beta));
+}
 
 static void jobs_worker(void* vctx, int tid, int nt) {
     const jobs_task* t = (const jobs_task*)vctx;
-    for (int j = 0; j < t->n; j++) {
+    /* with split-invariant results required, jobs whose GEMM is not row-exact run whole,
+     * one a thread from the last one down; the others split over the threads left (all
+     * of them when whole jobs took every thread) */
+    int nwhole = 0;
+    for (int j = 0; t->invariant && j < t->n; j++) nwhole += !gemm_rows_exact(&t->jobs[j].g);
+    const int nsplit = nwhole > 0 && nwhole < nt ? nt - nwhole : nt;
+    for (int j = 0, w = 0; j < t->n; j++) {
         const gemm_job* job = &t->jobs[j];
         int64_t r0, r1;
-        gpt_split_aligned(job->g.M, GEMM_ROW_ALIGN, tid, nt, &r0, &r1);
+        if (t->invariant && !gemm_rows_exact(&job->g)) {
+            if (tid != nt - 1 - w++ % nt) continue;
+            r0 = 0;
+            r1 = job->g.M;
+        } else {
+            if (tid >= nsplit) continue;
+            gpt_split_aligned(job->g.M, GEMM_ROW_ALIGN, tid, nsplit, &r0, &r1);
+        }
         if (r1 <= r0) continue;
         if ((t->phases & PHASE_PRO) && job->pro) job->pro(job->ctx, r0, r1);
         if (t->phases & PHASE_GEMM) sgemm_rows(&job->g, r0, r1);
@@ -115,7 +136,7 @@ static void jobs_worker(void* vctx, int tid, int nt) {
 }
 
 static void run_gemm_jobs(gpt_pool* p, const gemm_job* jobs, int n) {
-    jobs_task t = {jobs, n, PHASE_PRO | PHASE_GEMM | PHASE_EPI};
+    jobs_task t = {jobs, n, PHASE_PRO | PHASE_GEMM | PHASE_EPI, gpt_pool_split_invariant(p)};
     if (!GPT_BLAS_SPLIT) {
         /* prologues in parallel, each GEMM by the (threaded) BLAS, epilogues in parallel */
         int any_pro = 0, any_epi = 0;

@@ -7,7 +7,8 @@
  *
  * Threads (see lane, lanes_for): with B a multiple of the thread count, each thread runs
  * the whole step over its own B / nthreads batch rows (no barrier inside forward and
- * backward) into its own gradient buffer, and the buffers are summed in a fixed order;
+ * backward; a thread whose lane is done helps with the others' ops, see gpt_team) into its
+ * own gradient buffer, and the buffers are summed in a fixed order;
  * otherwise (or with a BLAS that threads itself, or when those buffers would outweigh the
  * activations) every op is split over the pool. Either way a fixed thread count gives
  * fixed results.
@@ -83,9 +84,10 @@ static const char* const PROF_NAMES[P_COUNT] = {
 
 /* A lane runs forward and backward over the batch rows [b0, b0 + B): token rows
  * [r0, r0 + N) of every (rows, ...) buffer. One lane over the whole batch splits each op
- * over the pool; nthreads lanes each run on one thread of it (pool NULL inside). */
+ * over the pool; nthreads lanes each run on one thread of it, through a lane pool of the
+ * team: a lane that is done lends its thread to the others' ops (see pool.h). */
 typedef struct {
-    gpt_pool* pool;      /* the kernels' pool: the model's (one lane) or NULL */
+    gpt_pool* pool;      /* the kernels' pool: the model's (one lane) or the team's lane pool */
     int b0, B;
     int64_t r0, N;
     int64_t kb, ke;      /* this step: the counted targets k in [kb, ke) (see head_rows) */
@@ -94,7 +96,7 @@ typedef struct {
     int64_t head_chunk;  /* LM head rows at a time */
     float *logits, *head_x, *head_dx; /* (head_chunk, V), (head_chunk, C) x 2 */
     float* ln_scratch;   /* k_layernorm_bwd_scratch(N, C) */
-    float* att_scratch;  /* k_attention_scratch(T, C, threads of pool) */
+    float* att_scratch;  /* k_attention_scratch(T, C, threads of pool: 2 for a lane pool) */
     double* prof;        /* the model's per-op seconds (lane 0 only), else NULL */
 } lane;
 
@@ -104,6 +106,7 @@ typedef struct {
     int64_t N, P;
     int nthreads;
     gpt_pool* pool;
+    gpt_team* team; /* with more than one lane */
 
     float *params, *grads, *m, *v;
     int64_t step;
@@ -291,6 +294,15 @@ static int lanes_for(const cpu_model* g, int nthreads) {
     return nthreads;
 }
 
+/* GPT_LANE_HELP=0: a lane that is done does not help the others; =test: see
+ * GPT_HELP_TEST (tests/native-lmhead.test.ts). */
+static gpt_help_mode help_mode(void) {
+    const char* e = getenv("GPT_LANE_HELP");
+    if (e && strcmp(e, "0") == 0) return GPT_HELP_OFF;
+    if (e && strcmp(e, "test") == 0) return GPT_HELP_TEST;
+    return GPT_HELP_ON;
+}
+
 /* What each lane owns, carved from one buffer (base NULL: counts only). */
 static void layout_lanes(const cpu_model* g, lane* lanes, int nl, carver* c) {
     const int64_t C = g->cfg.C, V = g->cfg.V, T = g->cfg.T;
@@ -317,6 +329,8 @@ static void layout_lanes(const cpu_model* g, lane* lanes, int nl, carver* c) {
 
 static void free_threads(cpu_model* g) {
     gpt_pool_destroy(g->pool);
+    gpt_team_destroy(g->team);
+    g->team = NULL;
     free(g->att_scratch);
     free(g->lane_buf);
     if (g->lanes) free(g->lanes[0].gw.l);
@@ -334,14 +348,18 @@ static int setup_threads(cpu_model* g, int n) {
     if (lanes) layout_lanes(g, lanes, nl, &c);
     layer_w* views = (layer_w*)calloc((size_t)nl * (size_t)g->cfg.L, sizeof(layer_w));
     float* buf = alloc_floats(c.used);
-    float* att = alloc_floats(k_attention_scratch(g->cfg.T, g->cfg.C, n));
+    /* attention scratch: the pool's threads (one lane), or two threads a lane */
+    const int64_t att_lane = k_attention_scratch(g->cfg.T, g->cfg.C, 2);
+    float* att = alloc_floats(nl == 1 ? k_attention_scratch(g->cfg.T, g->cfg.C, n) : nl * att_lane);
     gpt_pool* pool = gpt_pool_create(n);
-    if (!lanes || !views || !buf || !att || !pool) {
+    gpt_team* team = nl > 1 ? gpt_team_create(nl, help_mode()) : NULL;
+    if (!lanes || !views || !buf || !att || !pool || (nl > 1 && !team)) {
         free(lanes);
         free(views);
         free(buf);
         free(att);
         gpt_pool_destroy(pool);
+        gpt_team_destroy(team);
         return 1;
     }
     c.base = buf;
@@ -349,14 +367,15 @@ static int setup_threads(cpu_model* g, int n) {
     layout_lanes(g, lanes, nl, &c);
     for (int i = 0; i < nl; i++) {
         lane* L = &lanes[i];
-        L->pool = nl == 1 ? pool : NULL;
-        L->att_scratch = att + (nl == 1 ? 0 : i * k_attention_scratch(g->cfg.T, g->cfg.C, 1));
+        L->pool = nl == 1 ? pool : gpt_team_lane(team, i);
+        L->att_scratch = att + (nl == 1 ? 0 : i * att_lane);
         L->gw.l = views + (size_t)i * (size_t)g->cfg.L;
         set_views(g, L->grads, &L->gw);
         L->prof = i == 0 && g->profile ? g->prof : NULL;
     }
     free_threads(g);
     g->pool = pool;
+    g->team = team;
     g->att_scratch = att;
     g->lane_buf = buf;
     g->lanes = lanes;
@@ -660,7 +679,9 @@ static void lane_pass(cpu_model* g, lane* L, const pass_ctx* c) {
 static void lanes_task(void* vctx, int tid, int nt) {
     const pass_ctx* c = (const pass_ctx*)vctx;
     (void)nt;
+    gpt_team_start(c->g->team, tid);
     lane_pass(c->g, &c->g->lanes[tid], c);
+    gpt_team_help(c->g->team, tid);
 }
 
 /* Forward (and with grad, backward into g->grads) over the whole batch; returns the mean
@@ -690,7 +711,10 @@ static float run_pass(cpu_model* g, const int32_t* x, const int32_t* y, int64_t 
     }
     pass_ctx c = {g, x, y, n, grad};
     if (g->nlanes == 1) lane_pass(g, &g->lanes[0], &c);
-    else gpt_pool_run(g->pool, lanes_task, &c);
+    else {
+        gpt_team_begin(g->team);
+        gpt_pool_run(g->pool, lanes_task, &c);
+    }
     if (grad && g->nlanes > 1) {
         PROF_BEGIN(g->lanes[0].prof);
         /* grads = ((lane 0 + lane 1) + lane 2) + ...: a fixed order */

@@ -31,6 +31,8 @@ typedef struct {
 
 struct gpt_pool {
     int n;
+    gpt_team* team;               /* a lane pool: runs through team_run (see pool.h) */
+    int lane;
     int active;                   /* threads taking part in the current run */
     double grain;
     worker* workers;              /* n-1 of them, tid 1..n-1 */
@@ -154,7 +156,13 @@ void gpt_pool_set_grain(gpt_pool* p, double grain) {
 
 void gpt_pool_run(gpt_pool* p, gpt_task_fn fn, void* ctx) { gpt_pool_run_n(p, fn, ctx, p ? p->n : 1); }
 
+static void team_run(gpt_pool* p, gpt_task_fn fn, void* ctx, int n);
+
 void gpt_pool_run_n(gpt_pool* p, gpt_task_fn fn, void* ctx, int n) {
+    if (p && p->team) {
+        team_run(p, fn, ctx, n);
+        return;
+    }
     if (!p || p->n == 1 || n <= 1) {
         fn(ctx, 0, 1);
         return;
@@ -181,4 +189,112 @@ void gpt_pool_run_n(gpt_pool* p, gpt_task_fn fn, void* ctx, int n) {
     while (atomic_load(&p->pending) != 0) pthread_cond_wait(&p->done, &p->mu);
     atomic_store(&p->caller_sleeping, 0);
     pthread_mutex_unlock(&p->mu);
+}
+
+/* ---- lanes that lend their thread when done (see pool.h) ----
+ * A helper slot per lane thread, its state moving
+ *   BUSY (own lane) -> IDLE (waiting in gpt_team_help) -> CLAIMED (by one lane's loop)
+ *   -> TASK (fn, ctx set) -> DONE (the helper ran its part) -> IDLE (the lane saw it)
+ * and back to BUSY when every lane is done. Only the claiming lane moves it from
+ * CLAIMED, TASK's owner and DONE; only the helper from IDLE to BUSY and from TASK. */
+enum { HELPER_BUSY, HELPER_IDLE, HELPER_CLAIMED, HELPER_TASK, HELPER_DONE };
+
+typedef struct {
+    _Alignas(64) atomic_int state;
+    gpt_task_fn fn;
+    void* ctx;
+} helper_slot;
+
+struct gpt_team {
+    int n;
+    gpt_help_mode mode;
+    _Alignas(64) atomic_int lanes_left;
+    helper_slot* slots; /* n */
+    gpt_pool* lanes;    /* n lane pools */
+};
+
+gpt_team* gpt_team_create(int n, gpt_help_mode mode) {
+    if (n < 1) n = 1;
+    gpt_team* t = (gpt_team*)calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->n = n;
+    t->mode = mode;
+    t->slots = (helper_slot*)aligned_alloc(64, sizeof(helper_slot) * (size_t)n);
+    t->lanes = (gpt_pool*)calloc((size_t)n, sizeof(gpt_pool));
+    if (!t->slots || !t->lanes) {
+        gpt_team_destroy(t);
+        return NULL;
+    }
+    atomic_init(&t->lanes_left, 0);
+    for (int i = 0; i < n; i++) {
+        atomic_init(&t->slots[i].state, HELPER_BUSY);
+        t->slots[i].fn = NULL;
+        t->slots[i].ctx = NULL;
+        t->lanes[i].n = 2;
+        t->lanes[i].grain = mode == GPT_HELP_TEST ? 1.0 : GPT_POOL_GRAIN;
+        t->lanes[i].team = t;
+        t->lanes[i].lane = i;
+    }
+    return t;
+}
+
+void gpt_team_destroy(gpt_team* t) {
+    if (!t) return;
+    free(t->slots);
+    free(t->lanes);
+    free(t);
+}
+
+gpt_pool* gpt_team_lane(gpt_team* t, int i) { return &t->lanes[i]; }
+
+int gpt_pool_split_invariant(const gpt_pool* p) { return p && p->team != NULL; }
+
+void gpt_team_begin(gpt_team* t) {
+    for (int i = 0; i < t->n; i++) atomic_store_explicit(&t->slots[i].state, HELPER_BUSY, memory_order_relaxed);
+    atomic_store(&t->lanes_left, t->n);
+}
+
+void gpt_team_start(gpt_team* t, int i) {
+    if (t->mode != GPT_HELP_TEST || i != 0) return;
+    while (atomic_load(&t->lanes_left) > 1) CPU_RELAX();
+}
+
+static void team_run(gpt_pool* p, gpt_task_fn fn, void* ctx, int n) {
+    gpt_team* t = p->team;
+    for (int h = 0; n >= 2 && t->mode != GPT_HELP_OFF && h < t->n; h++) {
+        helper_slot* s = &t->slots[h];
+        int idle = HELPER_IDLE;
+        if (h == p->lane || atomic_load_explicit(&s->state, memory_order_relaxed) != HELPER_IDLE ||
+            !atomic_compare_exchange_strong(&s->state, &idle, HELPER_CLAIMED))
+            continue;
+        s->fn = fn;
+        s->ctx = ctx;
+        atomic_store_explicit(&s->state, HELPER_TASK, memory_order_release);
+        fn(ctx, 0, 2);
+        while (atomic_load_explicit(&s->state, memory_order_acquire) != HELPER_DONE) CPU_RELAX();
+        atomic_store_explicit(&s->state, HELPER_IDLE, memory_order_release);
+        return;
+    }
+    fn(ctx, 0, 1);
+}
+
+void gpt_team_help(gpt_team* t, int i) {
+    helper_slot* s = &t->slots[i];
+    atomic_store_explicit(&s->state, HELPER_IDLE, memory_order_release);
+    atomic_fetch_sub(&t->lanes_left, 1);
+    for (;;) {
+        const int st = atomic_load_explicit(&s->state, memory_order_acquire);
+        if (st == HELPER_TASK) {
+            s->fn(s->ctx, 1, 2);
+            atomic_store_explicit(&s->state, HELPER_DONE, memory_order_release);
+            continue;
+        }
+        /* no lane left to claim this slot once every lane is done (a lane claims only
+         * inside its own loops, and counts itself done after the last of them) */
+        if (st == HELPER_IDLE && atomic_load(&t->lanes_left) == 0) {
+            atomic_store_explicit(&s->state, HELPER_BUSY, memory_order_relaxed);
+            return;
+        }
+        CPU_RELAX();
+    }
 }

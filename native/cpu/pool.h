@@ -33,6 +33,41 @@ void gpt_pool_run_n(gpt_pool* p, gpt_task_fn fn, void* ctx, int n);
 int gpt_pool_threads_for(const gpt_pool* p, double work);
 void gpt_pool_set_grain(gpt_pool* p, double grain);
 
+/* ---- lanes that lend their thread when done ----
+ * n threads each run a lane (a sequence of parallel loops of its own) inside one
+ * gpt_pool_run. A lane's loops go through its lane pool (gpt_team_lane): gpt_pool_run_n
+ * on it runs the loop on the lane's thread alone, or, when the loop is worth two threads
+ * and the thread of a lane that is done is waiting in gpt_team_help, on both (the waiting
+ * one as tid 1 of 2). Which way a loop runs depends on timing, so only loops whose
+ * results do not depend on the thread count may run there (every kernel of kernels.c
+ * splits its work so). On a shared machine one core is often slower than the other for
+ * a while; the lanes then finish at different times, and the early one helps. */
+typedef struct gpt_team gpt_team;
+
+typedef enum {
+    GPT_HELP_OFF,  /* every lane's loops on its own thread */
+    GPT_HELP_ON,   /* a lane that is done helps the others */
+    GPT_HELP_TEST, /* lane 0 starts when every other lane is done, then runs every loop
+                    * (grain 1) on two threads: the loops must give the results of one */
+} gpt_help_mode;
+
+/* n >= 1 lanes; NULL when out of memory. */
+gpt_team* gpt_team_create(int n, gpt_help_mode mode);
+void gpt_team_destroy(gpt_team* t);
+/* The pool the kernels of lane i get: size 2 (one thread, or two with a helper). */
+gpt_pool* gpt_team_lane(gpt_team* t, int i);
+/* Nonzero for a lane pool: a loop on it must give the same results on any thread count
+ * (work whose result depends on how it is split runs whole on one thread). */
+int gpt_pool_split_invariant(const gpt_pool* p);
+/* Before the gpt_pool_run that runs the lanes: every lane busy. */
+void gpt_team_begin(gpt_team* t);
+/* Called by the thread of lane i before the lane's first loop (GPT_HELP_TEST: lane 0
+ * waits there for the others). */
+void gpt_team_start(gpt_team* t, int i);
+/* Called by the thread of lane i when the lane is done: runs other lanes' loops as
+ * their helper until every lane is done. */
+void gpt_team_help(gpt_team* t, int i);
+
 /* The tid-th of nt contiguous parts of [0, n): [*lo, *hi). Parts differ by at most 1. */
 static inline void gpt_split(int64_t n, int tid, int nt, int64_t* lo, int64_t* hi) {
     int64_t q = n / nt, r = n % nt;

@@ -22,9 +22,9 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 int gpt_sgemm_small_fits(int ta, int64_t N, int64_t K, float beta) {
 #if defined(GPT_AVX2_CLONES)
-    static int avx2 = -1; /* the CPU's answer, the same for every thread that writes it */
-    if (avx2 < 0) avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return avx2 && !ta && (beta == 0.0f || beta == 1.0f) && K <= SGEMM_SMALL_MAX && N <= SGEMM_SMALL_MAX;
+    /* a read of the CPU model the ifunc resolvers have already filled in: no cache of our own */
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !ta && (beta == 0.0f || beta == 1.0f) &&
+           K <= SGEMM_SMALL_MAX && N <= SGEMM_SMALL_MAX;
 #else
     (void)ta, (void)N, (void)K, (void)beta;
     return 0;
