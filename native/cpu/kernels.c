@@ -121,7 +121,8 @@ static void jobs_worker(void* vctx, int tid, int nt) {
         const gemm_job* job = &t->jobs[j];
         int64_t r0, r1;
         if (t->invariant && !gemm_rows_exact(&job->g)) {
-            if (tid != nt - 1 - w++ % nt) continue;
+            const int owner = nt - 1 - w++ % nt;
+            if (tid != owner) continue;
             r0 = 0;
             r1 = job->g.M;
         } else {

@@ -195,8 +195,9 @@ void gpt_pool_run_n(gpt_pool* p, gpt_task_fn fn, void* ctx, int n) {
  * A helper slot per lane thread, its state moving
  *   BUSY (own lane) -> IDLE (waiting in gpt_team_help) -> CLAIMED (by one lane's loop)
  *   -> TASK (fn, ctx set) -> DONE (the helper ran its part) -> IDLE (the lane saw it)
- * and back to BUSY when every lane is done. Only the claiming lane moves it from
- * CLAIMED, TASK's owner and DONE; only the helper from IDLE to BUSY and from TASK. */
+ * and back to BUSY when every lane is done. The claiming lane makes the moves to
+ * CLAIMED (a compare-and-swap from IDLE: one lane wins), TASK and back to IDLE; the
+ * helper makes the moves to IDLE, DONE and BUSY. */
 enum { HELPER_BUSY, HELPER_IDLE, HELPER_CLAIMED, HELPER_TASK, HELPER_DONE };
 
 typedef struct {
