@@ -203,6 +203,29 @@ GPT_HOT static void gelu_fwd_span(float* out, const float* inp, int64_t n) {
     if (i < n) v8_store_part(out + i, v8_gelu(v8_load_part(inp + i, n - i)), n - i);
 }
 
+/* out = gelu(pre), and pre = gelu'(pre): what the backward multiplies by when the GELU
+ * output is kept (the same expressions as gelu_fwd_span and gelu_bwd_span: the same bits) */
+GPT_HOT static void gelu_fwd_keep_grad_span(float* out, float* pre, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const v8f x = v8_load(pre + i);
+        v8_store(out + i, v8_gelu(x));
+        v8_store(pre + i, v8_gelu_grad(x));
+    }
+    if (i < n) {
+        const v8f x = v8_load_part(pre + i, n - i);
+        v8_store_part(out + i, v8_gelu(x), n - i);
+        v8_store_part(pre + i, v8_gelu_grad(x), n - i);
+    }
+}
+
+/* d *= s elementwise */
+GPT_HOT static void mul_span(float* d, const float* s, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) v8_store(d + i, v8_load(s + i) * v8_load(d + i));
+    for (; i < n; i++) d[i] = s[i] * d[i];
+}
+
 /* dinp = gelu'(inp) * dout (dinp may alias dout) */
 GPT_HOT static void gelu_bwd_span(float* dinp, const float* inp, const float* dout, int64_t n) {
     int64_t i = 0;
@@ -483,6 +506,17 @@ static void epi_gelu(const void* vctx, int64_t r0, int64_t r1) {
     gelu_fwd_span(e->out2 + r0 * e->ld, e->out + r0 * e->ld, (r1 - r0) * e->ld);
 }
 
+static void epi_gelu_keep_grad(const void* vctx, int64_t r0, int64_t r1) {
+    const epi_ctx* e = (const epi_ctx*)vctx;
+    gelu_fwd_keep_grad_span(e->out2 + r0 * e->ld, e->out + r0 * e->ld, (r1 - r0) * e->ld);
+}
+
+/* out rows *= the saved gelu' (k_matmul_gelu_fwd_keep_grad) */
+static void epi_gelu_grad_mul(const void* vctx, int64_t r0, int64_t r1) {
+    const epi_ctx* e = (const epi_ctx*)vctx;
+    mul_span(e->out + r0 * e->ld, e->pre + r0 * e->ld, (r1 - r0) * e->ld);
+}
+
 static void epi_gelu_bwd(const void* vctx, int64_t r0, int64_t r1) {
     const epi_ctx* e = (const epi_ctx*)vctx;
     gelu_bwd_span(e->out + r0 * e->ld, e->pre + r0 * e->ld, e->out + r0 * e->ld, (r1 - r0) * e->ld);
@@ -532,6 +566,13 @@ void k_matmul_gelu_fwd(gpt_pool* p, float* pre, float* out, const float* inp, co
     run_gemm_jobs(p, &job, 1);
 }
 
+void k_matmul_gelu_fwd_keep_grad(gpt_pool* p, float* pre, float* out, const float* inp, const float* W,
+                                 const float* bias, int64_t N, int IC, int OC) {
+    epi_ctx e = {.out = pre, .out2 = out, .bias = bias, .N = N, .ld = OC};
+    gemm_job job = {fwd_args(pre, inp, W, N, IC, OC, bias != NULL), bias ? pro_bias : NULL, epi_gelu_keep_grad, &e};
+    run_gemm_jobs(p, &job, 1);
+}
+
 void k_matmul_residual_fwd(gpt_pool* p, float* out, const float* res, const float* inp, const float* W,
                            const float* bias, int64_t N, int IC, int OC) {
     epi_ctx e = {.out = out, .res = res, .bias = bias, .N = N, .ld = OC};
@@ -539,13 +580,15 @@ void k_matmul_residual_fwd(gpt_pool* p, float* out, const float* res, const floa
     run_gemm_jobs(p, &job, 1);
 }
 
+/* dinp_epi (may be NULL) runs on dinp's rows with eg.pre = gelu */
 static void matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
-                       const float* W, const float* gelu_pre, int64_t N, int IC, int OC, float dW_beta) {
-    epi_ctx eg = {.out = dinp, .pre = gelu_pre, .N = N, .ld = IC};
+                       const float* W, epi_fn dinp_epi, const float* gelu, int64_t N, int IC, int OC,
+                       float dW_beta) {
+    epi_ctx eg = {.out = dinp, .pre = gelu, .N = N, .ld = IC};
     epi_ctx eb = {.dout = dout, .dbias = dbias, .N = N, .ld = OC};
     gemm_job jobs[2] = {
         /* dinp(N,IC) = dout(N,OC) W(OC,IC) */
-        {{0, 0, N, IC, OC, 1.0f, dout, OC, W, IC, 0.0f, dinp, IC}, NULL, gelu_pre ? epi_gelu_bwd : NULL, &eg},
+        {{0, 0, N, IC, OC, 1.0f, dout, OC, W, IC, 0.0f, dinp, IC}, NULL, dinp_epi, &eg},
         /* dW(OC,IC) = dout^T inp(N,IC); rows of dW are columns of dout: their bias sums too */
         {{1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, dW_beta, dW, IC}, NULL, dbias ? epi_colsum : NULL, &eb},
     };
@@ -554,12 +597,17 @@ static void matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const 
 
 void k_matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
                   const float* W, const float* gelu_pre, int64_t N, int IC, int OC) {
-    matmul_bwd(p, dinp, dW, dbias, dout, inp, W, gelu_pre, N, IC, OC, 0.0f);
+    matmul_bwd(p, dinp, dW, dbias, dout, inp, W, gelu_pre ? epi_gelu_bwd : NULL, gelu_pre, N, IC, OC, 0.0f);
+}
+
+void k_matmul_bwd_gelu_grad(gpt_pool* p, float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
+                            const float* W, const float* gelu_grad, int64_t N, int IC, int OC) {
+    matmul_bwd(p, dinp, dW, dbias, dout, inp, W, epi_gelu_grad_mul, gelu_grad, N, IC, OC, 0.0f);
 }
 
 void k_matmul_bwd_add(gpt_pool* p, float* dinp, float* dW, const float* dout, const float* inp, const float* W,
                       int64_t N, int IC, int OC) {
-    matmul_bwd(p, dinp, dW, NULL, dout, inp, W, NULL, N, IC, OC, 1.0f);
+    matmul_bwd(p, dinp, dW, NULL, dout, inp, W, NULL, NULL, N, IC, OC, 1.0f);
 }
 
 /* ------------------------------------------------------------------------------------

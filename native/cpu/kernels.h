@@ -52,6 +52,10 @@ void k_matmul_fwd(gpt_pool* p, float* out, const float* inp, const float* W, con
 /* pre = inp W^T + bias, out = gelu(pre) (overwrites both). */
 void k_matmul_gelu_fwd(gpt_pool* p, float* pre, float* out, const float* inp, const float* W,
                        const float* bias, int64_t N, int IC, int OC);
+/* As k_matmul_gelu_fwd, but pre then holds gelu'(pre): all the backward needs of it when
+ * out is kept (k_matmul_bwd_gelu_grad multiplies by it instead of evaluating gelu'). */
+void k_matmul_gelu_fwd_keep_grad(gpt_pool* p, float* pre, float* out, const float* inp, const float* W,
+                                 const float* bias, int64_t N, int IC, int OC);
 /* out = res + inp W^T + bias (overwrites; out may not alias res). */
 void k_matmul_residual_fwd(gpt_pool* p, float* out, const float* res, const float* inp,
                            const float* W, const float* bias, int64_t N, int IC, int OC);
@@ -60,6 +64,10 @@ void k_matmul_residual_fwd(gpt_pool* p, float* out, const float* res, const floa
  * gelu(gelu_pre) and dinp receives the gradient w.r.t. gelu_pre instead. */
 void k_matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const float* dout,
                   const float* inp, const float* W, const float* gelu_pre, int64_t N, int IC, int OC);
+/* As k_matmul_bwd with gelu_pre, from gelu_grad = gelu'(gelu_pre) saved by
+ * k_matmul_gelu_fwd_keep_grad (the same bits). */
+void k_matmul_bwd_gelu_grad(gpt_pool* p, float* dinp, float* dW, float* dbias, const float* dout,
+                            const float* inp, const float* W, const float* gelu_grad, int64_t N, int IC, int OC);
 /* As k_matmul_bwd without bias or GELU, except that dW += dout^T inp (a layer applied to
  * rows in chunks: the LM head). dinp is still overwritten. */
 void k_matmul_bwd_add(gpt_pool* p, float* dinp, float* dW, const float* dout, const float* inp,

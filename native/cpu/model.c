@@ -65,7 +65,7 @@ typedef struct {
     float* atty;                /* (N,C) heads before c_proj */
     float* res2;                /* (N,C) input + attention branch */
     float *ln2_mean, *ln2_rstd; /* (N), (N) */
-    float* fch;                 /* (N,F) before GELU */
+    float* fch;                 /* (N,F) before GELU; gelu' of it when fchg is kept */
     float* fchg;                /* (N,F) after GELU, or NULL: recomputed into the shared gelu */
     float* res_out;             /* (N,C) res2 + MLP branch */
 } layer_a;
@@ -567,7 +567,9 @@ static void forward(cpu_model* g, lane* L, const int32_t* x, const int32_t* y, i
         PROF_END(L->prof, P_PROJ_F);
         k_layernorm_fwd(p, ln_out, ROWS(a->ln2_mean, 1), ROWS(a->ln2_rstd, 1), res2, w->ln2w, w->ln2b, N, C);
         PROF_END(L->prof, P_LN_F);
-        k_matmul_gelu_fwd(p, fch, fchg, ln_out, w->fcw, w->fcb, N, C, F);
+        /* with the GELU output kept, fch keeps gelu'(fch) instead: the backward's only use */
+        if (a->fchg) k_matmul_gelu_fwd_keep_grad(p, fch, fchg, ln_out, w->fcw, w->fcb, N, C, F);
+        else k_matmul_gelu_fwd(p, fch, fchg, ln_out, w->fcw, w->fcb, N, C, F);
         PROF_END(L->prof, P_FC_F);
         k_matmul_residual_fwd(p, ROWS(a->res_out, C), res2, fchg, w->fcprojw, w->fcprojb, N, F, C);
         PROF_END(L->prof, P_FCPROJ_F);
@@ -630,12 +632,13 @@ static void backward(cpu_model* g, lane* L, const int32_t* x) {
         const float* fch = ROWS(a->fch, F);
         const float* qkv = ROWS(a->qkv, 3 * C);
         /* dres = d res_out; the MLP branch: dfch = gelu'(fch) (dres Wfcproj) */
-        const float* fchg = a->fchg ? ROWS(a->fchg, F) : NULL;
-        if (!fchg) {
+        if (a->fchg) {
+            k_matmul_bwd_gelu_grad(p, dbig, gw->fcprojw, gw->fcprojb, dres, ROWS(a->fchg, F), w->fcprojw, fch, N, F,
+                                   C);
+        } else {
             k_gelu_fwd(p, ROWS(g->gelu, F), fch, N * F);
-            fchg = ROWS(g->gelu, F);
+            k_matmul_bwd(p, dbig, gw->fcprojw, gw->fcprojb, dres, ROWS(g->gelu, F), w->fcprojw, fch, N, F, C);
         }
-        k_matmul_bwd(p, dbig, gw->fcprojw, gw->fcprojb, dres, fchg, w->fcprojw, fch, N, F, C);
         PROF_END(L->prof, P_FCPROJ_B);
         k_layernorm_apply(p, ln_out, res2, w->ln2w, w->ln2b, ROWS(a->ln2_mean, 1), ROWS(a->ln2_rstd, 1), N, C);
         k_matmul_bwd(p, dtmp, gw->fcw, gw->fcb, dbig, ln_out, w->fcw, NULL, N, C, F);
