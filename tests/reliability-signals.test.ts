@@ -67,8 +67,10 @@ describe.each([
 });
 
 test("a second SIGINT ends the process at once, in the middle of a native step, leaving only whole files", async () => {
-  // One step of B=4096 rows takes about a second here: both signals land inside the first step.
-  const r = makeTinyRepo({ pretrain: { total_steps: 3, ckpt_every: 1, eval_every: 1, eval_batches: 1, B: 4096 } });
+  // One step of B=16384 sequences takes about 0.8 s here: both signals land inside the
+  // first step. (With B=4096 the step came down to 0.2 s: the run could finish it, save and
+  // exit 130 before the second signal came.)
+  const r = makeTinyRepo({ pretrain: { total_steps: 3, ckpt_every: 1, eval_every: 1, eval_batches: 1, B: 16384 } });
   const run = new LiveRun(PRETRAIN, r.root);
   await run.waitFor(/val loss before training/);
   await Bun.sleep(150);
