@@ -97,11 +97,12 @@ const char* gpt_last_error(const gpt_t* g);
 /* Number of worker threads for this model's kernels, n in [1, 1024] (CPU backend;
  * the default is the number of online cores). When n divides B (into at least 256 token
  * rows each), each thread runs the whole step over its own B/n rows into its own gradient
- * buffer (one more buffer of parameter size per extra thread), summed in a fixed order;
- * otherwise every op is split over the threads (env GPT_LANES=1 or all, read here, forces
- * one way or the other where the batch splits). Either way results
- * are bit-identical run to run for a fixed n and B, not across different n. Returns 0
- * on success. */
+ * buffer (one more buffer of parameter size per extra thread), summed in a fixed order,
+ * a thread whose rows are done helping with the others' ops in ways that keep the bits
+ * (env GPT_LANE_HELP=0, read here, turns that off); otherwise every op is split over the
+ * threads (env GPT_LANES=1 or all, read here, forces one way or the other where the
+ * batch splits). Either way results are bit-identical run to run for a fixed n and B,
+ * not across different n. Returns 0 on success. */
 int32_t gpt_set_threads(gpt_t* g, int32_t n);
 
 int32_t gpt_set_params(gpt_t* g, const float* src);
