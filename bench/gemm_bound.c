@@ -71,12 +71,17 @@ static void add(gemm_list* l, int ta, int tb, long M, long N, long K, float beta
 }
 
 /* model.c's matmuls for n rows: forward x W^T (nn.Linear), backward dx = dy W (beta 0)
- * and dW += dy^T x (beta 1: the lane's gradient buffer accumulates). A forward GEMM runs
- * with beta 1 over the bias (or residual) written into its output first. */
+ * and dW += dy^T x (beta 1: the lane's gradient buffer accumulates). The forward GEMMs of
+ * attention's and the MLP's projections run with beta 1 over the residual (plus bias)
+ * written into their output first; so do qkv's and fc's over their bias, unless the small
+ * GEMM takes them and starts its sums from the bias (kernels.c's fwd_bias_job): beta 0. */
 static void build(gemm_list* l, long V, long C, long L, long F, long n, float* const* W, const float* wte) {
     const long shape[4][2] = {{3 * C, C}, {C, C}, {F, C}, {C, F}}; /* (out, in): qkv, attn proj, fc, mlp proj */
     for (long layer = 0; layer < L; layer++)
-        for (int m = 0; m < 4; m++) add(l, 0, 1, n, shape[m][0], shape[m][1], 1.0f, W[m]);
+        for (int m = 0; m < 4; m++) {
+            const int from_bias = m % 2 == 0 && gpt_sgemm_small_fits(0, shape[m][0], shape[m][1], 0.0f);
+            add(l, 0, 1, n, shape[m][0], shape[m][1], from_bias ? 0.0f : 1.0f, W[m]);
+        }
     add(l, 0, 1, n, V, C, 0.0f, wte); /* logits = x wte^T */
     add(l, 0, 0, n, C, V, 0.0f, wte); /* dx = dlogits wte */
     add(l, 1, 0, V, C, n, 1.0f, NULL); /* dwte += dlogits^T x */

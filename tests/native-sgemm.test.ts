@@ -1,8 +1,8 @@
 /**
  * The small GEMM of the CPU backend (native/cpu/sgemm_small.c) against the BLAS: builds
  * tests/native/sgemm_check.c with the library's flags and runs it (tile, block and
- * stride edges, both layouts of B, beta 0 and 1, alpha != 1; the padding between rows
- * of C untouched).
+ * stride edges, both layouts of B, beta 0 and 1, alpha != 1, sums started from a bias;
+ * the padding between rows of C untouched).
  */
 import { beforeAll, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
@@ -22,7 +22,8 @@ beforeAll(() => {
 
 test("every case matches the BLAS to 1e-6 of its magnitude", () => {
   const cases = out.split("\n").filter((l) => / (PASS|FAIL)$/.test(l));
-  expect(cases.length).toBe(2 * 6 * 7 * 6 * 2);
+  expect(cases.length).toBe(2 * 6 * 7 * 6 * 3);
+  expect(cases.filter((l) => l.includes(" bias ")).length).toBe(2 * 6 * 7 * 6);
   expect(cases.filter((l) => l.endsWith("FAIL"))).toEqual([]);
   expect(code).toBe(0);
 });

@@ -54,6 +54,7 @@ typedef struct {
     float beta;
     float* C;
     int64_t ldc;
+    const float* bias; /* or NULL; else C = op(A) op(B) + bias by the small GEMM (see bias_job) */
 } gemm_args;
 
 static void sgemm_rows(const gemm_args* g, int64_t r0, int64_t r1) {
@@ -65,6 +66,10 @@ static void sgemm_rows(const gemm_args* g, int64_t r0, int64_t r1) {
         return;
     }
     const float* A = g->ta ? g->A + r0 : g->A + r0 * g->lda;
+    if (g->bias) {
+        gpt_sgemm_small_bias(g->tb, r1 - r0, g->N, g->K, A, g->lda, g->B, g->ldb, g->bias, C, g->ldc);
+        return;
+    }
     if (GPT_BLAS_SPLIT && gpt_sgemm_small_fits(g->ta, g->N, g->K, g->beta)) {
         gpt_sgemm_small(g->tb, r1 - r0, g->N, g->K, g->alpha, A, g->lda, g->B, g->ldb, g->beta, C, g->ldc);
         return;
@@ -77,7 +82,7 @@ static void sgemm_rows(const gemm_args* g, int64_t r0, int64_t r1) {
 /* Single-threaded sgemm on the calling thread (attention: one (b, h) pair per call). */
 static inline void sgemm1(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-    gemm_args g = {ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc};
+    gemm_args g = {ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, NULL};
     sgemm_rows(&g, 0, M);
 }
 
@@ -106,7 +111,7 @@ typedef struct {
  * sums every element alone, in order; a BLAS may block a part differently from the whole
  * (OpenBLAS's TN GEMMs do). */
 static int gemm_rows_exact(const gemm_args* g) {
-    return g->K <= 0 || (GPT_BLAS_SPLIT && gpt_sgemm_small_fits(g->ta, g->N, g->K, g->beta));
+    return g->K <= 0 || g->bias || (GPT_BLAS_SPLIT && gpt_sgemm_small_fits(g->ta, g->N, g->K, g->beta));
 }
 
 static void jobs_worker(void* vctx, int tid, int nt) {
@@ -548,28 +553,43 @@ GPT_HOT static void epi_colsum(const void* vctx, int64_t c0, int64_t c1) {
 
 /* out(N,OC) (+)= inp(N,IC) W(OC,IC)^T: beta 1 when a prologue filled out */
 static gemm_args fwd_args(float* out, const float* inp, const float* W, int64_t N, int IC, int OC, int add) {
-    gemm_args g = {0, 1, N, OC, IC, 1.0f, inp, IC, W, IC, add ? 1.0f : 0.0f, out, OC};
+    gemm_args g = {0, 1, N, OC, IC, 1.0f, inp, IC, W, IC, add ? 1.0f : 0.0f, out, OC, NULL};
     return g;
+}
+
+/* out = inp W^T + bias (bias may be NULL), then epi: the small GEMM starts its sums from
+ * the bias; a BLAS adds to the bias a prologue wrote into out */
+static gemm_job fwd_bias_job(const epi_ctx* e, const float* inp, const float* W, int64_t N, int IC, int OC,
+                             epi_fn epi) {
+    gemm_job job = {fwd_args(e->out, inp, W, N, IC, OC, 0), NULL, epi, e};
+    if (!e->bias) return job;
+    if (GPT_BLAS_SPLIT && IC > 0 && gpt_sgemm_small_fits(0, OC, IC, 0.0f)) {
+        job.g.bias = e->bias;
+    } else {
+        job.g.beta = 1.0f;
+        job.pro = pro_bias;
+    }
+    return job;
 }
 
 void k_matmul_fwd(gpt_pool* p, float* out, const float* inp, const float* W, const float* bias, int64_t N, int IC,
                   int OC) {
     epi_ctx e = {.out = out, .bias = bias, .N = N, .ld = OC};
-    gemm_job job = {fwd_args(out, inp, W, N, IC, OC, bias != NULL), bias ? pro_bias : NULL, NULL, &e};
+    gemm_job job = fwd_bias_job(&e, inp, W, N, IC, OC, NULL);
     run_gemm_jobs(p, &job, 1);
 }
 
 void k_matmul_gelu_fwd(gpt_pool* p, float* pre, float* out, const float* inp, const float* W, const float* bias,
                        int64_t N, int IC, int OC) {
     epi_ctx e = {.out = pre, .out2 = out, .bias = bias, .N = N, .ld = OC};
-    gemm_job job = {fwd_args(pre, inp, W, N, IC, OC, bias != NULL), bias ? pro_bias : NULL, epi_gelu, &e};
+    gemm_job job = fwd_bias_job(&e, inp, W, N, IC, OC, epi_gelu);
     run_gemm_jobs(p, &job, 1);
 }
 
 void k_matmul_gelu_fwd_keep_grad(gpt_pool* p, float* pre, float* out, const float* inp, const float* W,
                                  const float* bias, int64_t N, int IC, int OC) {
     epi_ctx e = {.out = pre, .out2 = out, .bias = bias, .N = N, .ld = OC};
-    gemm_job job = {fwd_args(pre, inp, W, N, IC, OC, bias != NULL), bias ? pro_bias : NULL, epi_gelu_keep_grad, &e};
+    gemm_job job = fwd_bias_job(&e, inp, W, N, IC, OC, epi_gelu_keep_grad);
     run_gemm_jobs(p, &job, 1);
 }
 
@@ -588,9 +608,9 @@ static void matmul_bwd(gpt_pool* p, float* dinp, float* dW, float* dbias, const 
     epi_ctx eb = {.dout = dout, .dbias = dbias, .N = N, .ld = OC};
     gemm_job jobs[2] = {
         /* dinp(N,IC) = dout(N,OC) W(OC,IC) */
-        {{0, 0, N, IC, OC, 1.0f, dout, OC, W, IC, 0.0f, dinp, IC}, NULL, dinp_epi, &eg},
+        {{0, 0, N, IC, OC, 1.0f, dout, OC, W, IC, 0.0f, dinp, IC, NULL}, NULL, dinp_epi, &eg},
         /* dW(OC,IC) = dout^T inp(N,IC); rows of dW are columns of dout: their bias sums too */
-        {{1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, dW_beta, dW, IC}, NULL, dbias ? epi_colsum : NULL, &eb},
+        {{1, 0, OC, IC, N, 1.0f, dout, OC, inp, IC, dW_beta, dW, IC, NULL}, NULL, dbias ? epi_colsum : NULL, &eb},
     };
     run_gemm_jobs(p, jobs, 2);
 }

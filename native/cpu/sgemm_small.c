@@ -85,9 +85,10 @@ GPT_HOT static void pack_b(float* Bp, const float* B, int64_t ldb, int tb, int64
         }                                                                                    \
     } while (0)
 
-/* C(mr <= 6, w <= 16) (+)= alpha A(mr, kc) Bp(kc, 16) */
+/* C(mr <= 6, w <= 16) (+)= alpha (init + A(mr, kc) Bp(kc, 16)): the sums start from the
+ * 16 floats at init in every row (a bias), or from 0 with init NULL */
 GPT_HOT static void tile_6x16(int64_t kc, const float* A, int64_t lda, const float* Bp, float* C, int64_t ldc,
-                              int mr, int w, float alpha, float beta) {
+                              int mr, int w, float alpha, float beta, const float* init) {
     const float* a[TILE_M];
     for (int r = 0; r < TILE_M; r++) a[r] = A + (r < mr ? r : 0) * lda; /* rows past mr: computed, not stored */
     /* C's tile is read at the end (beta 1) or written: fetch its lines while the sum runs */
@@ -95,7 +96,9 @@ GPT_HOT static void tile_6x16(int64_t kc, const float* A, int64_t lda, const flo
         __builtin_prefetch(C + r * ldc, 1, 3);
         __builtin_prefetch(C + r * ldc + TILE_N - 1, 1, 3);
     }
-    TILE16_DECL(c0); TILE16_DECL(c1); TILE16_DECL(c2); TILE16_DECL(c3); TILE16_DECL(c4); TILE16_DECL(c5);
+    const v8f i0 = init ? v8_load(init) : v8_zero(), i1 = init ? v8_load(init + 8) : v8_zero();
+    TILE16_FROM(c0, i0, i1); TILE16_FROM(c1, i0, i1); TILE16_FROM(c2, i0, i1);
+    TILE16_FROM(c3, i0, i1); TILE16_FROM(c4, i0, i1); TILE16_FROM(c5, i0, i1);
     for (int64_t p = 0; p < kc; p++, Bp += TILE_N) {
         const v8f y0 = v8_load(Bp), y1 = v8_load(Bp + 8);
         TILE16_FMA(c0, a[0][p]); TILE16_FMA(c1, a[1][p]); TILE16_FMA(c2, a[2][p]);
@@ -104,9 +107,11 @@ GPT_HOT static void tile_6x16(int64_t kc, const float* A, int64_t lda, const flo
     TILE_STORE(0); TILE_STORE(1); TILE_STORE(2); TILE_STORE(3); TILE_STORE(4); TILE_STORE(5);
 }
 
-void gpt_sgemm_small(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+/* C = alpha A op(B) + beta C, or (bias not NULL, alpha 1, beta 0) A op(B) + bias */
+static void sgemm_small(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                        const float* B, int64_t ldb, float beta, const float* bias, float* C, int64_t ldc) {
     float Bp[SGEMM_SMALL_KC * SGEMM_SMALL_NC] __attribute__((aligned(64)));
+    float edge[TILE_N] __attribute__((aligned(32))); /* the bias of a last panel narrower than 16 */
     for (int64_t j0 = 0; j0 < N; j0 += SGEMM_SMALL_NC) {
         const int64_t nc = min64(SGEMM_SMALL_NC, N - j0);
         for (int64_t p0 = 0; p0 < K; p0 += SGEMM_SMALL_KC) {
@@ -115,10 +120,30 @@ void gpt_sgemm_small(int tb, int64_t M, int64_t N, int64_t K, float alpha, const
             pack_b(Bp, B, ldb, tb, p0, kc, j0, nc);
             for (int64_t i0 = 0; i0 < M; i0 += TILE_M) {
                 const int mr = (int)min64(TILE_M, M - i0);
-                for (int64_t jp = 0; jp < nc; jp += TILE_N)
-                    tile_6x16(kc, A + i0 * lda + p0, lda, Bp + jp * kc, C + i0 * ldc + j0 + jp, ldc, mr,
-                              (int)min64(TILE_N, nc - jp), alpha, b);
+                for (int64_t jp = 0; jp < nc; jp += TILE_N) {
+                    const int w = (int)min64(TILE_N, nc - jp);
+                    const float* init = NULL; /* the first block of the sum starts from the bias */
+                    if (bias && p0 == 0) {
+                        init = bias + j0 + jp;
+                        if (w < TILE_N) {
+                            for (int j = 0; j < TILE_N; j++) edge[j] = j < w ? init[j] : 0.0f;
+                            init = edge;
+                        }
+                    }
+                    tile_6x16(kc, A + i0 * lda + p0, lda, Bp + jp * kc, C + i0 * ldc + j0 + jp, ldc, mr, w, alpha, b,
+                              init);
+                }
             }
         }
     }
+}
+
+void gpt_sgemm_small(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+    sgemm_small(tb, M, N, K, alpha, A, lda, B, ldb, beta, NULL, C, ldc);
+}
+
+void gpt_sgemm_small_bias(int tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                          int64_t ldb, const float* bias, float* C, int64_t ldc) {
+    sgemm_small(tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, bias, C, ldc);
 }

@@ -24,4 +24,10 @@ int gpt_sgemm_small_fits(int ta, int64_t N, int64_t K, float beta);
 void gpt_sgemm_small(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                      const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+/* C(M,N) = A op(B) + bias (N floats, added to every row) with the gpt_sgemm_small_fits
+ * conditions for beta 0: the sums start from the bias, so no pass writes it into C first
+ * (and C is only read back for sums longer than one block of SGEMM_SMALL_KC). */
+void gpt_sgemm_small_bias(int tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                          int64_t ldb, const float* bias, float* C, int64_t ldc);
+
 #endif

@@ -75,6 +75,8 @@ typedef int32_t v8i __attribute__((vector_size(32)));
  * products): accumulators r##l, r##h for columns 0-7 and 8-15, and r += s * (y0, y1), the
  * two vectors of the other operand loaded by the caller for this step of the sum. */
 #define TILE16_DECL(r) v8f r##l = v8_zero(), r##h = v8_zero()
+/* the same, starting from (lo, hi) instead of zeros */
+#define TILE16_FROM(r, lo, hi) v8f r##l = (lo), r##h = (hi)
 #define TILE16_FMA(r, s)               \
     do {                               \
         const v8f tf_s_ = v8_set1(s);  \
