@@ -54,8 +54,13 @@ typedef struct {
     float beta;
     float* C;
     int64_t ldc;
-    const float* bias; /* or NULL; else C = op(A) op(B) + bias by the small GEMM (see bias_job) */
+    const float* bias; /* or NULL; else C = op(A) op(B) + bias by the small GEMM (see fwd_bias_job) */
 } gemm_args;
+
+/* Whether native/cpu/sgemm_small.c takes this GEMM (it does every one with a bias). */
+static int small_gemm_takes(const gemm_args* g) {
+    return GPT_BLAS_SPLIT && g->K > 0 && gpt_sgemm_small_fits(g->ta, g->N, g->K, g->beta);
+}
 
 static void sgemm_rows(const gemm_args* g, int64_t r0, int64_t r1) {
     if (r1 <= r0 || g->N <= 0) return;
@@ -70,7 +75,7 @@ static void sgemm_rows(const gemm_args* g, int64_t r0, int64_t r1) {
         gpt_sgemm_small_bias(g->tb, r1 - r0, g->N, g->K, A, g->lda, g->B, g->ldb, g->bias, C, g->ldc);
         return;
     }
-    if (GPT_BLAS_SPLIT && gpt_sgemm_small_fits(g->ta, g->N, g->K, g->beta)) {
+    if (small_gemm_takes(g)) {
         gpt_sgemm_small(g->tb, r1 - r0, g->N, g->K, g->alpha, A, g->lda, g->B, g->ldb, g->beta, C, g->ldc);
         return;
     }
@@ -111,7 +116,7 @@ typedef struct {
  * sums every element alone, in order; a BLAS may block a part differently from the whole
  * (OpenBLAS's TN GEMMs do). */
 static int gemm_rows_exact(const gemm_args* g) {
-    return g->K <= 0 || g->bias || (GPT_BLAS_SPLIT && gpt_sgemm_small_fits(g->ta, g->N, g->K, g->beta));
+    return g->K <= 0 || g->bias || small_gemm_takes(g);
 }
 
 static void jobs_worker(void* vctx, int tid, int nt) {
@@ -563,7 +568,7 @@ static gemm_job fwd_bias_job(const epi_ctx* e, const float* inp, const float* W,
                              epi_fn epi) {
     gemm_job job = {fwd_args(e->out, inp, W, N, IC, OC, 0), NULL, epi, e};
     if (!e->bias) return job;
-    if (GPT_BLAS_SPLIT && IC > 0 && gpt_sgemm_small_fits(0, OC, IC, 0.0f)) {
+    if (small_gemm_takes(&job.g)) { /* beta 0 */
         job.g.bias = e->bias;
     } else {
         job.g.beta = 1.0f;
