@@ -113,15 +113,20 @@ describe("LM head in chunks", () => {
   }
 });
 
+/** b gave a's losses, norm, gradients and AdamW step bit for bit. */
+function expectSameBits(b: Run, a: Run): void {
+  expect(b.loss).toBe(a.loss);
+  expect(b.evalLoss).toBe(a.evalLoss);
+  expect(b.stepLoss).toBe(a.stepLoss);
+  expect(b.norm).toBe(a.norm);
+  expect(Buffer.from(b.grads.buffer).equals(Buffer.from(a.grads.buffer))).toBe(true);
+  expect(Buffer.from(b.params.buffer).equals(Buffer.from(a.params.buffer))).toBe(true);
+}
+
 describe("recomputed activations", () => {
   test("recomputing GELU outputs and attention probabilities == keeping them, bit for bit", () => {
     const kept = run(64, 20, "0");
-    const recomputed = run(64, 20, "1");
-    expect(recomputed.loss).toBe(kept.loss);
-    expect(recomputed.stepLoss).toBe(kept.stepLoss);
-    expect(recomputed.norm).toBe(kept.norm);
-    expect(Buffer.from(recomputed.grads.buffer).equals(Buffer.from(kept.grads.buffer))).toBe(true);
-    expect(Buffer.from(recomputed.params.buffer).equals(Buffer.from(kept.params.buffer))).toBe(true);
+    expectSameBits(run(64, 20, "1"), kept);
   }, 60_000);
 });
 
@@ -150,13 +155,7 @@ describe("a lane helped by the thread of a lane that is done", () => {
   for (const mask of [0, 40] as const) {
     test(`every op on two threads == on one, bit for bit (${mask}% -100 targets)`, () => {
       const alone = run(32, mask, "", "all", "0");
-      const helped = run(32, mask, "", "all", "test");
-      expect(helped.loss).toBe(alone.loss);
-      expect(helped.evalLoss).toBe(alone.evalLoss);
-      expect(helped.stepLoss).toBe(alone.stepLoss);
-      expect(helped.norm).toBe(alone.norm);
-      expect(Buffer.from(helped.grads.buffer).equals(Buffer.from(alone.grads.buffer))).toBe(true);
-      expect(Buffer.from(helped.params.buffer).equals(Buffer.from(alone.params.buffer))).toBe(true);
+      expectSameBits(run(32, mask, "", "all", "test"), alone);
     }, 60_000);
   }
 });
