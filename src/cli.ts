@@ -8,7 +8,7 @@
  */
 import { renderUsage, type ArgsDef, type CommandDef } from "citty";
 import { stripVTControlCharacters } from "node:util";
-import { exitCodeOf } from "./errors.ts";
+import { exitCodeOf, InputError } from "./errors.ts";
 import { runTraining, type RunRequest } from "./train/run.ts";
 
 const args = {
@@ -32,7 +32,9 @@ const command: CommandDef<typeof args> = {
 const VALUE_FLAGS = new Set(["phase", "config", "device", "resume"]);
 const SWITCHES = new Set(["no-resume", "help", "h"]);
 
-class UsageError extends Error {}
+class UsageError extends InputError {
+  override name = "UsageError";
+}
 
 /**
  * Checks the shape of argv ourselves (citty's parser is lenient: it would take

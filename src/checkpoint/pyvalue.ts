@@ -5,9 +5,10 @@
  *   tuple -> PyTuple, dict / OrderedDict -> PyDict, tensor -> Tensor,
  *   a module global (e.g. torch.FloatStorage) -> PyGlobal.
  */
+import { InputError } from "../errors.ts";
 
-/** Errors about a checkpoint file's content or format; the message names the file. */
-export class CheckpointError extends Error {
+/** Errors about a checkpoint file's content or format; the message names the file. Exit 2. */
+export class CheckpointError extends InputError {
   override name = "CheckpointError";
 }
 

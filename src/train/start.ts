@@ -7,7 +7,7 @@ import { existsSync, readdirSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
 import { loadCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
 import { phaseOfTrainCfg, type PhaseConfig } from "../config.ts";
-import { exitCodeOf, InputError } from "../errors.ts";
+import { InputError } from "../errors.ts";
 import { modelCfgDifferences } from "../model/config.ts";
 import { initParams } from "../model/layout.ts";
 
@@ -94,7 +94,7 @@ export function resumeCheckpoint(o: ResumeOptions): { ckpt: Checkpoint; path: st
   try {
     ckpt = loadCheckpoint(latest);
   } catch (e) {
-    if (exitCodeOf(e) !== 2) throw e;
+    if (!(e instanceof InputError)) throw e;
     throw new InputError(`${(e as Error).message}; ${olderCheckpointHint(o)}`);
   }
   checkCompatible(ckpt, latest, o, "the latest checkpoint");
