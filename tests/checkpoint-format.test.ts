@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { nodeIo, writeFileAtomic, type FileIo } from "../src/checkpoint/atomic.ts";
+import { nodeIo, writeFileAtomic, type FileIo } from "../src/util/atomic.ts";
 import { encodeCheckpoint, loadCheckpoint, phaseOfCheckpointFile, saveCheckpoint, type Checkpoint } from "../src/checkpoint/checkpoint.ts";
 import { decodeLong, encodeLong, pickleDump } from "../src/checkpoint/pickle.ts";
 import { CheckpointError, PyDict, PyFloat, PyTuple, Storage, Tensor, type PyValue } from "../src/checkpoint/pyvalue.ts";

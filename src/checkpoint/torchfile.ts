@@ -15,7 +15,7 @@ import { basename } from "node:path";
 import { pickleDump, unpickle } from "./pickle.ts";
 import { CheckpointError, DTYPES, PyDict, PyGlobal, PyTuple, Storage, Tensor, dtypeOfStorageName, pyTypeName } from "./pyvalue.ts";
 import type { DType, PyInput, PyValue } from "./pyvalue.ts";
-import { writeFileAtomic } from "./atomic.ts";
+import { writeFileAtomic } from "../util/atomic.ts";
 import { ZipArchive, zipStoredChunks } from "./zip.ts";
 import type { ZipRecord, ZipWriteOptions } from "./zip.ts";
 

@@ -1,11 +1,13 @@
 /**
  * The one writer of token caches (prepare-data and demo-data both use it).
- * Tokens are buffered and appended to `<bin>.<pid>.tmp`; close() writes the SFT boundary
- * sidecar, renames the files into place and writes the meta.json last, so a cache with
- * a meta is always complete. A crash leaves only *.tmp files and no meta.
+ * Tokens are buffered and appended to an atomic temp file (src/util/atomic.ts); close()
+ * writes the SFT boundary sidecar, commits the data and writes the meta.json last, each
+ * file atomically and durably, so a cache with a meta is always complete. A crash leaves
+ * only temp files and no meta.
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { basename, dirname } from "node:path";
+import { AtomicFile, writeFileAtomic, writeTextAtomic } from "../util/atomic.ts";
 import { DataError } from "./errors.ts";
 import { CACHE_FORMAT, CACHE_FORMAT_VERSION, type CacheMeta, type Dtype } from "./meta.ts";
 import type { CacheKind } from "./paths.ts";
@@ -32,8 +34,7 @@ const BUFFER_TOKENS = 1 << 20;
 export class CacheWriter {
   readonly binPath: string;
   private readonly opts: Required<Omit<CacheWriterOptions, "source" | "split" | "createdBy">> & CacheWriterOptions;
-  private readonly tmpBin: string;
-  private fd: number;
+  private readonly bin: AtomicFile;
   private readonly buf: Uint16Array | Uint32Array | Int32Array;
   private fill = 0;
   private written = 0;
@@ -55,9 +56,8 @@ export class CacheWriter {
       boundaries: options.boundaries ?? "file",
     };
     this.binPath = binPath;
-    this.tmpBin = `${binPath}.${process.pid}.tmp`;
     mkdirSync(dirname(binPath), { recursive: true });
-    this.fd = openSync(this.tmpBin, "w");
+    this.bin = AtomicFile.create(binPath);
     this.buf = dtype === "uint16" ? new Uint16Array(BUFFER_TOKENS) : dtype === "uint32" ? new Uint32Array(BUFFER_TOKENS) : new Int32Array(BUFFER_TOKENS);
   }
 
@@ -121,8 +121,6 @@ export class CacheWriter {
       throw new DataError(`unfinished example at the end (${this.numTokens - this.offsets[this.offsets.length - 1]} tokens after the last endExample())`, this.binPath);
     }
     this.flush();
-    fsyncSync(this.fd);
-    closeSync(this.fd);
     this.closed = true;
     const metaPath = `${this.binPath}.meta.json`;
     const idxPath = `${this.binPath}.idx`;
@@ -130,15 +128,19 @@ export class CacheWriter {
     rmSync(metaPath, { force: true });
     let boundaries: CacheMeta["boundaries"];
     if (sft && this.opts.boundaries === "file") {
-      const tmpIdx = `${idxPath}.${process.pid}.tmp`;
-      writeFileSync(tmpIdx, new BigUint64Array(this.offsets.map((o) => BigInt(o))));
-      renameSync(tmpIdx, idxPath);
+      const offsets = new BigUint64Array(this.offsets.map((o) => BigInt(o)));
+      try {
+        writeFileAtomic(idxPath, [new Uint8Array(offsets.buffer)]);
+      } catch (e) {
+        this.bin.abort();
+        throw e;
+      }
       boundaries = { file: basename(idxPath), dtype: "uint64", count: this.offsets.length };
     } else if (sft) {
       rmSync(idxPath, { force: true });
       boundaries = [...this.offsets];
     }
-    renameSync(this.tmpBin, this.binPath);
+    this.bin.commit();
     const meta: CacheMeta = {
       format: CACHE_FORMAT,
       version: CACHE_FORMAT_VERSION,
@@ -154,25 +156,21 @@ export class CacheWriter {
       ...(this.opts.createdBy !== undefined ? { created_by: this.opts.createdBy } : {}),
       ...extra,
     };
-    const tmpMeta = `${metaPath}.${process.pid}.tmp`;
-    writeFileSync(tmpMeta, `${JSON.stringify(meta, null, 2)}\n`);
-    renameSync(tmpMeta, metaPath);
+    writeTextAtomic(metaPath, `${JSON.stringify(meta, null, 2)}\n`);
     return meta;
   }
 
   /** Drops the unfinished cache (removes the temp file). */
   abort(): void {
     if (this.closed) return;
-    closeSync(this.fd);
     this.closed = true;
-    if (existsSync(this.tmpBin)) rmSync(this.tmpBin);
+    this.bin.abort();
   }
 
   private flush(): void {
     if (this.fill === 0) return;
     const bytes = new Uint8Array(this.buf.buffer, 0, this.fill * this.buf.BYTES_PER_ELEMENT);
-    let off = 0;
-    while (off < bytes.length) off += writeSync(this.fd, bytes, off, bytes.length - off);
+    this.bin.write(bytes);
     this.written += this.fill;
     this.fill = 0;
   }

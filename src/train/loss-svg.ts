@@ -16,7 +16,7 @@
  */
 
 import type { MetricsPhase, MetricsRecord } from "./metrics";
-import { writeTextAtomic } from "../checkpoint/atomic.ts";
+import { writeTextAtomic } from "../util/atomic.ts";
 import { bestEval } from "./metrics";
 
 export interface LossSvgOptions {

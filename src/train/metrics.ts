@@ -33,7 +33,7 @@
 
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
-import { writeTextAtomic } from "../checkpoint/atomic.ts";
+import { writeTextAtomic } from "../util/atomic.ts";
 import { InputError } from "../errors";
 
 export type MetricsPhase = "pretrain" | "sft";

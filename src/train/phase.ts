@@ -6,7 +6,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { NativeModel, type Device, type NativeLibrary } from "../backend/native.ts";
-import { FileWriteError, removeStaleTempFiles, writingTo } from "../checkpoint/atomic.ts";
+import { FileWriteError, removeStaleTempFiles, writingTo } from "../util/atomic.ts";
 import { saveCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
 import type { PhaseConfig } from "../config.ts";
 import type { ModelCfg } from "../model/config.ts";

@@ -67,76 +67,126 @@ export function describeFsError(e: unknown): string {
 let tempCounter = 0;
 
 /**
- * Writes chunks to path atomically (see above). Chunks are written as they come, so
- * a generator can stream a large file without assembling it. Keeps the permission bits
- * of a file it replaces. Throws FileWriteError naming path and cause.
+ * A file being written atomically (see above): created as a temp file next to `path`,
+ * written in chunks as they come (a generator or a cache writer streams a large file
+ * without assembling it), then committed (fsync, rename, fsync the folder) or aborted
+ * (temp file removed). Keeps the permission bits of a file it replaces. Every failure
+ * is a FileWriteError naming `path` and the cause, with the temp file removed.
  */
-export function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>, io: FileIo = nodeIo): void {
-  const dir = dirname(path);
-  let previousMode: number | undefined;
-  try {
-    const st = io.statSync(path);
-    if (st.isFile()) previousMode = st.mode & 0o7777;
-  } catch {
-    // no previous file
-  }
-  const keep = previousMode === undefined ? "nothing was written" : "the previous file is unchanged";
+export class AtomicFile {
+  private fd: number;
 
-  let tmp = "";
-  let fd = -1;
-  for (let attempt = 0; fd < 0; attempt++) {
-    tmp = join(dir, `.${basename(path)}.${process.pid}.${++tempCounter}${attempt ? `.${attempt}` : ""}.tmp`);
+  private constructor(
+    readonly path: string,
+    private readonly tmp: string,
+    fd: number,
+    /** What the failure message says about the target: "nothing was written" or "the previous file is unchanged". */
+    private readonly keep: string,
+    private readonly io: FileIo,
+  ) {
+    this.fd = fd;
+  }
+
+  static create(path: string, io: FileIo = nodeIo): AtomicFile {
+    let previousMode: number | undefined;
     try {
-      fd = io.openSync(tmp, "wx", 0o666);
+      const st = io.statSync(path);
+      if (st.isFile()) previousMode = st.mode & 0o7777;
+    } catch {
+      // no previous file
+    }
+    const keep = previousMode === undefined ? "nothing was written" : "the previous file is unchanged";
+    let tmp = "";
+    let fd = -1;
+    for (let attempt = 0; fd < 0; attempt++) {
+      tmp = join(dirname(path), `.${basename(path)}.${process.pid}.${++tempCounter}${attempt ? `.${attempt}` : ""}.tmp`);
+      try {
+        fd = io.openSync(tmp, "wx", 0o666);
+      } catch (e) {
+        if (errCode(e) === "EEXIST" && attempt < 100) continue;
+        throw new FileWriteError(`cannot write ${path}: ${describeFsError(e)}; ${keep}`, path, errCode(e), { cause: e });
+      }
+    }
+    const file = new AtomicFile(path, tmp, fd, keep, io);
+    if (previousMode !== undefined) file.attempt(() => io.fchmodSync(fd, previousMode));
+    return file;
+  }
+
+  write(chunk: Uint8Array): void {
+    this.attempt(() => {
+      let off = 0;
+      while (off < chunk.length) off += this.io.writeSync(this.fd, chunk, off, chunk.length - off);
+    });
+  }
+
+  /** Makes the written bytes the file at `path`, durably. */
+  commit(): void {
+    this.attempt(() => {
+      this.io.fsyncSync(this.fd);
+      const closing = this.fd;
+      this.fd = -1;
+      this.io.closeSync(closing);
+      this.io.renameSync(this.tmp, this.path);
+    });
+    // Make the rename itself durable. Some file systems cannot fsync a folder: that is not an error.
+    let dfd = -1;
+    try {
+      dfd = this.io.openSync(dirname(this.path), "r");
+      this.io.fsyncSync(dfd);
     } catch (e) {
-      if (errCode(e) === "EEXIST" && attempt < 100) continue;
-      throw new FileWriteError(`cannot write ${path}: ${describeFsError(e)}; ${keep}`, path, errCode(e), { cause: e });
+      const code = errCode(e);
+      if (code === "EIO" || code === "ENOSPC") {
+        throw new FileWriteError(`wrote ${this.path} but could not flush its folder: ${describeFsError(e)}`, this.path, code, { cause: e });
+      }
+    } finally {
+      if (dfd >= 0) this.io.closeSync(dfd);
     }
   }
 
-  try {
-    if (previousMode !== undefined) io.fchmodSync(fd, previousMode);
-    for (const chunk of chunks) {
-      let off = 0;
-      while (off < chunk.length) off += io.writeSync(fd, chunk, off, chunk.length - off);
-    }
-    io.fsyncSync(fd);
-    const closing = fd;
-    fd = -1;
-    io.closeSync(closing);
-    io.renameSync(tmp, path);
-  } catch (e) {
-    if (fd >= 0) {
+  /** Drops the temp file; the target is left as it was. Never throws. */
+  abort(): void {
+    if (this.fd >= 0) {
       try {
-        io.closeSync(fd);
+        this.io.closeSync(this.fd);
       } catch {
         // already failing; the unlink below still runs
       }
+      this.fd = -1;
     }
     try {
-      io.unlinkSync(tmp);
+      this.io.unlinkSync(this.tmp);
     } catch {
       // nothing more to do: the temp file name is in the message
     }
-    throw new FileWriteError(`cannot write ${path}: ${describeFsError(e)}; ${keep}`, path, errCode(e), { cause: e });
   }
 
-  // Make the rename itself durable. Some file systems cannot fsync a folder: that is not an error.
-  let dfd = -1;
-  try {
-    dfd = io.openSync(dir, "r");
-    io.fsyncSync(dfd);
-  } catch (e) {
-    const code = errCode(e);
-    if (code === "EIO" || code === "ENOSPC") {
-      throw new FileWriteError(`wrote ${path} but could not flush its folder: ${describeFsError(e)}`, path, code, { cause: e });
+  /** Aborts the write and returns the FileWriteError that says why (`cause`). */
+  failure(cause: unknown): FileWriteError {
+    this.abort();
+    return new FileWriteError(`cannot write ${this.path}: ${describeFsError(cause)}; ${this.keep}`, this.path, errCode(cause), { cause });
+  }
+
+  private attempt(step: () => void): void {
+    try {
+      step();
+    } catch (e) {
+      throw this.failure(e);
     }
-  } finally {
-    if (dfd >= 0) io.closeSync(dfd);
   }
 }
 
-/** writeFileAtomic of a text, as UTF-8 (metrics.jsonl, loss.svg). */
+/** Writes chunks to path atomically (AtomicFile). Throws FileWriteError naming path and cause. */
+export function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>, io: FileIo = nodeIo): void {
+  const file = AtomicFile.create(path, io);
+  try {
+    for (const chunk of chunks) file.write(chunk);
+  } catch (e) {
+    throw e instanceof FileWriteError ? e : file.failure(e); // e.g. a generator of chunks that failed
+  }
+  file.commit();
+}
+
+/** writeFileAtomic of a text, as UTF-8 (metrics.jsonl, loss.svg, a cache's meta.json). */
 export function writeTextAtomic(path: string, text: string): void {
   writeFileAtomic(path, [new TextEncoder().encode(text)]);
 }
