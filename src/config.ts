@@ -8,7 +8,7 @@ import { Value, ValueErrorType } from "@sinclair/typebox/value";
 import { parse as parseJsonc, printParseErrorCode, visit, type ParseError } from "jsonc-parser";
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
-import { SFT_SOURCES, STREAM_SOURCES, type SftSource, type StreamSource } from "./data/paths.ts";
+import { type Mixture, mixtureOf, mixtureProblems, SFT_SOURCES, STREAM_SOURCES, type StreamSource } from "./data/paths.ts";
 import { InputError } from "./errors.ts";
 import { modelCfgDifferences, modelCfgProblems, type ModelCfg } from "./model/config.ts";
 
@@ -128,13 +128,13 @@ interface PhaseConfigBase {
 
 export interface PretrainConfig extends PhaseConfigBase {
   phase: "pretrain";
-  sources: Partial<Record<StreamSource, number>>; // normalized, zero entries dropped
+  sources: Mixture; // of stream sources
   valSource: StreamSource;
 }
 
 export interface SftConfig extends PhaseConfigBase {
   phase: "sft";
-  sources: Partial<Record<SftSource, number>>;
+  sources: Mixture; // of SFT sources
   valSource: StreamSource | "sft";
   initFrom: string | null; // absolute path, or null for a fresh model
 }
@@ -250,17 +250,6 @@ function schemaProblems(schema: TSchema, value: unknown): string[] {
   });
 }
 
-function probabilityProblems(probs: Record<string, number>, key: string): string[] {
-  const total = Object.values(probs).reduce((a, b) => a + b, 0);
-  return Object.keys(probs).length === 0 || total <= 0 ? [`/${key}: expected at least one probability > 0`] : [];
-}
-
-function normalize<K extends string>(probs: Partial<Record<K, number>>): Partial<Record<K, number>> {
-  const entries = Object.entries(probs) as Array<[K, number]>;
-  const total = entries.reduce((a, [, p]) => a + p, 0);
-  return Object.fromEntries(entries.filter(([, p]) => p > 0).map(([k, p]) => [k, p / total])) as Partial<Record<K, number>>;
-}
-
 /** What is wrong with one file: the whole file (unreadable), or a list of "json/path: problem". */
 interface Section {
   title: string; // e.g. "pretrain config /abs/configs/pretrain.json"
@@ -330,9 +319,10 @@ function checkPhaseConfig(
     if (i >= 0) problems[i] = hint;
   }
   const probsKey = phase === "pretrain" ? "sources" : "sft_sources";
+  const cacheKind = phase === "pretrain" ? "streams" : "sft";
   const clean = (prefix: string) => !problems.some((p) => p.startsWith(`${prefix}/`) || p.startsWith(`${prefix}:`));
   if (isObject(obj[probsKey]) && clean(`/${probsKey}`)) {
-    problems.push(...probabilityProblems(obj[probsKey] as Record<string, number>, probsKey));
+    problems.push(...mixtureProblems(obj[probsKey], cacheKind).map((p) => `/${probsKey}: ${p}`));
   }
   const train = { ...TRAIN_DEFAULTS, ...(isObject(obj.train_cfg) ? obj.train_cfg : {}) } as TrainCfg;
   if (isObject(obj.train_cfg) && clean("/train_cfg/min_lr") && clean("/train_cfg/base_lr") && train.min_lr > train.base_lr) {
@@ -354,12 +344,11 @@ function checkPhaseConfig(
   const sections = [{ title: namedBy ? `${title} (${namedBy.key} of ${namedBy.file})` : title, problems }, ...modelSections];
   if (model === null || sections.some((s) => s.whole !== undefined || s.problems.length > 0)) return { config: null, sections };
 
-  const base = { file: abs, raw: obj, modelCfgFile, modelCfgRaw: model, model: model as ModelCfg, train };
+  const base = { file: abs, raw: obj, modelCfgFile, modelCfgRaw: model, model: model as ModelCfg, train, sources: mixtureOf(obj[probsKey] as Record<string, number>, cacheKind) };
   if (phase === "pretrain") {
     const config: PretrainConfig = {
       ...base,
       phase,
-      sources: normalize(obj.sources as Partial<Record<StreamSource, number>>),
       valSource: (obj.val_source as StreamSource | undefined) ?? "wiki",
     };
     return { config, sections: [] };
@@ -368,7 +357,6 @@ function checkPhaseConfig(
   const config: SftConfig = {
     ...base,
     phase,
-    sources: normalize(obj.sft_sources as Partial<Record<SftSource, number>>),
     valSource: (obj.val_source as StreamSource | "sft" | undefined) ?? "wiki",
     initFrom: initFrom ? resolve(repoRoot, initFrom) : null,
   };

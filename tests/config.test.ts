@@ -91,7 +91,7 @@ describe("defaults and the shipped configs", () => {
   test("probabilities are normalized and zero entries dropped; relative paths resolve against REPO_ROOT", () => {
     const repo = makeTinyRepo({ streams: false });
     const c = pretrainWith(repo, { ...goodPretrain, sources: { wiki: 3, roam: 1, primer: 0 } })();
-    expect(c.sources).toEqual({ wiki: 0.75, roam: 0.25 });
+    expect<Readonly<Record<string, number>>>(c.sources).toEqual({ wiki: 0.75, roam: 0.25 });
     expect(c.file).toBe(join(repo.root, "configs/p.json"));
     expect(c.modelCfgFile).toBe(join(repo.root, "configs/model.json"));
     const s = sftWith(repo, { ...goodSft, init_from: "ckpts/pre.pt" })();
@@ -256,7 +256,7 @@ describe("JSON syntax errors: file, line and column", () => {
 
   test("a byte order mark is accepted", () => {
     writeFileSync(file, `\uFEFF${JSON.stringify(goodPretrain)}`);
-    expect(load().sources).toEqual({ wiki: 1 });
+    expect<Readonly<Record<string, number>>>(load().sources).toEqual({ wiki: 1 });
   });
 
   test("a missing config file", () => {

@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { mixtureOf } from "../src/data/paths.ts";
 import { appendFileSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { openCache, mapFile } from "../src/data/cache.ts";
 import { DataError } from "../src/data/errors.ts";
@@ -204,7 +205,7 @@ describe("cache validation errors name the file and what is wrong", () => {
 
   test("SFT cache with nothing to learn: error when the dataset opens", () => {
     const bin = writeSft(root, "dolly", "train", [[USER_ID, 1, 2], [USER_ID, 3, ASST_ID]]);
-    const e = dataError(() => SFTExampleDataset.open(root, { dolly: 1 }, "train", { B: 2, T: 8, seed: 1, modelV: V }));
+    const e = dataError(() => SFTExampleDataset.open(root, mixtureOf({ dolly: 1 }, "sft"), "train", { B: 2, T: 8, seed: 1, modelV: V }));
     expect(e.message).toContain(bin);
     expect(e.message).toContain("none of its 2 examples has a target to learn within T+1=9 tokens");
   });
@@ -212,8 +213,8 @@ describe("cache validation errors name the file and what is wrong", () => {
   test("an SFT example whose answer starts beyond T+1 counts as nothing to learn", () => {
     const long = [USER_ID, ...new Array(20).fill(65), ASST_ID, 66, EOT_ID];
     writeSft(root, "dolly", "train", [long]);
-    expect(dataError(() => SFTExampleDataset.open(root, { dolly: 1 }, "train", { B: 1, T: 16, seed: 1, modelV: V })).message).toContain("T+1=17");
-    const ds = SFTExampleDataset.open(root, { dolly: 1 }, "train", { B: 1, T: 24, seed: 1, modelV: V });
+    expect(dataError(() => SFTExampleDataset.open(root, mixtureOf({ dolly: 1 }, "sft"), "train", { B: 1, T: 16, seed: 1, modelV: V })).message).toContain("T+1=17");
+    const ds = SFTExampleDataset.open(root, mixtureOf({ dolly: 1 }, "sft"), "train", { B: 1, T: 24, seed: 1, modelV: V });
     expect(ds.learnable).toEqual({ dolly: 1 });
   });
 });

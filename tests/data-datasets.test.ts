@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mixtureOf } from "../src/data/paths.ts";
 import { maskRow } from "../src/data/mask.ts";
 import { evalBatches } from "../src/data/eval.ts";
 import { RNG_STREAM, Rng } from "../src/util/random.ts";
@@ -61,7 +62,7 @@ function chiSquare(counts: Record<string, number>, probs: Record<string, number>
 describe("StreamDataset", () => {
   test("rows are windows of T+1 consecutive tokens of one source; y is x shifted by one", () => {
     const T = 16;
-    const ds = StreamDataset.open(root, MIX, "train", { B: 8, T, seed: 42, modelV: V });
+    const ds = StreamDataset.open(root, mixtureOf(MIX, "streams"), "train", { B: 8, T, seed: 42, modelV: V });
     for (let step = 0; step < 50; step++) {
       const { x, y } = ds.getBatch(step);
       for (let b = 0; b < 8; b++) {
@@ -75,27 +76,27 @@ describe("StreamDataset", () => {
 
   test("the batch of a step is a pure function of (seed, step)", () => {
     const opts = { B: 4, T: 32, seed: 42, modelV: V };
-    const a = StreamDataset.open(root, MIX, "train", opts);
-    const b = StreamDataset.open(root, MIX, "train", opts);
+    const a = StreamDataset.open(root, mixtureOf(MIX, "streams"), "train", opts);
+    const b = StreamDataset.open(root, mixtureOf(MIX, "streams"), "train", opts);
     const copy = (bt: { x: Int32Array; y: Int32Array }) => ({ x: bt.x.slice(), y: bt.y.slice() });
     const a7 = copy(a.getBatch(7));
     a.getBatch(3);
     expect(copy(a.getBatch(7))).toEqual(a7); // order of calls does not matter
     expect(copy(b.getBatch(7))).toEqual(a7); // a fresh instance (a resumed run) draws the same
     expect(copy(a.getBatch(8)).x).not.toEqual(a7.x);
-    const other = StreamDataset.open(root, MIX, "train", { ...opts, seed: 43 });
+    const other = StreamDataset.open(root, mixtureOf(MIX, "streams"), "train", { ...opts, seed: 43 });
     expect(copy(other.getBatch(7)).x).not.toEqual(a7.x);
   });
 
   test("the returned buffers are reused between calls", () => {
-    const ds = StreamDataset.open(root, MIX, "train", { B: 2, T: 8, seed: 1, modelV: V });
+    const ds = StreamDataset.open(root, mixtureOf(MIX, "streams"), "train", { B: 2, T: 8, seed: 1, modelV: V });
     expect(ds.getBatch(0).x).toBe(ds.getBatch(1).x);
   });
 
   test("sources are drawn per row by the normalized probabilities (chi-square)", () => {
     const T = 4;
     const probs = { wiki: 2, roam: 1, primer: 1 }; // normalized: 0.5, 0.25, 0.25
-    const ds = StreamDataset.open(root, probs, "train", { B: 16, T, seed: 5, modelV: V });
+    const ds = StreamDataset.open(root, mixtureOf(probs, "streams"), "train", { B: 16, T, seed: 5, modelV: V });
     const counts: Record<string, number> = {};
     for (let step = 0; step < 1000; step++) {
       const { x } = ds.getBatch(step);
@@ -104,7 +105,7 @@ describe("StreamDataset", () => {
     // 2 degrees of freedom: P(chi2 > 13.8) = 0.001
     expect(chiSquare(counts, { wiki: 0.5, roam: 0.25, primer: 0.25 })).toBeLessThan(13.8);
     // and the spec's default mixture, including its 2% source
-    const mix = StreamDataset.open(root, MIX, "train", { B: 16, T, seed: 6, modelV: V });
+    const mix = StreamDataset.open(root, mixtureOf(MIX, "streams"), "train", { B: 16, T, seed: 6, modelV: V });
     const c2: Record<string, number> = {};
     for (let step = 0; step < 1000; step++) {
       const { x } = mix.getBatch(step);
@@ -118,7 +119,7 @@ describe("StreamDataset", () => {
     try {
       const T = 8;
       writeStream(r, "roam", "train", Array.from({ length: T + 3 }, (_, i) => 10 + i)); // offsets 0, 1, 2
-      const ds = StreamDataset.open(r, { roam: 1 }, "train", { B: 32, T, seed: 9, modelV: V });
+      const ds = StreamDataset.open(r, mixtureOf({ roam: 1 }, "streams"), "train", { B: 32, T, seed: 9, modelV: V });
       const starts = new Map<number, number>();
       for (let step = 0; step < 20; step++) {
         const { x, y } = ds.getBatch(step);
@@ -135,11 +136,11 @@ describe("StreamDataset", () => {
   });
 
   test("a probability of 0 leaves the source out; a cache shorter than T+1 is an error", () => {
-    const ds = StreamDataset.open(root, { wiki: 1, roam: 0 }, "train", { B: 1, T: 8, seed: 1, modelV: V });
+    const ds = StreamDataset.open(root, mixtureOf({ wiki: 1, roam: 0 }, "streams"), "train", { B: 1, T: 8, seed: 1, modelV: V });
     expect(ds.sources.map((s) => s.source)).toEqual(["wiki"]);
-    expect(() => StreamDataset.open(root, { primer: 1 }, "train", { B: 1, T: 500, seed: 1, modelV: V })).toThrow(/primer_train\.bin: holds 500 tokens, fewer than one window of T\+1=501/);
-    expect(() => StreamDataset.open(root, { primer: 1 }, "train", { B: 1, T: 499, seed: 1, modelV: V })).not.toThrow();
-    expect(() => StreamDataset.open(root, { wiki: 1 }, "train", { B: 0, T: 8, seed: 1, modelV: V })).toThrow(/B=0/);
+    expect(() => StreamDataset.open(root, mixtureOf({ primer: 1 }, "streams"), "train", { B: 1, T: 500, seed: 1, modelV: V })).toThrow(/primer_train\.bin: holds 500 tokens, fewer than one window of T\+1=501/);
+    expect(() => StreamDataset.open(root, mixtureOf({ primer: 1 }, "streams"), "train", { B: 1, T: 499, seed: 1, modelV: V })).not.toThrow();
+    expect(() => StreamDataset.open(root, mixtureOf({ wiki: 1 }, "streams"), "train", { B: 0, T: 8, seed: 1, modelV: V })).toThrow(/B=0/);
   });
 });
 
@@ -149,7 +150,7 @@ describe("SFTExampleDataset", () => {
 
   test("rows are whole examples, truncated to T+1, padded, masked by the rule", () => {
     const T = 12;
-    const ds = SFTExampleDataset.open(root, SFT_MIX, "train", { B: 8, T, seed: 42, modelV: V });
+    const ds = SFTExampleDataset.open(root, mixtureOf(SFT_MIX, "sft"), "train", { B: 8, T, seed: 42, modelV: V });
     for (let step = 0; step < 40; step++) {
       const { x, y, yMasked, nTargets } = ds.getBatch(step);
       let counted = 0;
@@ -170,12 +171,12 @@ describe("SFTExampleDataset", () => {
   });
 
   test("examples with nothing to learn are skipped and counted", () => {
-    const ds = SFTExampleDataset.open(root, SFT_MIX, "train", { B: 4, T: 32, seed: 1, modelV: V });
+    const ds = SFTExampleDataset.open(root, mixtureOf(SFT_MIX, "sft"), "train", { B: 4, T: 32, seed: 1, modelV: V });
     expect(ds.skipped).toEqual({ dolly: 1, oasst1: 0, primer: 0 });
     expect(ds.learnable).toEqual({ dolly: 300, oasst1: 200, primer: 50 });
     expect(ds.skippedTotal).toBe(1);
     // with T = 4 a question of up to 6 tokens can push <|asst|> out of the row
-    const short = SFTExampleDataset.open(root, SFT_MIX, "train", { B: 4, T: 4, seed: 1, modelV: V });
+    const short = SFTExampleDataset.open(root, mixtureOf(SFT_MIX, "sft"), "train", { B: 4, T: 4, seed: 1, modelV: V });
     expect(short.skippedTotal).toBeGreaterThan(1);
     expect(short.learnable.dolly + short.skipped.dolly).toBe(301);
   });
@@ -183,8 +184,8 @@ describe("SFTExampleDataset", () => {
   test("deterministic per (seed, step), and sources drawn by the probabilities", () => {
     const T = 24;
     const opts = { B: 16, T, seed: 11, modelV: V };
-    const a = SFTExampleDataset.open(root, SFT_MIX, "train", opts);
-    const b = SFTExampleDataset.open(root, SFT_MIX, "train", opts);
+    const a = SFTExampleDataset.open(root, mixtureOf(SFT_MIX, "sft"), "train", opts);
+    const b = SFTExampleDataset.open(root, mixtureOf(SFT_MIX, "sft"), "train", opts);
     const snap = (d: SFTExampleDataset, s: number) => {
       const r = d.getBatch(s);
       return [r.x.slice(), r.y.slice(), r.yMasked.slice()];
@@ -206,7 +207,7 @@ describe("SFTExampleDataset", () => {
 
 describe("evalBatches", () => {
   test("stream val source: fixed by the seed, plain targets, apart from training draws", () => {
-    const spec = { phase: "pretrain" as const, sources: MIX, valSource: "wiki" };
+    const spec = { phase: "pretrain" as const, sources: mixtureOf(MIX, "streams"), valSource: "wiki" };
     const opts = { root, spec, B: 4, T: 16, seed: 42, modelV: V, count: 5 };
     const a = evalBatches(opts);
     expect(a.length).toBe(5);
@@ -216,21 +217,21 @@ describe("evalBatches", () => {
     expect(a[0].nTargets).toBe(64);
     for (const b of a) for (const id of b.x) expect(sourceOf(id)).toBe("wiki");
     // the same draws on the training stream would give other windows
-    const train = StreamDataset.open(root, { wiki: 1 }, "val", { B: 4, T: 16, seed: 42, modelV: V, rngStream: RNG_STREAM.train });
+    const train = StreamDataset.open(root, mixtureOf({ wiki: 1 }, "streams"), "val", { B: 4, T: 16, seed: 42, modelV: V, rngStream: RNG_STREAM.train });
     expect(train.getBatch(0).x).not.toEqual(a[0].x);
-    const evalStream = StreamDataset.open(root, { wiki: 1 }, "val", { B: 4, T: 16, seed: 42, modelV: V, rngStream: RNG_STREAM.eval });
+    const evalStream = StreamDataset.open(root, mixtureOf({ wiki: 1 }, "streams"), "val", { B: 4, T: 16, seed: 42, modelV: V, rngStream: RNG_STREAM.eval });
     expect(evalStream.getBatch(0).x).toEqual(a[0].x);
   });
 
   test('val_source "sft": masked targets from the SFT val caches of the mixture', () => {
-    const spec = { phase: "sft" as const, sources: { dolly: 1, oasst1: 1 }, valSource: "sft" };
+    const spec = { phase: "sft" as const, sources: mixtureOf({ dolly: 1, oasst1: 1 }, "sft"), valSource: "sft" };
     const batches = evalBatches({ root, spec, B: 4, T: 16, seed: 42, modelV: V, count: 3 });
     for (const b of batches) {
       expect(b.y.some((v) => v === -100)).toBe(true);
       expect(b.nTargets).toBe(b.y.filter((v) => v !== -100).length);
       expect(b.nTargets).toBeGreaterThan(0);
     }
-    expect(() => evalBatches({ root, spec: { ...spec, sources: { primer: 1 } }, B: 4, T: 16, seed: 42, modelV: V, count: 3 })).toThrow(/primer_val\.bin/);
+    expect(() => evalBatches({ root, spec: { ...spec, sources: mixtureOf({ primer: 1 }, "sft") }, B: 4, T: 16, seed: 42, modelV: V, count: 3 })).toThrow(/primer_val\.bin/);
     expect(() => evalBatches({ root, spec: { ...spec, phase: "pretrain" }, B: 4, T: 16, seed: 42, modelV: V, count: 3 })).toThrow(/only allowed in the sft phase/);
   });
 });

@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { DataError } from "../src/data/errors.ts";
-import { assertCachesPresent, cachePaths, missingCacheFiles, normalizeMixture, type PhaseDataSpec } from "../src/data/paths.ts";
+import { assertCachesPresent, cachePaths, missingCacheFiles, mixtureOf, normalizeMixture, type PhaseDataSpec } from "../src/data/paths.ts";
 import { ASST_ID, EOT_ID, USER_ID } from "../src/data/tokenizer.ts";
 import { tempRoot, writeSft, writeStream } from "./fixtures/data/helpers.ts";
 
@@ -11,8 +11,8 @@ let cleanup: () => void;
 beforeEach(() => ({ root, cleanup } = tempRoot()));
 afterEach(() => cleanup());
 
-const PRETRAIN: PhaseDataSpec = { phase: "pretrain", sources: { wiki: 0.784, roam: 0.196, primer: 0.02 }, valSource: "wiki" };
-const SFT: PhaseDataSpec = { phase: "sft", sources: { dolly: 0.7, oasst1: 0.3 }, valSource: "wiki" };
+const PRETRAIN: PhaseDataSpec = { phase: "pretrain", sources: mixtureOf({ wiki: 0.784, roam: 0.196, primer: 0.02 }, "streams"), valSource: "wiki" };
+const SFT: PhaseDataSpec = { phase: "sft", sources: mixtureOf({ dolly: 0.7, oasst1: 0.3 }, "sft"), valSource: "wiki" };
 
 describe("cache paths", () => {
   test("the spec's layout", () => {
@@ -69,7 +69,7 @@ describe("missing caches", () => {
       join(root, "streams", "primer_train.bin"),
       join(root, "streams", "primer_train.bin.meta.json"),
     ]);
-    expect(missingCacheFiles(root, { ...PRETRAIN, sources: { wiki: 1, primer: 0 } })).toEqual([]);
+    expect(missingCacheFiles(root, { ...PRETRAIN, sources: mixtureOf({ wiki: 1, primer: 0 }, "streams") })).toEqual([]);
   });
 
   test("sft phase: SFT caches and the stream val cache, no fallback to pretraining data", () => {

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mixtureOf } from "../src/data/paths.ts";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { untagDocument, untagSentence } from "../src/data/brown.ts";
@@ -249,10 +250,10 @@ describe("demo data", () => {
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     const opts = { B: 8, T: 64, seed: 42, modelV: 264 };
-    const streams = StreamDataset.open(out, { wiki: 0.784, roam: 0.196, primer: 0.02 }, "train", opts);
+    const streams = StreamDataset.open(out, mixtureOf({ wiki: 0.784, roam: 0.196, primer: 0.02 }, "streams"), "train", opts);
     expect(decodeTokens(streams.getBatch(0).x)).toMatch(/ the /);
     for (const split of ["train", "val"] as const) {
-      const sft = SFTExampleDataset.open(out, { dolly: 1, oasst1: 1, primer: 1 }, split, opts);
+      const sft = SFTExampleDataset.open(out, mixtureOf({ dolly: 1, oasst1: 1, primer: 1 }, "sft"), split, opts);
       expect(sft.getBatch(0).nTargets).toBeGreaterThan(0);
     }
     const refuse = run("demo-data.ts", ["--out", "data/cache"]);

@@ -1,7 +1,7 @@
 /** What the datasets share: options, batch types, opening a mixture of caches. */
 import { type TokenCache, openCache } from "./cache.ts";
 import { DataError } from "./errors.ts";
-import { type CacheKind, cachePaths, normalizeMixture, type Split } from "./paths.ts";
+import { type CacheKind, cachePaths, type Mixture, type Split } from "./paths.ts";
 import { RNG_STREAM } from "../util/random.ts";
 
 export interface DatasetOptions {
@@ -45,15 +45,15 @@ export function checkDatasetOptions(opts: DatasetOptions): Required<DatasetOptio
   return { ...opts, rngStream: opts.rngStream ?? RNG_STREAM.train };
 }
 
-/** Opens (and validates) the caches of a mixture: sources with probability > 0 only. */
+/** Opens (and validates) the caches of a mixture. */
 export function openMixture(
   root: string,
   kind: CacheKind,
-  mixture: Readonly<Record<string, number>>,
+  mixture: Mixture,
   split: Split,
   modelV: number,
 ): MixtureSource[] {
-  return normalizeMixture(mixture, kind).map(({ source, prob }) => ({
+  return Object.entries(mixture).map(([source, prob]) => ({
     source,
     prob,
     cache: openCache(cachePaths(root, kind, source, split).bin, { kind, modelV }),

@@ -7,7 +7,7 @@
  */
 import type { DatasetOptions } from "./dataset.ts";
 import { DataError } from "./errors.ts";
-import { type PhaseDataSpec, STREAM_SOURCES } from "./paths.ts";
+import { mixtureOf, type PhaseDataSpec, STREAM_SOURCES } from "./paths.ts";
 import { RNG_STREAM } from "../util/random.ts";
 import { SFTExampleDataset } from "./sft.ts";
 import { StreamDataset } from "./stream.ts";
@@ -52,7 +52,7 @@ export function evalBatches(opts: EvalOptions): EvalBatch[] {
   if (!(STREAM_SOURCES as readonly string[]).includes(opts.spec.valSource)) {
     throw new DataError(`unknown val_source "${opts.spec.valSource}": expected one of ${[...STREAM_SOURCES, "sft"].join(", ")}`);
   }
-  const ds = StreamDataset.open(opts.root, { [opts.spec.valSource]: 1 }, "val", dsOpts);
+  const ds = StreamDataset.open(opts.root, mixtureOf({ [opts.spec.valSource]: 1 }, "streams"), "val", dsOpts);
   for (let i = 0; i < opts.count; i++) {
     const b = ds.getBatch(i);
     out.push({ x: b.x.slice(), y: b.y.slice(), nTargets: b.y.length });

@@ -48,8 +48,8 @@ export function cachePaths(root: string, kind: CacheKind, source: string, split:
 /** What a phase reads: its training mixture and its validation source. */
 export interface PhaseDataSpec {
   phase: "pretrain" | "sft";
-  /** Training mixture, source -> probability (normalized when sampling; 0 = not used). */
-  sources: Readonly<Record<string, number>>;
+  /** Training mixture. */
+  sources: Mixture;
   /** A stream source (its `_val` cache), or "sft" (the `_val` caches of the SFT mixture; sft phase only). */
   valSource: string;
 }
@@ -64,12 +64,17 @@ export interface CacheUse {
   role: string;
 }
 
+declare const normalized: unique symbol;
+
 /**
- * Sources with a positive probability, normalized to sum 1, in the order given.
- * Throws a DataError for an unknown source, a negative or non-finite probability,
- * or a mixture without any positive probability.
+ * A phase's training mixture, source -> probability: only the sources with p > 0, in the
+ * order given, the probabilities summing to 1. Made once, by the config layer (mixtureOf),
+ * and taken as is by the data layer.
  */
-export function normalizeMixture(sources: Readonly<Record<string, number>>, kind: CacheKind): { source: string; prob: number }[] {
+export type Mixture = Readonly<Record<string, number>> & { readonly [normalized]: true };
+
+/** What is wrong with a mixture as written: unknown sources, bad or no positive probabilities. */
+export function mixtureProblems(sources: Readonly<Record<string, unknown>>, kind: CacheKind): string[] {
   const allowed = sourcesOf(kind);
   const problems: string[] = [];
   let total = 0;
@@ -79,25 +84,40 @@ export function normalizeMixture(sources: Readonly<Record<string, number>>, kind
       problems.push(`source "${name}": probability must be a finite number >= 0, got ${JSON.stringify(p)}`);
     } else total += p;
   }
-  if (problems.length === 0 && !(total > 0)) problems.push("no source has a positive probability");
+  if (problems.length === 0 && !(total > 0)) problems.push("no source has a positive probability (expected at least one probability > 0)");
+  return problems;
+}
+
+/**
+ * Sources with a positive probability, normalized to sum 1, in the order given.
+ * Throws a DataError listing the mixtureProblems.
+ */
+export function normalizeMixture(sources: Readonly<Record<string, number>>, kind: CacheKind): { source: string; prob: number }[] {
+  const problems = mixtureProblems(sources, kind);
   if (problems.length > 0) throw new DataError(`invalid ${kind} mixture: ${problems.join("; ")}`);
+  const total = Object.values(sources).reduce((a, p) => a + p, 0);
   return Object.entries(sources)
     .filter(([, p]) => p > 0)
     .map(([source, p]) => ({ source, prob: p / total }));
+}
+
+/** The Mixture of probabilities as written (normalizeMixture as a record). */
+export function mixtureOf(sources: Readonly<Record<string, number>>, kind: CacheKind): Mixture {
+  return Object.fromEntries(normalizeMixture(sources, kind).map(({ source, prob }) => [source, prob])) as Mixture;
 }
 
 /** Every cache the phase reads (training mixture, then validation), without duplicates. */
 export function phaseCaches(root: string, spec: PhaseDataSpec): CacheUse[] {
   const kind: CacheKind = spec.phase === "pretrain" ? "streams" : "sft";
   const uses: CacheUse[] = [];
-  for (const { source, prob } of normalizeMixture(spec.sources, kind)) {
+  for (const [source, prob] of Object.entries(spec.sources)) {
     uses.push({ kind, source, split: "train", paths: cachePaths(root, kind, source, "train"), role: `training mixture (p=${round4(prob)})` });
   }
   if (spec.valSource === "sft") {
     if (spec.phase !== "sft") {
       throw new DataError(`val_source "sft" is only allowed in the sft phase; the ${spec.phase} phase validates on a stream source (${STREAM_SOURCES.join(", ")})`);
     }
-    for (const { source } of normalizeMixture(spec.sources, "sft")) {
+    for (const source of Object.keys(spec.sources)) {
       uses.push({ kind: "sft", source, split: "val", paths: cachePaths(root, "sft", source, "val"), role: "validation (val_source sft)" });
     }
   } else {

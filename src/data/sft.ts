@@ -8,7 +8,7 @@ import { assertSameTokenizer, specialId } from "./cache.ts";
 import { checkDatasetOptions, type DatasetOptions, type MixtureSource, openMixture, type SftBatch } from "./dataset.ts";
 import { DataError } from "./errors.ts";
 import { firstLearnableAsst, maskRow } from "./mask.ts";
-import type { Split } from "./paths.ts";
+import type { Mixture, Split } from "./paths.ts";
 import { cumulative, Rng } from "../util/random.ts";
 
 export class SFTExampleDataset {
@@ -87,7 +87,7 @@ export class SFTExampleDataset {
   }
 
   /** Opens the `<source>_<split>` SFT caches of a mixture under `root` and validates them. */
-  static open(root: string, mixture: Readonly<Record<string, number>>, split: Split, options: DatasetOptions & { modelV: number }): SFTExampleDataset {
+  static open(root: string, mixture: Mixture, split: Split, options: DatasetOptions & { modelV: number }): SFTExampleDataset {
     return new SFTExampleDataset(openMixture(root, "sft", mixture, split, options.modelV), options);
   }
 

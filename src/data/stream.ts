@@ -5,7 +5,7 @@
 import { assertSameTokenizer } from "./cache.ts";
 import { type Batch, checkDatasetOptions, type DatasetOptions, type MixtureSource, openMixture } from "./dataset.ts";
 import { DataError } from "./errors.ts";
-import type { Split } from "./paths.ts";
+import type { Mixture, Split } from "./paths.ts";
 import { cumulative, Rng } from "../util/random.ts";
 
 export class StreamDataset {
@@ -37,7 +37,7 @@ export class StreamDataset {
   }
 
   /** Opens the `<source>_<split>` stream caches of a mixture under `root` and validates them. */
-  static open(root: string, mixture: Readonly<Record<string, number>>, split: Split, options: DatasetOptions & { modelV: number }): StreamDataset {
+  static open(root: string, mixture: Mixture, split: Split, options: DatasetOptions & { modelV: number }): StreamDataset {
     return new StreamDataset(openMixture(root, "streams", mixture, split, options.modelV), options);
   }
 
