@@ -6,20 +6,20 @@
  *     learned; roam = fiction (general, mystery, science fiction, adventure, romance,
  *     humor); primer = skills and hobbies, popular lore;
  *   sft dolly | oasst1 | primer: generated instruction tasks with checkable answers
- *     (src/data/tasks.ts), written in the real Dolly / oasst1 trees formats and read
+ *     (src/prepare/tasks.ts), written in the real Dolly / oasst1 trees formats and read
  *     back through the same parsers and writer as scripts/prepare-data.ts.
  *   bun scripts/demo-data.ts [--out demo/data/cache] [--seed 1] [--examples 3000]
  */
 import { defineCommand, runMain } from "citty";
 import { dirname, resolve } from "node:path";
-import { readBrown } from "../src/data/brown.ts";
+import { readBrown } from "../src/prepare/brown.ts";
 import { DataError } from "../src/data/errors.ts";
-import { dollyRecord, dollyTurns, formatIssue, oasstConversations, parseOasst } from "../src/data/formats.ts";
+import { dollyRecord, dollyTurns, formatIssue, oasstConversations, parseOasst } from "../src/prepare/formats.ts";
 import { DEFAULT_CACHE_ROOT } from "../src/data/paths.ts";
-import { type SftItem, type WrittenCache, writeSftCaches, writeStreamCaches } from "../src/data/prepare.ts";
+import { type SftItem, type WrittenCache, writeSftCaches, writeStreamCaches } from "../src/prepare/prepare.ts";
 import { Rng } from "../src/util/random.ts";
-import { hashString, type SplitPlan } from "../src/data/split.ts";
-import { makeTask, type Task, wordList } from "../src/data/tasks.ts";
+import { hashString, type SplitPlan } from "../src/prepare/split.ts";
+import { makeTask, type Task, wordList } from "../src/prepare/tasks.ts";
 import { encodeText } from "../src/data/tokenizer.ts";
 
 const STREAM_OF_CATEGORY: Readonly<Record<string, "wiki" | "roam" | "primer">> = {

@@ -181,13 +181,12 @@ export function missingCachesMessage(root: string, spec: PhaseDataSpec, missing:
   if (spec.valSource === "sft" && missing.some((m) => m.path.endsWith("_val.bin") && m.path.includes(`${join(root, "sft")}`))) {
     lines.push('val_source "sft" validates on the _val caches of the SFT mixture: build them, or set "val_source": "wiki" in the sft config.');
   }
-  lines.push("build them with scripts/prepare-data.ts, e.g.");
+  lines.push("build them with train prepare-data (train prepare-data --help), e.g.");
   lines.push(
     kind === "streams"
-      ? `  bun scripts/prepare-data.ts text --source wiki --out ${root} FILES...`
-      : `  bun scripts/prepare-data.ts dolly --source dolly --out ${root} databricks-dolly-15k.jsonl`,
+      ? `  train prepare-data text --source wiki --out ${root} FILES...`
+      : `  train prepare-data dolly --source dolly --out ${root} databricks-dolly-15k.jsonl`,
   );
-  lines.push("or small demo caches: bun scripts/demo-data.ts --out DIR");
   return lines.join("\n");
 }
 

@@ -5,7 +5,7 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { CacheWriter } from "../../src/data/writer.ts";
+import { CacheWriter } from "../../src/prepare/writer.ts";
 import { ASST_ID, EOT_ID, USER_ID, encodeText } from "../../src/data/tokenizer.ts";
 
 export const TINY_MODEL = { V: 264, T: 16, C: 32, L: 2, H: 2, d_ff: 64 };

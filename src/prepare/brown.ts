@@ -6,7 +6,7 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { DataError } from "./errors.ts";
+import { DataError } from "../data/errors.ts";
 
 export interface BrownDoc {
   id: string; // file name, e.g. "ca01"

@@ -2,9 +2,9 @@
  * Writing the caches of one source from documents or conversations, with the train/val
  * split; used by scripts/prepare-data.ts and scripts/demo-data.ts (one writer for both).
  */
-import { cachePaths, type CacheKind, type Split } from "./paths.ts";
+import { cachePaths, type CacheKind, type Split } from "../data/paths.ts";
 import { assignVal, type SplitPlan } from "./split.ts";
-import { encodeConversation, ENDOFTEXT_ID, type Turn } from "./tokenizer.ts";
+import { encodeConversation, ENDOFTEXT_ID, type Turn } from "../data/tokenizer.ts";
 import { CacheWriter } from "./writer.ts";
 
 export interface WrittenCache {

@@ -1,5 +1,5 @@
 /** Deterministic train/val assignment of documents, examples or conversation trees. */
-import { DataError } from "./errors.ts";
+import { DataError } from "../data/errors.ts";
 import { mix32 } from "../util/random.ts";
 
 /** How items are split: both splits by a fraction, or all of them into one split. */

@@ -16,8 +16,8 @@
  * replies), message_tree_id (train/val split by tree). Other fields are ignored.
  */
 import { readFileSync } from "node:fs";
-import { DataError } from "./errors.ts";
-import type { Turn } from "./tokenizer.ts";
+import { DataError } from "../data/errors.ts";
+import type { Turn } from "../data/tokenizer.ts";
 
 /** A problem with one line of an input file. */
 export interface LineIssue {

@@ -8,10 +8,10 @@
 import { mkdirSync, rmSync } from "node:fs";
 import { basename, dirname } from "node:path";
 import { AtomicFile, writeFileAtomic, writeTextAtomic } from "../util/atomic.ts";
-import { DataError } from "./errors.ts";
-import { CACHE_FORMAT, CACHE_FORMAT_VERSION, type CacheMeta, type Dtype } from "./meta.ts";
-import type { CacheKind } from "./paths.ts";
-import { SPECIAL_TOKENS, TOKENIZER_NAME, V_MIN } from "./tokenizer.ts";
+import { DataError } from "../data/errors.ts";
+import { CACHE_FORMAT, CACHE_FORMAT_VERSION, type CacheMeta, type Dtype } from "../data/meta.ts";
+import type { CacheKind } from "../data/paths.ts";
+import { SPECIAL_TOKENS, TOKENIZER_NAME, V_MIN } from "../data/tokenizer.ts";
 
 export interface CacheWriterOptions {
   kind: CacheKind;
