@@ -6,11 +6,11 @@
  * mounted noexec (src/backend/native.ts then loads a copy from the cache folder).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
-import { makeTinyRepo, TINY_MODEL, type TinyRepo } from "./helpers/repo.ts";
+import { makeTinyRepo, TINY_MODEL, TINY_TRAIN, type TinyRepo } from "./helpers/repo.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const EXE = join(ROOT, "dist", "train");
@@ -103,6 +103,37 @@ describe("dist/train alone", () => {
     const r = sh([join(repo.root, "train"), "--phase", "pretrain", "--config", "configs/pretrain.json"], { cwd: repo.root, env: bareEnv(repo.home, repo.tmp, empty) });
     expect(r.code).toBe(0);
     expectCheckpoints(repo.root);
+  });
+
+  test("the exe is the whole product: in an empty folder (no repo, no bun, no node) prepare-data text builds caches from a text file, then pretrain trains on them", () => {
+    const dir = mkdtempSync(join(tmpdir(), "train-alone-"));
+    made.push(dir);
+    copyFileSync(EXE, join(dir, "train"));
+    const home = join(dir, "home");
+    const tmp = join(dir, "tmp");
+    const bin = join(dir, "bin"); // the PATH: nothing in it (this machine has a node in /usr/bin)
+    for (const d of [home, tmp, bin]) mkdirSync(d);
+    const env = bareEnv(home, tmp, bin);
+    expect(sh(["/bin/sh", "-c", "command -v bun || command -v node || echo none"], { env }).stdout.trim()).toBe("none");
+    const lines = Array.from({ length: 50 }, (_, i) => `Line ${i}: the quick brown fox jumps over the lazy dog ${i % 7} times.`);
+    writeFileSync(join(dir, "corpus.txt"), `${lines.join("\n")}\n`);
+
+    const prep = sh(["./train", "prepare-data", "text", "--source", "wiki", "--docs", "line", "--val-fraction", "0.2", "--out", "data/cache", "corpus.txt"], { cwd: dir, env });
+    expect(prep.stderr).toBe("");
+    expect(prep.code).toBe(0);
+    expect(prep.stdout).toContain("data/cache/streams/wiki_train.bin: ");
+    for (const split of ["train", "val"]) {
+      for (const file of [`wiki_${split}.bin`, `wiki_${split}.bin.meta.json`]) expect(existsSync(join(dir, "data/cache/streams", file))).toBe(true);
+    }
+
+    mkdirSync(join(dir, "configs"));
+    writeFileSync(join(dir, "configs/model.json"), JSON.stringify(TINY_MODEL));
+    const train_cfg = { ...TINY_TRAIN, total_steps: 6, eval_every: 3, ckpt_every: 3 };
+    writeFileSync(join(dir, "configs/pretrain.json"), JSON.stringify({ model_cfg_path: "configs/model.json", train_cfg, sources: { wiki: 1 }, val_source: "wiki" }));
+    const r = sh(["./train", "--phase", "pretrain", "--config", "configs/pretrain.json", "--device", "cpu"], { cwd: dir, env });
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expectCheckpoints(dir);
   });
 
   test("its exit codes: --help 0, a usage error 2 with the usage, missing caches 2 with nothing written", () => {
