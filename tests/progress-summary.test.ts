@@ -1,6 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { formatSummary, type PhaseSummary } from "../src/train/summary";
-import { ProgressReporter } from "../src/train/progress";
+import { TrainStats } from "../src/train/stats";
 
 function phase(over: Partial<PhaseSummary>): PhaseSummary {
   return {
@@ -64,14 +64,14 @@ describe("run summary", () => {
     expect(text).not.toContain("files");
   });
 
-  test("fed from a reporter's stats", () => {
+  test("fed from the loop's stats", () => {
     let t = 0;
-    const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 100, startStep: 0, out: { write: () => true }, now: () => t });
+    const stats = new TrainStats({ totalSteps: 100, startStep: 0, now: () => t });
     for (let s = 1; s <= 100; s++) {
       t += 250;
-      rep.step({ step: s, loss: 2, lr: 1e-3, tokens: 1024 });
+      stats.step({ step: s, loss: 2, lr: 1e-3, tokens: 1024 });
     }
-    const text = formatSummary({ phases: [phase({ endStep: 100, totalSteps: 100, tokensPerStep: 1024, session: rep.stats() })], wallTimeS: 25, files: [] });
+    const text = formatSummary({ phases: [phase({ endStep: 100, totalSteps: 100, tokensPerStep: 1024, session: stats.session() })], wallTimeS: 25, files: [] });
     expect(text).toContain("tokens seen 102,400 (100 steps x 1,024)");
     expect(text).toContain("throughput 4,096 tok/s (mean over this session's 100 steps");
   });

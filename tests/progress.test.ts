@@ -1,5 +1,45 @@
 import { describe, expect, test } from "bun:test";
-import { ProgressReporter, fmtDuration, type ProgressStream } from "../src/train/progress";
+import type { TrainLog } from "../src/train/stats";
+import { fmtDuration, type CheckpointInfo, type EvalInfo, ProgressPrinter, type ProgressOptions, type ProgressStream } from "../src/train/progress";
+import { type StatsOptions, TrainStats } from "../src/train/stats";
+
+/**
+ * The loop's statistics and the printer, paired as src/train/loop.ts pairs them: a step is
+ * recorded, then shown; an eval recorded, then shown; a save shown, then its time excluded.
+ */
+class ProgressReporter {
+  readonly stats: TrainStats;
+  readonly printer: ProgressPrinter;
+  constructor(o: StatsOptions & Omit<ProgressOptions, "stats">) {
+    this.stats = new TrainStats(o);
+    this.printer = new ProgressPrinter({ ...o, stats: this.stats });
+  }
+  get live(): boolean {
+    return this.printer.live;
+  }
+  step(s: Parameters<TrainStats["step"]>[0]): TrainLog | null {
+    const logged = this.stats.step(s);
+    this.printer.step(logged);
+    return logged?.log ?? null;
+  }
+  eval(e: EvalInfo): void {
+    this.stats.evaluated(e.valLoss);
+    this.printer.eval(e);
+  }
+  checkpoint(c: CheckpointInfo): void {
+    this.printer.checkpoint(c);
+    this.stats.paused();
+  }
+  activity(label: string | null): void {
+    this.printer.activity(label);
+  }
+  finish(): void {
+    this.printer.finish();
+  }
+  session(): ReturnType<TrainStats["session"]> {
+    return this.stats.session();
+  }
+}
 
 /** A stream that records everything written; a terminal or not. */
 class FakeStream implements ProgressStream {
@@ -154,7 +194,7 @@ describe("ProgressReporter", () => {
     const logsB = run(b, c2, 100, 200, loss);
     expect(logsB.map((l) => [l.step, l.train_loss])).toEqual(logsA.slice(2).map((l) => [l.step, l.train_loss]));
     expect(logsB[0]!.last_val_loss).toBe(1.5);
-    const st = b.stats();
+    const st = b.session();
     expect([st.steps, st.tokens]).toEqual([100, 51200]);
     expect(st.trainSeconds).toBeCloseTo(10, 9);
     expect(st.wallSeconds).toBeCloseTo(10, 9);
@@ -170,7 +210,7 @@ describe("ProgressReporter", () => {
     rep.checkpoint({ step: 70, paths: ["x"] });
     const logs = run(rep, c, 70, 100, loss);
     expect(logs[0]!.tokens_per_s).toBeCloseTo(512 / 0.1, 6);
-    const st = rep.stats();
+    const st = rep.session();
     expect(st.trainSeconds).toBeCloseTo(10, 9);
     expect(st.wallSeconds).toBeCloseTo(80, 9);
   });

@@ -15,8 +15,9 @@ import type { HParams, NativeModel } from "../backend/native.ts";
 import type { TrainCfg } from "../config.ts";
 import { Interrupted } from "../errors.ts";
 import type { MetricsLog } from "./metrics.ts";
-import type { ProgressReporter } from "./progress.ts";
+import type { ProgressPrinter } from "./progress.ts";
 import { learningRate } from "./schedule.ts";
+import type { TrainStats } from "./stats.ts";
 import type { StopSignal } from "./stop.ts";
 
 export interface Batch {
@@ -47,7 +48,10 @@ export interface LoopContext {
   data: PhaseData;
   startStep: number;
   bestValLoss: number | null;
-  reporter: ProgressReporter;
+  /** The phase's statistics: the loop records each step, eval and save in them. */
+  stats: TrainStats;
+  /** Prints what the loop and its statistics report. */
+  printer: ProgressPrinter;
   metrics: LoopMetrics;
   stop: StopSignal;
   /**
@@ -94,7 +98,7 @@ function yieldToEventLoop(): Promise<void> {
 }
 
 export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
-  const { model, train, data, reporter, metrics, stop } = ctx;
+  const { model, train, data, stats, printer, metrics, stop } = ctx;
   const tokensPerStep = model.batchSize * model.cfg.T;
   let step = ctx.startStep;
   let bestValLoss = ctx.bestValLoss;
@@ -108,7 +112,7 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
         step === savedStep
           ? `nothing new to save since step ${step}`
           : `saved ${ctx.save(step, bestValLoss, { periodic: false, best: false, latestOnly: true }, null).join(", ")}`;
-      reporter.print(`${stop.requested}: stopped after step ${step}, ${saved}`);
+      printer.print(`${stop.requested}: stopped after step ${step}, ${saved}`);
       throw new Interrupted(stop.requested, `interrupted by ${stop.requested} at step ${step}; resume with the same command`);
     }
     const lr = learningRate(step, train);
@@ -119,7 +123,7 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
     if (!result.applied) {
       nonFiniteInARow++;
       const which = Number.isFinite(result.loss) ? `gradient norm ${result.gradNorm}` : `loss ${result.loss}`;
-      reporter.print(
+      printer.print(
         `step ${step}: non-finite ${which} at lr ${lr.toExponential(3)}: update skipped (${nonFiniteInARow} in a row, limit ${train.max_nonfinite_steps})`,
       );
       if (nonFiniteInARow >= train.max_nonfinite_steps) {
@@ -130,15 +134,16 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
       }
     } else {
       nonFiniteInARow = 0;
-      const log = reporter.step({ step, loss: result.loss, lr, tokens: tokensPerStep });
-      if (log) metrics.appendTrain(log);
+      const logged = stats.step({ step, loss: result.loss, lr, tokens: tokensPerStep });
+      printer.step(logged);
+      if (logged) metrics.appendTrain(logged.log);
     }
 
     const last = step === train.total_steps;
     let improved = false;
     let valLoss: number | null = null;
     if (step % train.eval_every === 0 || last) {
-      reporter.activity("eval");
+      printer.activity("eval");
       const t0 = performance.now();
       valLoss = evaluate(model, data.evalBatches);
       improved = Number.isFinite(valLoss) && (bestValLoss === null || valLoss < bestValLoss);
@@ -147,13 +152,15 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
         bestStep = step;
       }
       metrics.appendEval({ step, lr, val_loss: valLoss });
-      reporter.eval({ step, valLoss, best: bestValLoss ?? valLoss, improved, seconds: (performance.now() - t0) / 1000 });
+      stats.evaluated(valLoss);
+      printer.eval({ step, valLoss, best: bestValLoss ?? valLoss, improved, seconds: (performance.now() - t0) / 1000 });
       ctx.afterEval?.(bestStep);
     }
     const periodic = step % train.ckpt_every === 0 || last;
     if (periodic || improved) {
-      reporter.activity("saving");
-      reporter.checkpoint({ step, paths: ctx.save(step, bestValLoss, { periodic, best: improved }, valLoss) });
+      printer.activity("saving");
+      printer.checkpoint({ step, paths: ctx.save(step, bestValLoss, { periodic, best: improved }, valLoss) });
+      stats.paused();
       if (periodic) savedStep = step;
     }
     await yieldToEventLoop();

@@ -16,7 +16,8 @@ import { trainLoop, hparamsOf, DivergedError, type LoopMetrics, type SaveTargets
 import { bestEval, MetricsLog, type MetricsPhase } from "./metrics.ts";
 import { openPhaseData, type OpenedPhaseData } from "./phase-data.ts";
 import { learningRate } from "./schedule.ts";
-import { ProgressReporter, type ProgressStream } from "./progress.ts";
+import { ProgressPrinter, type ProgressStream } from "./progress.ts";
+import { TrainStats } from "./stats.ts";
 import type { StopSignal } from "./stop.ts";
 import { decideStart, show, type ResumeRequest } from "./start.ts";
 import { formatSummary } from "./summary.ts";
@@ -124,15 +125,14 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
       appendEval: (r) => writingTo(metricsPath, () => metrics.appendEval(r)),
     };
     const lastEval = metrics.lastEval(phase);
-    const reporter = new ProgressReporter({
-      phase,
+    const stats = new TrainStats({
       totalSteps: config.train.total_steps,
       startStep: start.step,
       lastValLoss: resumed ? (lastEval?.val_loss ?? null) : null,
       logEvery: config.train.log_every,
-      out: o.out,
     });
-    reporter.print(
+    const printer = new ProgressPrinter({ phase, stats, out: o.out });
+    printer.print(
       `${phase}: ${start.from}; model V=${config.model.V} T=${config.model.T} C=${config.model.C} L=${config.model.L} H=${config.model.H} d_ff=${config.model.d_ff} ` +
         `(${(model.numParams / 1e6).toFixed(2)}M params), B=${config.train.B}, device ${o.device}, steps ${start.step}..${config.train.total_steps}`,
     );
@@ -141,7 +141,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
     const firstValLoss = resumed ? null : data.evalLoss(model);
     if (firstValLoss !== null) {
       metricsOut.appendEval({ step: 0, lr: null, val_loss: firstValLoss });
-      reporter.print(`${phase}: val loss before training ${firstValLoss.toFixed(4)} (ln V = ${Math.log(config.model.V).toFixed(4)})`);
+      printer.print(`${phase}: val loss before training ${firstValLoss.toFixed(4)} (ln V = ${Math.log(config.model.V).toFixed(4)})`);
     }
 
     const save = (step: number, bestValLoss: number | null, targets: SaveTargets, valLoss: number | null): string[] => {
@@ -180,13 +180,14 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
         data,
         startStep: start.step,
         bestValLoss: start.bestValLoss,
-        reporter,
+        stats,
+        printer,
         metrics: metricsOut,
         stop: o.stop,
         save,
         afterEval: redraw,
       });
-      reporter.finish();
+      printer.finish();
       const files = [
         ["best checkpoint", bestPath],
         ["latest checkpoint", latestPath],
@@ -203,9 +204,9 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
               totalSteps: config.train.total_steps,
               bestValLoss: result.bestValLoss,
               bestStep: result.bestStep ?? bestEval(metrics.records(), phase)?.step ?? null,
-              lastValLoss: reporter.lastValLoss,
+              lastValLoss: stats.lastValLoss,
               tokensPerStep: config.train.B * config.model.T,
-              session: reporter.stats(),
+              session: stats.session(),
             },
           ],
           wallTimeS: metrics.wallTimeS(),
@@ -214,7 +215,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
       );
       return { step: result.step, bestValLoss: result.bestValLoss, bestPath, alreadyFinished: false, freshStart: !resumed, firstValLoss };
     } finally {
-      reporter.finish();
+      printer.finish();
     }
   } catch (e) {
     if (!(e instanceof FileWriteError)) throw e;

@@ -1,8 +1,9 @@
 /**
- * Console progress of one training phase.
+ * Console progress of one training phase: it prints, it computes nothing. The numbers come
+ * from the loop's statistics (src/train/stats.ts: TrainStats).
  *
- * Two kinds of output, both through one reporter so they never garble each other:
- *  - plain lines (the spec's progress line every `logEvery` steps, eval results, checkpoint
+ * Two kinds of output, both through one printer so they never garble each other:
+ *  - plain lines (the spec's progress line every `log_every` steps, eval results, checkpoint
  *    notices, anything passed to `print`), always printed, on a terminal or not;
  *  - one live line (step/total, bar, percent, ETA, tokens/s, moving-average loss, lr, last val
  *    loss) redrawn in place with "\r" + clear-to-end-of-line, at most every `redrawMs`, and only
@@ -10,40 +11,15 @@
  *    line is cleared, after it the live line is drawn again. Not on a terminal (CI, file, pipe),
  *    nothing live is written.
  *
- * Moving average: a WINDOW mean, not an EMA. The train_loss of a log line is the mean loss of
- * the steps reported since the previous log line (50 steps by default), so it does not depend
- * on whether the run was resumed at a checkpoint in between (a resume at a multiple of
- * `logEvery` gives the same numbers as an uninterrupted run); tokens/s of a log line is the
- * tokens of those steps / their training time. The live line shows the mean over the last
- * `logEvery` steps (a sliding window). Non-finite losses are left out of the means and counted
- * in the log line ("non-finite losses N").
- *
- * Step numbering: `step` is the number of COMPLETED optimizer steps (1 after the first one), the
- * same number a checkpoint written after that step carries (step_{step:07d}.pt). Steps must
- * increase; a step the loop does not report (e.g. an update skipped for a non-finite gradient)
- * is allowed, its time then counts toward the next reported step. Better: report every step.
- *
- * Timing: a step's duration is the time since the previous `step()` call, or since the last
- * `eval()` / `checkpoint()` report, or since construction. So time spent evaluating or saving is
- * not counted as training time as long as the loop reports `eval()` / `checkpoint()` right after
- * finishing them. The ETA uses wall time (evals included): remaining steps x wall time per step
- * of this session.
- *
- * How the loop uses it:
- *   const rep = new ProgressReporter({ phase, totalSteps, startStep, lastValLoss, bestValLoss });
- *   try {
- *     for (let s = startStep; s < totalSteps; s++) {
- *       const r = model.trainStep(x, y, h);
- *       const log = rep.step({ step: s + 1, loss: r.loss, lr: h.lr, tokens: B * T });
- *       if (log) metrics.appendTrain(log);
- *       if (evalDue) { rep.activity("eval"); const v = ...; rep.eval({ step: s + 1, valLoss: v,
- *                      best, improved, seconds }); metrics.appendEval(...); }
- *       if (ckptDue) { rep.activity("saving"); save(...); rep.checkpoint({ step: s + 1, paths }); }
- *     }
- *   } finally { rep.finish(); }
+ * How the loop uses it (src/train/loop.ts):
+ *   const logged = stats.step({ step, loss, lr, tokens });   printer.step(logged);
+ *   printer.activity("eval"); ...; stats.evaluated(valLoss);  printer.eval({ step, valLoss, best, improved });
+ *   printer.activity("saving"); ...;                           printer.checkpoint({ step, paths }); stats.paused();
+ *   finally printer.finish();
  */
+import type { LoggedStep, TrainStats } from "./stats.ts";
 
-/** The part of a Node/Bun write stream the reporter needs (process.stdout fits). */
+/** The part of a Node/Bun write stream the printer needs (process.stdout fits). */
 export interface ProgressStream {
   write(chunk: string): unknown;
   isTTY?: boolean;
@@ -53,14 +29,8 @@ export interface ProgressStream {
 export interface ProgressOptions {
   /** Label printed in front of every line, e.g. "pretrain" or "sft". */
   phase: string;
-  /** Last step of the phase (exclusive loop bound = number of steps when done). */
-  totalSteps: number;
-  /** Completed steps before this session (0 on a fresh start, the checkpoint's step on resume). */
-  startStep: number;
-  /** Val loss of the last eval before this session, shown until the next eval (resume). */
-  lastValLoss?: number | null;
-  /** Print a plain progress line every this many steps (and at the last step). Default 50. */
-  logEvery?: number;
+  /** The numbers shown: the loop's statistics (their clock is the printer's). */
+  stats: TrainStats;
   /** Minimum milliseconds between two redraws of the live line. Default 200. */
   redrawMs?: number;
   /** Output stream. Default process.stdout. */
@@ -69,30 +39,6 @@ export interface ProgressOptions {
   env?: Record<string, string | undefined>;
   /** Force the live line on or off instead of detecting a terminal. */
   live?: boolean;
-  /** Monotonic clock in milliseconds. Default performance.now. */
-  now?: () => number;
-}
-
-/** What a logged step reports; exactly the fields of a metrics "train" record. */
-export interface TrainLog {
-  step: number;
-  lr: number;
-  /** Mean loss of the steps in the window (the steps since the previous log line). */
-  train_loss: number;
-  /** Val loss of the most recent eval, null if none yet. */
-  last_val_loss: number | null;
-  tokens_per_s: number;
-}
-
-export interface StepInfo {
-  /** Completed steps after this one (1-based). Must increase from call to call. */
-  step: number;
-  /** Training loss of this step (nats). */
-  loss: number;
-  /** Learning rate used for this step. */
-  lr: number;
-  /** Tokens processed by this step (B*T). */
-  tokens: number;
 }
 
 export interface EvalInfo {
@@ -112,185 +58,38 @@ export interface CheckpointInfo {
   paths: string[];
 }
 
-export interface SessionStats {
-  /** Steps completed in this session. */
-  steps: number;
-  /** Tokens processed in this session. */
-  tokens: number;
-  /** Training time of this session (evals and saves excluded), seconds. */
-  trainSeconds: number;
-  /** Wall time since the reporter was created, seconds. */
-  wallSeconds: number;
-}
-
-/** Fixed-size ring of recent steps: loss, tokens, seconds. */
-class Window {
-  private readonly loss: Float64Array;
-  private readonly tokens: Float64Array;
-  private readonly secs: Float64Array;
-  private n = 0;
-  private head = 0;
-
-  constructor(readonly size: number) {
-    this.loss = new Float64Array(size);
-    this.tokens = new Float64Array(size);
-    this.secs = new Float64Array(size);
-  }
-
-  push(loss: number, tokens: number, secs: number): void {
-    this.loss[this.head] = loss;
-    this.tokens[this.head] = tokens;
-    this.secs[this.head] = secs;
-    this.head = (this.head + 1) % this.size;
-    if (this.n < this.size) this.n++;
-  }
-
-  get count(): number {
-    return this.n;
-  }
-
-  /** Mean of the finite losses (NaN if none). */
-  meanLoss(): number {
-    let s = 0;
-    let k = 0;
-    for (let i = 0; i < this.n; i++) {
-      const v = this.loss[i]!;
-      if (Number.isFinite(v)) {
-        s += v;
-        k++;
-      }
-    }
-    return k > 0 ? s / k : NaN;
-  }
-
-  tokensPerSecond(): number {
-    let t = 0;
-    let d = 0;
-    for (let i = 0; i < this.n; i++) {
-      t += this.tokens[i]!;
-      d += this.secs[i]!;
-    }
-    return d > 0 ? t / d : 0;
-  }
-}
-
-/** Sums over the steps since the last log line. */
-class Interval {
-  private lossSum = 0;
-  private lossN = 0;
-  nonFinite = 0;
-  private tokens = 0;
-  private secs = 0;
-
-  add(loss: number, tokens: number, secs: number): void {
-    if (Number.isFinite(loss)) {
-      this.lossSum += loss;
-      this.lossN++;
-    } else {
-      this.nonFinite++;
-    }
-    this.tokens += tokens;
-    this.secs += secs;
-  }
-
-  meanLoss(): number {
-    return this.lossN > 0 ? this.lossSum / this.lossN : NaN;
-  }
-
-  tokensPerSecond(): number {
-    return this.secs > 0 ? this.tokens / this.secs : 0;
-  }
-}
-
 const CLEAR_LINE = "\r\x1b[K";
 
-export class ProgressReporter {
+export class ProgressPrinter {
   readonly phase: string;
-  readonly totalSteps: number;
-  readonly startStep: number;
-  readonly logEvery: number;
   readonly live: boolean;
+  private readonly stats: TrainStats;
   private readonly redrawMs: number;
   private readonly out: ProgressStream;
-  private readonly now: () => number;
-  private readonly window: Window;
-  private interval = new Interval();
-  private readonly t0: number;
-  private mark: number;
   private lastDraw = -Infinity;
   private drawn = false;
   private finished = false;
-  private curStep: number;
-  private curLr = NaN;
-  private lastVal: number | null;
   private act: string | null = null;
-  private sessTokens = 0;
-  private sessTrainSecs = 0;
 
   constructor(o: ProgressOptions) {
-    const int = (v: number, name: string, min: number): number => {
-      if (!Number.isInteger(v) || v < min) {
-        throw new Error(`progress: ${name} must be an integer >= ${min}, got ${v}`);
-      }
-      return v;
-    };
     this.phase = o.phase;
-    this.totalSteps = int(o.totalSteps, "totalSteps", 0);
-    this.startStep = int(o.startStep, "startStep", 0);
-    this.logEvery = int(o.logEvery ?? 50, "logEvery", 1);
+    this.stats = o.stats;
     this.redrawMs = o.redrawMs ?? 200;
     this.out = o.out ?? process.stdout;
-    this.now = o.now ?? (() => performance.now());
     const env = o.env ?? process.env;
     this.live = o.live ?? (this.out.isTTY === true && env.TERM !== "dumb");
-    this.window = new Window(this.logEvery);
-    this.lastVal = o.lastValLoss ?? null;
-    this.curStep = this.startStep;
-    this.t0 = this.now();
-    this.mark = this.t0;
   }
 
-  /**
-   * Record one completed step. Returns the logged values when this step printed a progress
-   * line (every `logEvery` steps and at the last step), else null.
-   */
-  step(s: StepInfo): TrainLog | null {
-    if (!Number.isInteger(s.step) || s.step <= this.curStep) {
-      throw new Error(`progress: step ${s.step} reported after step ${this.curStep}; steps must increase`);
-    }
-    const t = this.now();
-    const dt = Math.max(0, (t - this.mark) / 1000);
-    const prev = this.curStep;
-    this.mark = t;
-    this.curStep = s.step;
-    this.curLr = s.lr;
+  /** Shows a recorded step: its log line when it was logged, else (throttled) the live line. */
+  step(logged: LoggedStep | null): void {
+    const t = this.stats.now();
     this.act = null;
-    this.window.push(s.loss, s.tokens, dt);
-    this.interval.add(s.loss, s.tokens, dt);
-    this.sessTokens += s.tokens;
-    this.sessTrainSecs += dt;
-
-    // Log when a multiple of logEvery is reached (or passed, if a step went unreported).
-    if (Math.floor(s.step / this.logEvery) > Math.floor(prev / this.logEvery) || s.step === this.totalSteps) {
-      const iv = this.interval;
-      const log: TrainLog = {
-        step: s.step,
-        lr: s.lr,
-        train_loss: iv.meanLoss(),
-        last_val_loss: this.lastVal,
-        tokens_per_s: iv.tokensPerSecond(),
-      };
-      this.print(this.formatLog(log, t, iv.nonFinite));
-      this.interval = new Interval();
-      return log;
-    }
-    if (this.live && t - this.lastDraw >= this.redrawMs) this.draw(t);
-    return null;
+    if (logged !== null) this.print(this.formatLog(logged, t));
+    else if (this.live && t - this.lastDraw >= this.redrawMs) this.draw(t);
   }
 
-  /** Report a finished eval; prints one line and updates the live line's val loss. */
+  /** Reports a finished eval (after stats.evaluated): one line; the live line shows its val loss. */
   eval(e: EvalInfo): void {
-    this.lastVal = e.valLoss;
     this.act = null;
     const parts = [
       `${this.tag()} eval step ${this.stepStr(e.step)}`,
@@ -299,20 +98,18 @@ export class ProgressReporter {
     ];
     if (e.seconds !== undefined) parts.push(`${fmtSeconds(e.seconds)}`);
     this.print(parts.join(" | "));
-    this.mark = this.now();
   }
 
   /** Report written checkpoint files. */
   checkpoint(c: CheckpointInfo): void {
     this.act = null;
     this.print(`${this.tag()} checkpoint step ${this.stepStr(c.step)} -> ${c.paths.join(", ")}`);
-    this.mark = this.now();
   }
 
   /** Show what the loop is busy with (e.g. "eval", "saving") on the live line until the next report. */
   activity(label: string | null): void {
     this.act = label;
-    if (this.live) this.draw(this.now());
+    if (this.live) this.draw(this.stats.now());
   }
 
   /** Print any line without garbling the live line. */
@@ -323,7 +120,7 @@ export class ProgressReporter {
     }
     if (this.live) {
       // One write: clear the live line, the plain line, the live line again.
-      const t = this.now();
+      const t = this.stats.now();
       this.out.write((this.drawn ? CLEAR_LINE : "") + line + "\n" + this.liveText());
       this.drawn = true;
       this.lastDraw = t;
@@ -340,41 +137,16 @@ export class ProgressReporter {
     this.drawn = false;
   }
 
-  /** Moving-average training loss (window mean), NaN before the first step. */
-  get movingAverageLoss(): number {
-    return this.window.meanLoss();
-  }
-
-  get lastValLoss(): number | null {
-    return this.lastVal;
-  }
-
-  stats(): SessionStats {
-    return {
-      steps: this.curStep - this.startStep,
-      tokens: this.sessTokens,
-      trainSeconds: this.sessTrainSecs,
-      wallSeconds: (this.now() - this.t0) / 1000,
-    };
-  }
-
   private tag(): string {
     return `[${this.phase}]`;
   }
 
   private stepStr(step: number): string {
-    const w = String(this.totalSteps).length;
-    return `${String(step).padStart(w)}/${this.totalSteps}`;
+    const total = this.stats.totalSteps;
+    return `${String(step).padStart(String(total).length)}/${total}`;
   }
 
-  /** Seconds left, from this session's wall time per step; null before the first step. */
-  private etaSeconds(t: number): number | null {
-    const done = this.curStep - this.startStep;
-    if (done <= 0) return null;
-    return (((t - this.t0) / 1000) / done) * Math.max(0, this.totalSteps - this.curStep);
-  }
-
-  private formatLog(l: TrainLog, t: number, nonFinite: number): string {
+  private formatLog({ log: l, nonFiniteLosses: nonFinite }: LoggedStep, t: number): string {
     const parts = [
       `${this.tag()} step ${this.stepStr(l.step)}`,
       `lr ${fmtLr(l.lr)}`,
@@ -383,9 +155,9 @@ export class ProgressReporter {
     if (nonFinite > 0) parts.push(`non-finite losses ${nonFinite}`);
     if (l.last_val_loss !== null) parts.push(`last_val_loss ${fmtLoss(l.last_val_loss)}`);
     parts.push(`tokens/s ${Math.round(l.tokens_per_s)}`);
-    parts.push(`elapsed ${fmtDuration((t - this.t0) / 1000)}`);
-    const eta = this.etaSeconds(t);
-    if (eta !== null && l.step < this.totalSteps) parts.push(`eta ${fmtDuration(eta)}`);
+    parts.push(`elapsed ${fmtDuration(this.stats.elapsedSeconds(t))}`);
+    const eta = this.stats.etaSeconds(t);
+    if (eta !== null && l.step < this.stats.totalSteps) parts.push(`eta ${fmtDuration(eta)}`);
     return parts.join(" | ");
   }
 
@@ -394,21 +166,23 @@ export class ProgressReporter {
    * are padded to fixed widths so the line, and the bar width derived from it, do not jitter.
    */
   private liveText(): string {
-    const t = this.now();
+    const st = this.stats;
+    const t = st.now();
     const width = Math.max(20, (this.out.columns ?? 80) - 1);
-    const total = this.totalSteps;
-    const frac = total > 0 ? Math.min(1, this.curStep / total) : 1;
-    const eta = this.etaSeconds(t);
-    const some = this.window.count > 0;
+    const total = st.totalSteps;
+    const frac = total > 0 ? Math.min(1, st.currentStep / total) : 1;
+    const eta = st.etaSeconds(t);
+    const some = st.windowSteps > 0;
+    const lastVal = st.lastValLoss;
     const tag = this.tag();
-    const counter = `${String(this.curStep).padStart(String(total).length)}/${total} ${(frac * 100).toFixed(1).padStart(5)}%`;
+    const counter = `${String(st.currentStep).padStart(String(total).length)}/${total} ${(frac * 100).toFixed(1).padStart(5)}%`;
     // In order of importance: the last ones go first when the terminal is narrow.
     const segs = [
       `eta ${(eta === null ? "-" : fmtDuration(eta)).padEnd(6)}`,
-      `${(some ? fmtRate(this.window.tokensPerSecond()) : "-").padStart(6)} tok/s`,
-      `loss ${some ? fmtLoss(this.window.meanLoss()).padStart(7) : "-".padEnd(7)}`,
-      `lr ${(some ? fmtLr(this.curLr) : "-").padEnd(7)}`,
-      `val ${this.lastVal !== null ? fmtLoss(this.lastVal).padStart(7) : "-".padEnd(7)}`,
+      `${(some ? fmtRate(st.windowTokensPerSecond) : "-").padStart(6)} tok/s`,
+      `loss ${some ? fmtLoss(st.movingAverageLoss).padStart(7) : "-".padEnd(7)}`,
+      `lr ${(some ? fmtLr(st.lr) : "-").padEnd(7)}`,
+      `val ${lastVal !== null ? fmtLoss(lastVal).padStart(7) : "-".padEnd(7)}`,
     ];
     const text = (parts: string[]): string => [`${tag} ${counter}`, ...parts].join(" | ");
     // The bar takes what the full text leaves (up to 30 columns), or is left out.

@@ -3,12 +3,12 @@
  * mean throughput; then the run's wall time and the files written.
  *
  * The loop fills the input from what it already has: the checkpoint state (best_val_loss, step
- * of best.pt), `ProgressReporter.stats()` (this session's tokens and training time) and
+ * of best.pt), `TrainStats.session()` (src/train/stats.ts: this session's tokens and training time) and
  * `MetricsLog.wallTimeS()` (wall time across resumes). Example:
  *
  *   console.log(formatSummary({
  *     phases: [{ phase: "pretrain", startStep, endStep: step, totalSteps, bestValLoss, bestStep,
- *                lastValLoss: rep.lastValLoss, tokensPerStep: B * T, session: rep.stats() }],
+ *                lastValLoss: stats.lastValLoss, tokensPerStep: B * T, session: stats.session() }],
  *     wallTimeS: metrics.wallTimeS(),
  *     files: [{ label: "best checkpoint", path: "checkpoints/best.pt" }, ...],
  *   }));
@@ -25,8 +25,8 @@
  *       best checkpoint  checkpoints/best.pt
  */
 
-import { fmtDuration } from "./progress";
-import type { SessionStats } from "./progress";
+import { fmtDuration } from "./progress.ts";
+import type { SessionStats } from "./stats.ts";
 
 export interface PhaseSummary {
   phase: string;
@@ -42,7 +42,7 @@ export interface PhaseSummary {
   lastValLoss: number | null;
   /** Tokens per optimizer step (B*T); tokens seen = endStep x this. */
   tokensPerStep: number;
-  /** This session's figures, from ProgressReporter.stats(). */
+  /** This session's figures, from TrainStats.session(). */
   session: SessionStats;
 }
 
