@@ -650,21 +650,27 @@ def run(a, d: Dist) -> None:
 def main(argv: List[str]) -> int:
     a = parse(argv)
     d = None
+
+    def report(msg: str) -> None:
+        # every rank meets the same error; one line is enough
+        if d is None or d.main:
+            print(f"torch_train: {msg}", file=sys.stderr, flush=True)
+
     try:
         d = Dist(a.device)
         run(a, d)
         return 0
     except InputError as e:
-        print(f"torch_train: {e}", file=sys.stderr)
+        report(str(e))
         return 2
     except Diverged as e:
-        print(f"torch_train: {e}", file=sys.stderr)
+        report(str(e))
         return 1
     except Interrupted as e:
-        print(f"torch_train: interrupted by {e.signame}; resume with the same command (or with `train`)", file=sys.stderr)
+        report(f"interrupted by {e.signame}; resume with the same command (or with `train`)")
         return SIGNAL_EXIT.get(e.signame, 130)
     except OSError as e:
-        print(f"torch_train: {e.strerror or e}; the checkpoints written before are intact: fix the cause and run the same command again", file=sys.stderr)
+        report(f"{e.strerror or e}; the checkpoints written before are intact: fix the cause and run the same command again")
         return 1
     finally:
         if d is not None:
