@@ -89,6 +89,13 @@ function recordedBatches(prefix: string, B: number, T: number, steps: number): I
   return out;
 }
 
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
 /** `train` 20 -> torchrun 2 processes to 40 -> `train` 60, against one `train` run to 60. */
 async function roundTrip(phase: Phase, roundTripRepo: TinyRepo, straightRepo: TinyRepo): Promise<void> {
   const straight = straightRepo.root;
@@ -105,6 +112,11 @@ async function roundTrip(phase: Phase, roundTripRepo: TinyRepo, straightRepo: Ti
   const fromTorch = loadCheckpoint(join(root, "checkpoints/step_0000040.pt"));
   expect(fromTorch.step).toBe(40);
   expect(fromTorch.opt?.step).toBe(40);
+  // the file train would have written at step 40: the same configs, hyper-parameters, step and close weights
+  const fromTrain = loadCheckpoint(join(straight, "checkpoints/step_0000040.pt"));
+  expect([fromTorch.modelCfg, fromTorch.trainCfg, fromTorch.opt!.hparams]).toEqual([fromTrain.modelCfg, fromTrain.trainCfg, fromTrain.opt!.hparams]);
+  expect(fromTorch.bestValLoss! / fromTrain.bestValLoss!).toBeCloseTo(1, 4);
+  expect(maxAbsDiff(fromTorch.params, fromTrain.params)).toBeLessThan(1e-3);
 
   // The rows both ranks trained on are train's global batches of steps 20..39.
   const config = loadPhaseConfig(`configs/${phase}.json`, phase, root);
