@@ -333,8 +333,8 @@ def open_mixture(root: str, kind: str, mixture: Dict[str, float], split: str, mo
     sources = normalize(mixture)
     missing = []
     for s in sources:
-        for p in (os.path.join(root, kind, f"{s}_{split}.bin"),) * 1:
-            missing += [q for q in (p, p + ".meta.json") if not os.path.exists(q)]
+        bin_path = os.path.join(root, kind, f"{s}_{split}.bin")
+        missing += [q for q in (bin_path, bin_path + ".meta.json") if not os.path.exists(q)]
     if missing:
         raise InputError(f"missing cache files (cache root {root}):\n" + "\n".join(f"  {m}" for m in missing)
                          + "\nbuild them with scripts/prepare-data.ts (docs/cache-format.md)")

@@ -28,7 +28,7 @@ import re
 import signal
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -206,9 +206,6 @@ class Metrics:
     def _line(r: dict) -> str:
         return json.dumps({k: r[k] for k in METRIC_KEYS}, separators=(",", ":")) + "\n"
 
-    def last_eval(self) -> Optional[dict]:
-        return next((r for r in reversed(self.records) if r["phase"] == self.phase and r["kind"] == "eval"), None)
-
     def append(self, kind: str, step: int, lr: Optional[float], train_loss=None, val_loss=None, tokens_per_s=None) -> None:
         wall = self.wall_offset + time.monotonic() - self.t0
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -257,6 +254,18 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
         raise InputError(f"{path}: expected a `train` checkpoint dict with keys {', '.join(keys)}")
     return ckpt
+
+
+def load_weights(model: GPT, ckpt: dict, path: str) -> None:
+    """model_state into the model; names wrapped by DDP or torch.compile are unwrapped, and a
+    missing lm_head.weight is the tied embedding."""
+    state = {re.sub(r"^(_orig_mod\.|module\.)+", "", k): v for k, v in dict(ckpt["model_state"]).items()}
+    if "transformer.wte.weight" in state:
+        state.setdefault("lm_head.weight", state["transformer.wte.weight"])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{path}: model_state does not fit the model of the config: {e}") from None
 
 
 def _article(w: str) -> str:
@@ -331,38 +340,36 @@ class Phase:
         check_compatible(ckpt, latest, self.cfg, "the latest checkpoint")
         return ckpt, latest
 
+    def start(self, model: GPT) -> Tuple[Optional[dict], int, Optional[float], str, bool]:
+        """Where the phase starts (src/train/start.ts): the checkpoint it resumes, else SFT's
+        init_from weights with a fresh optimizer, else `train`'s fresh init. Sets the model's
+        weights; returns (optimizer state, step, best val loss, what it started from, resumed)."""
+        cfg = self.cfg
+        resumed = self.resume_checkpoint()
+        if resumed is not None:
+            ckpt, path = resumed
+            load_weights(model, ckpt, path)
+            best = None if ckpt["best_val_loss"] is None else float(ckpt["best_val_loss"])
+            step = int(ckpt["step"])
+            return ckpt["optimizer_state"], step, best, f"resumed from {show(self.repo, path)} at step {step}", True
+        if self.init_from is not None:
+            if not os.path.exists(self.init_from):
+                raise InputError(f"{self.init_from}: the checkpoint to start SFT from does not exist (init_from in {cfg.file}); run the pretrain phase first or fix init_from")
+            ckpt = load_checkpoint(self.init_from)
+            diff = [f"{k}: {ckpt['model_cfg'].get(k)} vs {cfg.model[k]}" for k in MODEL_KEYS if ckpt["model_cfg"].get(k) != cfg.model[k]]
+            if diff:
+                raise InputError(f"{self.init_from}: its model differs from {cfg.model_cfg_file} (checkpoint vs config: {', '.join(diff)})")
+            load_weights(model, ckpt, self.init_from)
+            return None, 0, None, f"weights from {show(self.repo, self.init_from)} (step {ckpt['step']}), fresh optimizer", False
+        init_params(model, cfg.train["seed"])
+        return None, 0, None, f"fresh GPT-2 init (seed {cfg.train['seed']})", False
+
     def run(self) -> dict:
         cfg, tc, d = self.cfg, self.cfg.train, self.d
         phase = cfg.phase
         data = PhaseData(cfg, self.repo)  # every cache checked before anything is written
         model = GPT(cfg.model)
-        opt_state = None
-        step, best = 0, None
-        resumed = self.resume_checkpoint()
-        if resumed is not None:
-            ckpt, path = resumed
-            state = dict(ckpt["model_state"])
-            state = {re.sub(r"^(_orig_mod\.|module\.)+", "", k): v for k, v in state.items()}
-            state.setdefault("lm_head.weight", state["transformer.wte.weight"])
-            model.load_state_dict(state, strict=True)
-            opt_state = ckpt["optimizer_state"]
-            step = int(ckpt["step"])
-            best = None if ckpt["best_val_loss"] is None else float(ckpt["best_val_loss"])
-            start_from = f"resumed from {show(self.repo, path)} at step {step}"
-        elif self.init_from is not None:
-            if not os.path.exists(self.init_from):
-                raise InputError(f"{self.init_from}: the checkpoint to start SFT from does not exist (init_from in {cfg.file}); run the pretrain phase first or fix init_from")
-            ckpt = load_checkpoint(self.init_from)
-            diff = [k for k in MODEL_KEYS if ckpt["model_cfg"].get(k) != cfg.model[k]]
-            if diff:
-                raise InputError(f"{self.init_from}: its model differs from {cfg.model_cfg_file} in {', '.join(diff)}")
-            state = dict(ckpt["model_state"])
-            state.setdefault("lm_head.weight", state["transformer.wte.weight"])
-            model.load_state_dict(state, strict=True)
-            start_from = f"weights from {show(self.repo, self.init_from)} (step {ckpt['step']}), fresh optimizer"
-        else:
-            init_params(model, tc["seed"])
-            start_from = f"fresh GPT-2 init (seed {tc['seed']})"
+        opt_state, step, best, start_from, from_checkpoint = self.start(model)
         total = tc["total_steps"]
         if step >= total:
             self.print(f"{phase}: already finished ({start_from}; total_steps {total}): nothing to do")
@@ -414,7 +421,7 @@ class Phase:
 
         best_path = os.path.join(self.ckpt_dir, "best.pt")
         latest_path = os.path.join(self.ckpt_dir, "latest.pt")
-        on_disk = [step if resumed is not None else None]
+        on_disk = [step if from_checkpoint else None]  # the step a rerun resumes from, for messages
 
         def save(at: int, periodic: bool, is_best: bool, val_loss: Optional[float], latest_only: bool = False) -> List[str]:
             self.assert_sound(model, optimizer, evaluate_first=lambda: self.first_batch_loss(model, data), val_loss=val_loss,
