@@ -300,6 +300,16 @@ def init_params(model: GPT, seed: int) -> None:
                 p.zero_()
 
 
+def number(v: float) -> str:
+    """A float as `train` prints it in messages (JavaScript's NaN, Infinity)."""
+    return "NaN" if math.isnan(v) else ("-" if v < 0 else "") + "Infinity" if math.isinf(v) else str(v)
+
+
+def exponential(v: float) -> str:
+    """v with 3 decimals in exponent form, as JavaScript's toExponential(3) writes it (3.000e-3)."""
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{v:.3e}")
+
+
 def show(repo: str, path: str) -> str:
     rel = os.path.relpath(path, repo)
     return path if rel.startswith("..") else rel
@@ -349,6 +359,7 @@ class Phase:
         if resumed is not None:
             ckpt, path = resumed
             load_weights(model, ckpt, path)
+            self.resumed_path = path
             best = None if ckpt["best_val_loss"] is None else float(ckpt["best_val_loss"])
             step = int(ckpt["step"])
             return ckpt["optimizer_state"], step, best, f"resumed from {show(self.repo, path)} at step {step}", True
@@ -421,7 +432,8 @@ class Phase:
 
         best_path = os.path.join(self.ckpt_dir, "best.pt")
         latest_path = os.path.join(self.ckpt_dir, "latest.pt")
-        on_disk = [step if from_checkpoint else None]  # the step a rerun resumes from, for messages
+        # what a rerun of the same command resumes from, for the messages of a failure
+        on_disk = [f"{show(self.repo, self.resumed_path)} (step {step}) is intact" if from_checkpoint else "no checkpoint of this run is on disk yet"]
 
         def save(at: int, periodic: bool, is_best: bool, val_loss: Optional[float], latest_only: bool = False) -> List[str]:
             self.assert_sound(model, optimizer, evaluate_first=lambda: self.first_batch_loss(model, data), val_loss=val_loss,
@@ -436,7 +448,7 @@ class Phase:
             if d.main:
                 self.write_checkpoint(files, model, optimizer, at, best)
             if latest_path in files:
-                on_disk[0] = at
+                on_disk[0] = f"{show(self.repo, latest_path)} (step {at}) is intact"
             return [show(self.repo, f) for f in files]
 
         stop = {"signame": None}
@@ -476,10 +488,10 @@ class Phase:
                 applied = math.isfinite(loss) and math.isfinite(norm)
                 if not applied:
                     nonfinite_in_a_row += 1
-                    which = f"gradient norm {norm}" if math.isfinite(loss) else f"loss {loss}"
-                    self.print(f"step {step}: non-finite {which} at lr {lr:.3e}: update skipped ({nonfinite_in_a_row} in a row, limit {tc['max_nonfinite_steps']})")
+                    which = f"gradient norm {number(norm)}" if math.isfinite(loss) else f"loss {number(loss)}"
+                    self.print(f"step {step}: non-finite {which} at lr {exponential(lr)}: update skipped ({nonfinite_in_a_row} in a row, limit {tc['max_nonfinite_steps']})")
                     if nonfinite_in_a_row >= tc["max_nonfinite_steps"]:
-                        raise Diverged(f"training diverged: {nonfinite_in_a_row} steps in a row with a non-finite {which} (last at step {step}, lr {lr:.3e}); "
+                        raise Diverged(f"training diverged: {nonfinite_in_a_row} steps in a row with a non-finite {which} (last at step {step}, lr {exponential(lr)}); "
                                        f"no update was applied, the last checkpoint is intact. Lower base_lr or grad_clip in the config and resume.")
                 else:
                     nonfinite_in_a_row = 0
@@ -489,7 +501,7 @@ class Phase:
                     if step // log_every > reported // log_every or step == total:
                         mean = win_sum / win_n
                         tps = win_tokens / win_secs if win_secs > 0 else 0.0
-                        self.print(f"{phase} step {step}/{total} | loss {mean:.4f} | lr {lr:.3e} | {tps:,.0f} tok/s")
+                        self.print(f"{phase} step {step}/{total} | loss {mean:.4f} | lr {exponential(lr)} | {tps:,.0f} tok/s")
                         if d.main:
                             metrics.append("train", step, lr, train_loss=mean, tokens_per_s=tps)
                         win_sum, win_n, win_tokens, win_secs = 0.0, 0, 0, 0.0
@@ -560,7 +572,7 @@ class Phase:
         tot = self.d.sum([float(s), n])
         return tot[0] / tot[1]
 
-    def assert_sound(self, model, optimizer, evaluate_first, val_loss, at: int, intact) -> None:
+    def assert_sound(self, model, optimizer, evaluate_first, val_loss, at: int, intact: str) -> None:
         """Only sound weights are written: all values finite and a finite loss (src/train/phase.ts)."""
         why = None
         for name, p in model.named_parameters():
@@ -575,10 +587,9 @@ class Phase:
         if why is None:
             loss = val_loss if val_loss is not None else evaluate_first()
             if not math.isfinite(loss):
-                why = f"{'the val loss' if val_loss is not None else 'the loss of the weights on a val batch'} is {loss}"
+                why = f"{'the val loss' if val_loss is not None else 'the loss of the weights on a val batch'} is {number(loss)}"
         if why:
-            where = "no checkpoint of this run is on disk yet" if intact is None else f"the checkpoint of step {intact} is intact"
-            raise Diverged(f"training diverged at step {at}: {why}; no checkpoint was written at this step, {where}. "
+            raise Diverged(f"training diverged at step {at}: {why}; no checkpoint was written at this step, {intact}. "
                            f"Lower base_lr (or grad_clip) in the config and resume.")
 
     def write_checkpoint(self, files: List[str], model, optimizer, step: int, best: Optional[float]) -> None:

@@ -10,7 +10,7 @@
  * Needs /usr/bin/python3 with torch (Debian python3-torch), like the parity tests.
  */
 import { beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
 import { loadPhaseConfig } from "../src/config.ts";
@@ -87,6 +87,12 @@ function recordedBatches(prefix: string, B: number, T: number, steps: number): I
     }
   }
   return out;
+}
+
+/** The .pt files of checkpoints/ and their bytes. */
+function ptFiles(root: string): Record<string, string> {
+  const dir = join(root, "checkpoints");
+  return Object.fromEntries(readdirSync(dir).filter((f) => f.endsWith(".pt")).map((f) => [f, readFileSync(join(dir, f)).toString("base64")]));
 }
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): number {
@@ -219,6 +225,38 @@ describe("bad input", () => {
     expect(workerErrors(t.err)).toMatch(/^torch_train: \S+configs\/pretrain.json: train_cfg.B=3 is not divisible by the 2 processes; .*choose N dividing 3/);
     expect(t.err).toContain("exitcode  : 2");
     expect(existsSync(join(repo.root, "checkpoints"))).toBe(false);
+  }, SLOW);
+
+  test("divergence: the same guard as train (exit 1, the message, no checkpoint of unsound weights)", async () => {
+    const repo = makeTinyRepo({ pretrain: { total_steps: 4, ckpt_every: 2, eval_every: 2 } });
+    await train(repo.root, "pretrain");
+    const before = ptFiles(repo.root);
+    // an absurd learning rate from step 4 on: huge but finite weights whose loss is NaN
+    repo.writeConfig("pretrain.json", {
+      ...JSON.parse(readFileSync(join(repo.root, "configs/pretrain.json"), "utf8")),
+      train_cfg: { ...TINY_TRAIN, total_steps: 40, warmup_steps: 0, ckpt_every: 2, eval_every: 100, base_lr: 1e30, min_lr: 1e29 },
+    });
+    const proc = Bun.spawnSync([PYTHON, join(INTEROP_DIR, "torch_train.py"), "--phase", "pretrain", "--config", "configs/pretrain.json"], {
+      cwd: repo.root,
+      env: { ...process.env, OMP_NUM_THREADS: "1" },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    expect(proc.exitCode).toBe(1);
+    expect(ptFiles(repo.root)).toEqual(before);
+    // train, on the same files, stops at the same step with the same words
+    const diverged = await runTraining(
+      { phase: "pretrain", configPath: "configs/pretrain.json", device: "cpu", resume: { kind: "auto" } },
+      { repoRoot: repo.root, out: captureStream(), stop: { requested: null } },
+    ).then(
+      () => null,
+      (e: Error) => e,
+    );
+    expect(diverged?.message).toBe(
+      "training diverged at step 6: the loss of the weights on a val batch is NaN; no checkpoint was written at this step, " +
+        "checkpoints/latest.pt (step 4) is intact. Lower base_lr (or grad_clip) in the config and resume.",
+    );
+    expect(proc.stderr.toString()).toBe(`torch_train: ${diverged!.message}\n`);
   }, SLOW);
 
   test("a --resume file that is not a checkpoint: exit 2, naming it, nothing written", () => {
