@@ -217,7 +217,7 @@ function workerErrors(stderr: string): string {
   return text;
 }
 
-describe("bad input", () => {
+describe("bad input and divergence", () => {
   test("a batch that the processes cannot share evenly: exit 2, a clear message, nothing written", () => {
     const repo = makeTinyRepo({ pretrain: { B: 3 } });
     const t = torchrun(repo.root, ["--phase", "pretrain", "--config", "configs/pretrain.json"]);
