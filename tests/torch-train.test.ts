@@ -18,7 +18,7 @@ import { openPhaseData } from "../src/train/phase-data.ts";
 import { runTraining } from "../src/train/run.ts";
 import type { StopSignal } from "../src/train/stop.ts";
 import { captureStream, makeTinyRepo, TINY_TRAIN, type TinyRepo } from "./helpers/repo.ts";
-import { INTEROP_DIR, PYTHON, makeTempDir, torchVersion } from "./helpers/torch.ts";
+import { INTEROP_DIR, PYTHON, makeTempDir, removeDir, torchVersion } from "./helpers/torch.ts";
 
 type Phase = "pretrain" | "sft";
 
@@ -110,7 +110,8 @@ async function roundTrip(phase: Phase, roundTripRepo: TinyRepo, straightRepo: Ti
   await train(root, phase, 20);
   expect(loadCheckpoint(join(root, "checkpoints/latest.pt")).step).toBe(20);
 
-  const prefix = join(makeTempDir("torch-train-batches-"), "batches");
+  const batchesDir = makeTempDir("torch-train-batches-");
+  const prefix = join(batchesDir, "batches");
   const t = torchrun(root, ["--phase", phase, "--config", `configs/${phase}.json`, "--stop-after", "40", "--record-batches", prefix]);
   if (t.code !== 0) throw new Error(`torchrun exited ${t.code}:\n${t.out}\n${t.err}`);
   expect(t.out).toContain(`${phase}: resumed from checkpoints/latest.pt at step 20`);
@@ -128,6 +129,7 @@ async function roundTrip(phase: Phase, roundTripRepo: TinyRepo, straightRepo: Ti
   const config = loadPhaseConfig(`configs/${phase}.json`, phase, root);
   const data = openPhaseData(config, root);
   const recorded = recordedBatches(prefix, config.train.B, config.model.T, 20);
+  removeDir(batchesDir);
   for (let s = 20; s < 40; s++) {
     const b = data.trainBatch(s);
     expect([recorded[2 * (s - 20)], recorded[2 * (s - 20) + 1]]).toEqual([b.x, b.y]);
@@ -159,13 +161,15 @@ describe("the sampler port", () => {
     const repo = makeTinyRepo({ sft: true, pretrain: { eval_batches: 5 }, sftTrain: { eval_batches: 5 } });
     const config = loadPhaseConfig(`configs/${phase}.json`, phase, repo.root);
     const data = openPhaseData(config, repo.root);
-    const out = join(makeTempDir("torch-data-"), "batches.bin");
+    const dir = makeTempDir("torch-data-");
+    const out = join(dir, "batches.bin");
     const proc = Bun.spawnSync([PYTHON, join(INTEROP_DIR, "torch_data.py"), "--phase", phase, "--config", `configs/${phase}.json`, "--steps", "0:200", "--out", out], {
       cwd: repo.root,
       stderr: "pipe",
     });
     expect(proc.stderr.toString()).toBe("");
     const fromPython = new Int32Array(readFileSync(out).buffer.slice(0));
+    removeDir(dir);
     const n = config.train.B * config.model.T;
     expect(fromPython.length).toBe((200 + 5) * 2 * n);
     const expected = new Int32Array(fromPython.length);
