@@ -1,9 +1,10 @@
 /**
- * Finite-difference check of every backward kernel of the CPU backend in isolation:
- * compiles tests/native/gradcheck.c against native/cpu/kernels.c (cc from PATH, the
- * same BLAS as the library) and runs it with 3 threads (uneven splits) and with 1.
- * Each line carries its own tolerance (~10x the error of the correct kernel, mostly
- * against a reference in double); the lines are parsed here, one test per kernel.
+ * Every forward and backward kernel of the CPU backend in isolation against a reference
+ * in double (central differences of it, or its chain rule for attention): compiles
+ * tests/native/gradcheck.c against native/cpu/kernels.c (cc from PATH, the same BLAS as
+ * the library) and runs it with 3 threads (uneven splits) and with 1. Each line carries
+ * its own tolerance (~10x the error of the correct kernel); they are parsed here, one
+ * test per kernel.
  */
 import { beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
