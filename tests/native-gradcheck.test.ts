@@ -36,7 +36,7 @@ beforeAll(() => {
 }, 120_000);
 
 for (const threads of [3, 1]) {
-  describe(`native backward kernels vs finite differences (${threads} thread${threads > 1 ? "s" : ""})`, () => {
+  describe(`native kernels vs a reference in double (${threads} thread${threads > 1 ? "s" : ""})`, () => {
     let result: ReturnType<typeof runGradcheck>;
     beforeAll(() => {
       result = runGradcheck(threads);
