@@ -24,9 +24,9 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs `train ARGS` in cwd to the end. */
-export function cli(args: string[], cwd: string): CliResult {
-  const p = Bun.spawnSync([process.execPath, CLI, ...args], { cwd, env: cliEnv(), stdout: "pipe", stderr: "pipe" });
+/** Runs `train ARGS` in cwd to the end. bunFlags: flags of bun itself (e.g. --preload F). */
+export function cli(args: string[], cwd: string, bunFlags: string[] = []): CliResult {
+  const p = Bun.spawnSync([process.execPath, ...bunFlags, CLI, ...args], { cwd, env: cliEnv(), stdout: "pipe", stderr: "pipe" });
   return { code: p.exitCode, signal: signalName(p.signalCode), stdout: p.stdout.toString(), stderr: p.stderr.toString() };
 }
 
@@ -41,9 +41,9 @@ export class LiveRun {
   private out = "";
   private readonly reading: Promise<void>;
 
-  /** launcher: a command the run is started through (e.g. ["nohup"]). */
-  constructor(args: string[], cwd: string, launcher: string[] = []) {
-    const proc = Bun.spawn([...launcher, process.execPath, CLI, ...args], { cwd, env: cliEnv(), stdout: "pipe", stderr: "pipe" });
+  /** launcher: a command the run is started through (e.g. ["nohup"]); bunFlags: as cli()'s. */
+  constructor(args: string[], cwd: string, launcher: string[] = [], bunFlags: string[] = []) {
+    const proc = Bun.spawn([...launcher, process.execPath, ...bunFlags, CLI, ...args], { cwd, env: cliEnv(), stdout: "pipe", stderr: "pipe" });
     this.proc = proc;
     this.reading = (async () => {
       const decoder = new TextDecoder();
