@@ -38,7 +38,7 @@ export const BUN_TARGETS: Record<Target, { bunTarget: string; runtimePackage: st
 const ELF_MACHINE: Partial<Record<Target, number>> = { "linux-x64": 0x3e, "linux-arm64": 0xb7 };
 
 /** Where fetched runtime packages are kept (npm's own cache also holds them). */
-const RUNTIME_CACHE = join(ROOT, "node_modules", ".cache", "train-release");
+export const RUNTIME_CACHE = join(ROOT, "node_modules", ".cache", "train-release");
 
 /** The version and integrity package-lock.json pins for an npm package (our bun's version). */
 export function pinnedPackage(name: string): { version: string; integrity: string } {
@@ -60,13 +60,13 @@ function integrityOf(bytes: Uint8Array, algorithm: string): string {
  * The runtime of a target, verified: the package's tarball (npm pack) must match the
  * lockfile's integrity, then its bin/bun is extracted into `into`. Returns its path.
  */
-export function fetchRuntime(target: Target, into: string): string {
+export function fetchRuntime(target: Target, into: string, cache: string = RUNTIME_CACHE): string {
   const name = BUN_TARGETS[target].runtimePackage;
   const { version, integrity } = pinnedPackage(name);
-  mkdirSync(RUNTIME_CACHE, { recursive: true });
-  const tarball = join(RUNTIME_CACHE, `${name.replace("@", "").replace("/", "-")}-${version}.tgz`);
+  mkdirSync(cache, { recursive: true });
+  const tarball = join(cache, `${name.replace("@", "").replace("/", "-")}-${version}.tgz`);
   if (!existsSync(tarball)) {
-    const p = Bun.spawnSync(["npm", "pack", `${name}@${version}`, "--pack-destination", RUNTIME_CACHE, "--silent"], { stdout: "pipe", stderr: "pipe" });
+    const p = Bun.spawnSync(["npm", "pack", `${name}@${version}`, "--pack-destination", cache, "--silent"], { stdout: "pipe", stderr: "pipe" });
     if (p.exitCode !== 0 || !existsSync(tarball)) throw new ReleaseError(`npm pack ${name}@${version} failed:\n${p.stderr.toString()}`);
   }
   const [algorithm] = integrity.split("-", 1);
