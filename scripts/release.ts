@@ -127,7 +127,7 @@ export async function release(opts: ReleaseOptions): Promise<Array<{ file: strin
   const built: Array<{ file: string; bytes: number; sha256: string }> = [];
   try {
     for (const target of opts.targets) {
-      if (target.startsWith("darwin") && !opts.macSdk) {
+      if (target.startsWith("darwin") && !opts.macSdk && process.platform !== "darwin") {
         log(`release: skipping ${target}: no macOS SDK (--macos-sdk DIR --accelerate DIR, or MACOS_SDK and MACOS_ACCELERATE_FRAMEWORK; docs/mps.md)`);
         continue;
       }
