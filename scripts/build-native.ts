@@ -9,16 +9,48 @@
  *   bun scripts/build-native.ts            build if out of date
  *   bun scripts/build-native.ts --force    always rebuild
  *   GPT_SANITIZE=1 bun scripts/build-native.ts   ASan+UBSan build into libgpt-asan.so (for C tests)
- * Environment: CC (default cc), OPENBLAS_LIB (path of libopenblas.a).
+ *   bun scripts/build-native.ts --target linux-arm64    cross-build native/build/linux-arm64/libgpt.so
+ *       (aarch64-linux-gnu-gcc, and libopenblas-dev:arm64 from Debian multiarch)
+ *   bun scripts/build-native.ts --target darwin-arm64 --macos-sdk DIR --accelerate DIR
+ *       cross-build native/build/darwin-arm64/libgpt.dylib with scripts/check-mps.sh (which
+ *       compiles, checks and links it against the SDK); MACOS_SDK / MACOS_ACCELERATE_FRAMEWORK
+ *       may stand for the two options.
+ * Environment: CC (default cc, the host build only), OPENBLAS_LIB (path of libopenblas.a).
  */
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { basename, dirname, join, relative } from "node:path";
+import { parseArgs } from "node:util";
 
 export const ROOT = join(import.meta.dir, "..");
 export const NATIVE = join(ROOT, "native");
 export const BUILD_DIR = join(NATIVE, "build");
 
 const isMac = process.platform === "darwin";
+
+/** What a library (and a release binary, scripts/release.ts) is built for: os-arch. */
+export const TARGETS = ["linux-x64", "linux-arm64", "darwin-arm64"] as const;
+export type Target = (typeof TARGETS)[number];
+
+/** This machine as os-arch (it may be none of TARGETS, e.g. darwin-x64: it still builds for itself). */
+export function hostTarget(): string {
+  return `${process.platform}-${process.arch}`;
+}
+
+/** The C compiler of a Linux target built on another machine (Debian's cross compilers). */
+const CROSS_CC: Record<string, string> = { "linux-arm64": "aarch64-linux-gnu-gcc", "linux-x64": "x86_64-linux-gnu-gcc" };
+
+/** A macOS SDK and the Accelerate.framework to build against, as scripts/check-mps.sh takes them. */
+export interface MacSdk {
+  sdk: string;
+  accelerate: string;
+}
+
+/** The SDK named by MACOS_SDK and MACOS_ACCELERATE_FRAMEWORK, or null when either is unset. */
+export function macSdkFromEnv(): MacSdk | null {
+  const sdk = process.env.MACOS_SDK;
+  const accelerate = process.env.MACOS_ACCELERATE_FRAMEWORK;
+  return sdk && accelerate ? { sdk, accelerate } : null;
+}
 
 export class BuildError extends Error {
   override name = "BuildError";
@@ -166,9 +198,19 @@ function upToDate(out: string, inputs: string[]): boolean {
   return inputs.every((p) => statSync(p).mtimeMs < t);
 }
 
-/** Checks on Linux that the library needs no shared BLAS or Fortran runtime. */
-function checkLinkage(out: string): void {
+/** Checks on Linux that the library needs no shared BLAS or Fortran runtime. A cross-built
+ * library cannot go through the host's ldd: its NEEDED entries are read with readelf. */
+function checkLinkage(out: string, cross: boolean): void {
   if (isMac) return;
+  if (cross) {
+    const r = run(["readelf", "--dynamic", out]);
+    if (r.code !== 0) throw new BuildError(`readelf --dynamic ${out} failed: ${r.stderr || r.stdout}`);
+    const needed = r.stdout.split("\n").filter((l) => l.includes("(NEEDED)"));
+    if (needed.length === 0) throw new BuildError(`readelf listed no NEEDED library of ${out} (expected at least libc)`);
+    const bad = needed.filter((l) => /openblas|gfortran|libblas|liblapack/.test(l));
+    if (bad.length > 0) throw new BuildError(`${out} depends at run time on:\n${bad.join("\n")}\n(OpenBLAS must be linked statically)`);
+    return;
+  }
   if (!Bun.which("ldd")) return;
   const r = run(["ldd", out]);
   if (r.code !== 0) throw new BuildError(`ldd ${out} failed: ${r.stderr || r.stdout}`);
@@ -182,34 +224,77 @@ export interface BuildOptions {
   force?: boolean;
   sanitize?: boolean;
   quiet?: boolean;
+  /** Another machine's library (default: this machine's, native/build/libgpt.*). */
+  target?: Target | string;
+  /** The SDK of a darwin target built on Linux (default: macSdkFromEnv()). */
+  macSdk?: MacSdk | null;
+}
+
+/** Where the library of a target goes: the host's in native/build, another's in native/build/<target>. */
+export function targetLibraryPath(target: Target | string): string {
+  if (target === hostTarget()) return libraryPath(false);
+  return join(BUILD_DIR, target, `libgpt.${target.startsWith("darwin") ? "dylib" : "so"}`);
 }
 
 /** Builds the library if needed; returns its path. Throws BuildError with the compiler's output. */
 export async function buildNative(opts: BuildOptions = {}): Promise<string> {
+  const target = opts.target ?? hostTarget();
+  const cross = target !== hostTarget();
   const sanitize = opts.sanitize ?? process.env.GPT_SANITIZE === "1";
-  const out = libraryPath(sanitize);
+  if (cross && sanitize) throw new BuildError(`a sanitizer build is for this machine only, not ${target}`);
+  const out = cross ? targetLibraryPath(target) : libraryPath(sanitize);
+  const inputs = [...listFiles(NATIVE, [".c", ".h", ".m", ".metal"]), join(ROOT, "scripts", "build-native.ts")];
+  if (cross && target.startsWith("darwin")) {
+    if (!opts.force && upToDate(out, [...inputs, join(ROOT, "scripts", "check-mps.sh")])) return out;
+    return buildDarwinOnLinux(out, opts.macSdk ?? macSdkFromEnv(), opts.quiet ?? false);
+  }
   // native/mps (Objective-C + MPSGraph, and its C dispatch table) is built on macOS only
   const mpsDir = join(NATIVE, "mps");
   const cSources = listFiles(NATIVE, [".c"]).filter((p) => isMac || !p.startsWith(mpsDir + "/"));
   const mSources = isMac ? listFiles(mpsDir, [".m"]) : [];
-  const inputs = [...listFiles(NATIVE, [".c", ".h", ".m", ".metal"]), join(ROOT, "scripts", "build-native.ts")];
   if (!opts.force && upToDate(out, inputs)) return out;
 
-  const cc = compiler();
+  const cc = cross ? CROSS_CC[target] : compiler();
+  if (!cc) throw new BuildError(`no cross compiler for ${target} is known (from ${hostTarget()}): targets ${Object.keys(CROSS_CC).join(", ")}`);
+  if (cross && !Bun.which(cc)) throw new BuildError(`cross compiler '${cc}' for ${target} not found on PATH (Debian: apt-get install gcc-${cc.replace(/-gcc$/, "")})`);
   // objects in a private directory and the library renamed into place: concurrent
   // builds (several test processes) never see each other's half-written files
-  mkdirSync(BUILD_DIR, { recursive: true });
+  mkdirSync(dirname(out), { recursive: true });
   const objDir = mkdtempSync(join(BUILD_DIR, "obj-"));
   try {
-    return await compileAndLink(cc, sanitize, out, objDir, cSources, mSources, opts.quiet ?? false);
+    return await compileAndLink(cc, sanitize, cross, out, objDir, cSources, mSources, opts.quiet ?? false);
   } finally {
     rmSync(objDir, { recursive: true, force: true });
   }
 }
 
+/** The macOS library built on Linux: scripts/check-mps.sh compiles (-Werror), checks the
+ * API availability and links it against the SDK; its dylib is the one a release embeds. */
+function buildDarwinOnLinux(out: string, sdk: MacSdk | null, quiet: boolean): string {
+  if (!sdk) throw new BuildError("no macOS SDK: pass --macos-sdk DIR --accelerate DIR or set MACOS_SDK and MACOS_ACCELERATE_FRAMEWORK (docs/mps.md)");
+  mkdirSync(BUILD_DIR, { recursive: true });
+  const checkDir = mkdtempSync(join(BUILD_DIR, "check-mps-"));
+  try {
+    const p = Bun.spawnSync(["bash", join(ROOT, "scripts", "check-mps.sh"), sdk.sdk, sdk.accelerate], {
+      cwd: ROOT,
+      env: { ...process.env, CHECK_MPS_OUT: checkDir },
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    if (p.exitCode !== 0) throw new BuildError(`scripts/check-mps.sh failed (exit ${p.exitCode}):\n${p.stdout.toString()}${p.stderr.toString()}`);
+    mkdirSync(dirname(out), { recursive: true });
+    renameSync(join(checkDir, "libgpt.dylib"), out);
+  } finally {
+    rmSync(checkDir, { recursive: true, force: true });
+  }
+  if (!quiet) console.log(`built ${relative(ROOT, out)} (scripts/check-mps.sh: PASS)`);
+  return out;
+}
+
 async function compileAndLink(
   cc: string,
   sanitize: boolean,
+  cross: boolean,
   out: string,
   objDir: string,
   cSources: string[],
@@ -268,15 +353,24 @@ async function compileAndLink(
       ];
   const r = run(link);
   if (r.code !== 0) throw new BuildError(`linking ${basename(out)} failed:\n${r.stderr || r.stdout}`);
-  checkLinkage(tmp);
+  checkLinkage(tmp, cross);
   renameSync(tmp, out);
   if (!quiet) console.log(`built ${relative(ROOT, out)}`);
   return out;
 }
 
 if (import.meta.main) {
+  const { values } = parseArgs({
+    args: process.argv.slice(2),
+    options: { force: { type: "boolean" }, target: { type: "string" }, "macos-sdk": { type: "string" }, accelerate: { type: "string" } },
+  });
   try {
-    await buildNative({ force: process.argv.includes("--force") });
+    if (values.target !== undefined && !(TARGETS as readonly string[]).includes(values.target)) {
+      console.error(`build-native: --target ${values.target} is not one of ${TARGETS.join(", ")}`);
+      process.exit(2);
+    }
+    const sdk = values["macos-sdk"] && values.accelerate ? { sdk: values["macos-sdk"], accelerate: values.accelerate } : undefined;
+    await buildNative({ force: values.force, target: values.target as Target | undefined, macSdk: sdk });
   } catch (e) {
     console.error((e as Error).message);
     process.exit(1);
