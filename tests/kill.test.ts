@@ -3,12 +3,14 @@
  * as a checkpoint temp file appears, i.e. in the middle of a write), resumed with the same
  * command after each, ends with checkpoints equal to an uninterrupted run's to the byte.
  * After every kill each file under a final name loads; temp files left by a kill are never
- * read and are removed by the next run. Then a pipeline stopped during SFT (Ctrl-C, and
- * SIGKILL) and run again continues where it stopped and ends as an uninterrupted one.
+ * read and are removed by the next run; metrics.jsonl, less its wall-clock fields, equals the
+ * uninterrupted run's record for record. Then a pipeline stopped during SFT (Ctrl-C, and
+ * SIGKILL) and run again continues where it stopped and ends as an uninterrupted one, metrics too.
  */
 import { describe, expect, test } from "bun:test";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { basename, join, relative } from "node:path";
+import { readMetrics } from "../src/train/metrics.ts";
 import { makeTinyRepo } from "./helpers/repo.ts";
 import { CLI, cli, finalCheckpoints, LiveRun, load, sameState, seededRandom, tempFiles } from "./reliability-helpers.ts";
 
@@ -23,6 +25,17 @@ function expectSameCheckpoints(dir: string, referenceDir: string): void {
   const want = checkpointBytes(referenceDir);
   expect([...got.keys()].sort()).toEqual([...want.keys()].sort());
   for (const [name, bytes] of want) expect({ name, same: got.get(name)!.equals(bytes) }).toEqual({ name, same: true });
+}
+
+/** The records of dir/metrics.jsonl less their wall-clock fields (time, wall_time_s, tokens_per_s). */
+function metricsLessClock(dir: string): object[] {
+  return readMetrics(join(dir, "metrics.jsonl")).map(({ time: _t, wall_time_s: _w, tokens_per_s: _r, ...rest }) => rest);
+}
+
+function expectSameMetrics(dir: string, referenceDir: string): void {
+  const want = metricsLessClock(referenceDir);
+  expect(want.length).toBeGreaterThan(0);
+  expect(metricsLessClock(dir)).toEqual(want);
 }
 
 const PT_TEMP = /^\..+\.pt\.\d+\.\d+(\.\d+)?\.tmp$/;
@@ -82,6 +95,7 @@ describe("SIGKILL at 20 random moments", () => {
     expect(tempFiles(dir)).toEqual([]); // the leftovers of the kills were removed, never read
     expect(sameState(load(join(dir, "latest.pt")), load(join(reference.root, "checkpoints", "latest.pt")))).toBe(true);
     expectSameCheckpoints(dir, join(reference.root, "checkpoints"));
+    expectSameMetrics(dir, join(reference.root, "checkpoints"));
   }, 120_000);
 });
 
@@ -123,5 +137,6 @@ describe("a pipeline stopped during SFT, run again", () => {
       expect(readFileSync(join(r.root, "checkpoints", name)).equals(readFileSync(join(reference, name)))).toBe(true);
     }
     expectSameCheckpoints(join(r.root, "checkpoints"), reference);
+    expectSameMetrics(join(r.root, "checkpoints"), reference);
   }, 60_000);
 });
