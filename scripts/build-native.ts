@@ -4,6 +4,8 @@
  *          libgfortran needed at run time; checked with ldd after linking).
  *   macOS: native/build/libgpt.dylib with Accelerate, plus native/mps/*.m (Metal,
  *          MPSGraph) when present.
+ * Beside the library, <library>.build.json says what it was built with (backends, BLAS, compiler:
+ * src/version.ts reads it for `train --version`).
  * Skips the build when the library is newer than every file under native/ and this script.
  *
  *   bun scripts/build-native.ts            build if out of date
@@ -17,9 +19,10 @@
  *       may stand for the two options.
  * Environment: CC (default cc, the host build only), OPENBLAS_LIB (path of libopenblas.a).
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join, relative } from "node:path";
 import { parseArgs } from "node:util";
+import { nativeBuildInfoPath, type NativeBuildInfo } from "../src/version.ts";
 
 export const ROOT = join(import.meta.dir, "..");
 export const NATIVE = join(ROOT, "native");
@@ -85,6 +88,8 @@ function multiarch(cc: string): string | null {
 }
 
 export interface BlasConfig {
+  /** Its name and version, e.g. "OpenBLAS 0.3.21 pthread" (for `train --version`). */
+  name: string;
   /** Extra include directories (where cblas.h is). */
   includes: string[];
   /** Link arguments (static archive and what it needs). */
@@ -120,12 +125,16 @@ export function openblasConfig(cc: string = compiler()): BlasConfig {
   ];
   const inc = incCandidates.find((d) => existsSync(join(d, "cblas.h")));
   if (!inc) throw new BuildError(`cblas.h not found (looked in ${incCandidates.join(", ")}): apt-get install libopenblas-dev`);
-  return { includes: [inc], libs: [lib, "-lm", "-lpthread"] };
+  // openblas_config.h, installed beside cblas.h: #define OPENBLAS_VERSION " OpenBLAS 0.3.21 "
+  const configH = join(inc, "openblas_config.h");
+  const version = existsSync(configH) ? /OPENBLAS_VERSION\s+"\s*OpenBLAS\s+([^"\s]+)/.exec(readFileSync(configH, "utf8"))?.[1] : undefined;
+  const name = ["OpenBLAS", version ?? "(version unknown)", ...(flavour.startsWith("openblas-") ? [flavour.slice("openblas-".length)] : [])].join(" ");
+  return { name, includes: [inc], libs: [lib, "-lm", "-lpthread"] };
 }
 
 /** The BLAS to compile and link against: Accelerate on macOS, static OpenBLAS elsewhere. */
 export function blasConfig(cc: string = compiler()): BlasConfig {
-  return isMac ? { includes: [], libs: ["-framework", "Accelerate"] } : openblasConfig(cc);
+  return isMac ? { name: "Accelerate", includes: [], libs: ["-framework", "Accelerate"] } : openblasConfig(cc);
 }
 
 /** Compiles a C test or benchmark program (its sources plus any of native/cpu) with the
@@ -151,6 +160,13 @@ export function buildProgram(sources: string[], out: string): string {
 
 function isGcc(cc: string): boolean {
   return /Free Software Foundation/.test(run([cc, "--version"]).stdout);
+}
+
+/** The compiler's name and version, e.g. "gcc 12.2.0" or "clang 15.0.0". */
+function compilerName(cc: string): string {
+  const gcc = isGcc(cc);
+  const v = run([cc, gcc ? "-dumpfullversion" : "-dumpversion"]); // gcc's -dumpversion is the major alone
+  return `${gcc ? "gcc" : "clang"} ${v.code === 0 ? v.stdout.trim() : "(version unknown)"}`;
 }
 
 /** Flags of every C file of the library (and of the C test programs). */
@@ -192,8 +208,9 @@ export function libraryPath(sanitize = process.env.GPT_SANITIZE === "1"): string
   return join(BUILD_DIR, `libgpt${sanitize ? "-asan" : ""}.${isMac ? "dylib" : "so"}`);
 }
 
+/** The library is newer than its inputs, and its build description (src/version.ts) is there. */
 function upToDate(out: string, inputs: string[]): boolean {
-  if (!existsSync(out)) return false;
+  if (!existsSync(out) || !existsSync(nativeBuildInfoPath(out))) return false;
   const t = statSync(out).mtimeMs;
   return inputs.every((p) => statSync(p).mtimeMs < t);
 }
@@ -268,6 +285,14 @@ export async function buildNative(opts: BuildOptions = {}): Promise<string> {
   }
 }
 
+/** Writes `<library>.build.json` (what `train --version` says of the library), replaced whole. */
+function writeBuildInfo(library: string, info: NativeBuildInfo): void {
+  const path = nativeBuildInfoPath(library);
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, JSON.stringify(info) + "\n");
+  renameSync(tmp, path);
+}
+
 /** The macOS library built on Linux: scripts/check-mps.sh compiles (-Werror), checks the
  * API availability and links it against the SDK; its dylib is the one a release embeds. */
 function buildDarwinOnLinux(out: string, sdk: MacSdk | null, quiet: boolean): string {
@@ -283,6 +308,7 @@ function buildDarwinOnLinux(out: string, sdk: MacSdk | null, quiet: boolean): st
     });
     if (p.exitCode !== 0) throw new BuildError(`scripts/check-mps.sh failed (exit ${p.exitCode}):\n${p.stdout.toString()}${p.stderr.toString()}`);
     mkdirSync(dirname(out), { recursive: true });
+    writeBuildInfo(out, { backends: ["cpu", "mps"], blas: "Accelerate", compiler: compilerName(process.env.CLANG ?? "clang") });
     renameSync(join(checkDir, "libgpt.dylib"), out);
   } finally {
     rmSync(checkDir, { recursive: true, force: true });
@@ -354,6 +380,7 @@ async function compileAndLink(
   const r = run(link);
   if (r.code !== 0) throw new BuildError(`linking ${basename(out)} failed:\n${r.stderr || r.stdout}`);
   checkLinkage(tmp, cross);
+  writeBuildInfo(out, { backends: ["cpu", ...(mSources.length > 0 ? ["mps"] : [])], blas: blas.name, compiler: compilerName(cc) });
   renameSync(tmp, out);
   if (!quiet) console.log(`built ${relative(ROOT, out)}`);
   return out;

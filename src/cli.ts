@@ -2,6 +2,7 @@
 /**
  * train --phase {pretrain,sft,pipeline} --config PATH [--device mps|cpu] [--resume PATH | --no-resume]
  * train prepare-data text|dolly|oasst1 ...   (src/prepare/command.ts)
+ * train --version | -V                       the build, in one line (src/version.ts)
  *
  * The commands are citty commands; this file only reads the command line and reports how
  * it ended. Exit codes: 0 done, 2 usage/config/data/checkpoint errors (one clear message,
@@ -10,9 +11,11 @@
  */
 import { defineCommand, parseArgs, renderUsage, type ArgsDef, type CommandDef } from "citty";
 import { stripVTControlCharacters } from "node:util";
+import { defaultLibraryPath } from "./backend/native.ts";
 import { exitCodeOf, InputError } from "./errors.ts";
 import { prepareDataCommand } from "./prepare/command.ts";
 import { runTraining, type RunRequest } from "./train/run.ts";
+import { checkoutBuildInfo, versionLine, type BuildInfo } from "./version.ts";
 
 const trainArgs = {
   phase: { type: "string", description: "pretrain | sft | pipeline", valueHint: "phase", required: true },
@@ -24,6 +27,7 @@ const trainArgs = {
     valueHint: "path",
   },
   "no-resume": { type: "boolean", description: "start fresh even if checkpoints/latest.pt exists" },
+  version: { type: "boolean", alias: "V", description: "print the version, git commit, platform, backends and BLAS of this build, and exit" },
 } as const satisfies ArgsDef;
 
 /** The commands besides training, by their first word (`train sample` comes next). */
@@ -178,6 +182,8 @@ async function usageFor(stream: NodeJS.WriteStream, command: CommandDef<any> = t
 export interface MainOptions {
   /** The compiled executable's embedded copy of the native library. */
   embeddedLibrary?: string;
+  /** The compiled executable's build description (a checkout asks git and the library's build file). */
+  build?: BuildInfo;
 }
 
 /** Runs the command line `argv` (without the program name); returns the exit code. */
@@ -190,13 +196,18 @@ export async function main(argv: string[], options: MainOptions = {}): Promise<n
     console.log(await usageFor(process.stdout));
     return 0;
   }
+  const version = () => versionLine(options.build ?? checkoutBuildInfo(defaultLibraryPath()));
+  if (sub === undefined && (flags.includes("--version") || flags.includes("-V"))) {
+    console.log(version());
+    return 0;
+  }
   // A closed stdout or stderr (`train | head`, a `tee` ended by the same Ctrl-C) loses the
   // output, not the run: without a listener the write error would end the process mid-step.
   for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {});
   try {
     if (sub !== undefined) return await runSubCommand(sub, argv.slice(1), help);
     const request = parseRequest(argv);
-    return await runTraining(request, { repoRoot: process.cwd(), out: process.stdout, libraryPath: options.embeddedLibrary });
+    return await runTraining(request, { repoRoot: process.cwd(), out: process.stdout, libraryPath: options.embeddedLibrary, version: version() });
   } catch (e) {
     if (e instanceof UsageError) {
       console.error(`train: ${e.message}\n\n${await usageFor(process.stderr, e.command, e.parent)}`);

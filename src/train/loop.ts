@@ -39,8 +39,8 @@ export interface SaveTargets {
   latestOnly?: boolean; // an interrupted run saves latest.pt alone
 }
 
-/** Where the loop's train and eval records go (a MetricsLog). */
-export type LoopMetrics = Pick<MetricsLog, "appendTrain" | "appendEval">;
+/** Where the loop's step, train and eval records go (a MetricsLog). */
+export type LoopMetrics = Pick<MetricsLog, "appendStep" | "appendTrain" | "appendEval">;
 
 export interface LoopContext {
   model: NativeModel;
@@ -55,8 +55,9 @@ export interface LoopContext {
   metrics: LoopMetrics;
   stop: StopSignal;
   /**
-   * Writes the checkpoint files of `step`; returns the paths written. valLoss: the eval of
-   * this step, if one ran (else the save measures the weights itself).
+   * Writes the checkpoint files of `step` (after writing out the metrics records buffered so
+   * far: metrics.ts); returns the paths written. valLoss: the eval of this step, if one ran
+   * (else the save measures the weights itself).
    */
   save(step: number, bestValLoss: number | null, targets: SaveTargets, valLoss: number | null): string[];
   /** Called after each eval (the loss picture is redrawn there), with the best step if known. */
@@ -136,6 +137,7 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
       nonFiniteInARow = 0;
       const logged = stats.step({ step, loss: result.loss, lr, tokens: tokensPerStep });
       printer.step(logged);
+      metrics.appendStep({ step, lr, loss: result.loss });
       if (logged) metrics.appendTrain(logged.log);
     }
 

@@ -100,7 +100,9 @@ interface Pt {
 }
 
 /** Build the SVG text. Records of any order; non-finite / null values are skipped. */
-export function renderLossSvg(records: readonly MetricsRecord[], o: LossSvgOptions = {}): string {
+export function renderLossSvg(allRecords: readonly MetricsRecord[], o: LossSvgOptions = {}): string {
+  // The curves are the train (window mean) and eval records; per-step and run records are not drawn.
+  const records = allRecords.filter((r) => r.kind === "train" || r.kind === "eval");
   const W = o.width ?? 960;
   const H = o.height ?? 540;
   const M = { left: 76, right: 24, top: 78, bottom: 58 };

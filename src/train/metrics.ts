@@ -1,12 +1,20 @@
 /**
- * metrics.jsonl: one JSON object per line, one line per logged train step and per eval.
+ * metrics.jsonl: one JSON object per line: the build that wrote the run, every optimizer step's
+ * loss, a train record per logged step, and every eval.
  *
  *   {"phase":"pretrain","kind":"train","step":50,"lr":0.000075,"train_loss":6.21,"val_loss":null,
  *    "tokens_per_s":11834.2,"wall_time_s":41.3,"time":"2025-01-01T10:00:41.300Z"}
  *
- * Every key is always present. A record carries only its own measurement, the rest is null:
- *   train: lr, train_loss (window mean, see progress.ts), tokens_per_s; val_loss null.
+ * Every key above is always present. A record carries only its own measurement, the rest is null:
+ *   run:   the build that writes the records after it, in one more key, "version" (the line
+ *          `train --version` prints, src/version.ts); step: where that session started. The
+ *          first record of a phase started fresh; on resume, written again only when the build
+ *          differs from the phase's last run record (a resume by the same build adds nothing).
+ *   step:  one per applied optimizer step: lr, train_loss (that step's loss).
+ *   train: lr, train_loss (the mean of the step records since the previous train record, see
+ *          stats.ts), tokens_per_s.
  *   eval:  lr (of that step), val_loss; train_loss and tokens_per_s null.
+ * Readers that draw or compare curves take the kinds they know ("train", "eval") and skip the rest.
  * A non-finite loss (divergence) is stored as null. `wall_time_s` counts seconds since the run's
  * first start and continues across resumes (time between a crash and the resume is not counted).
  * One file may hold several phases (a pipeline writes pretrain, then sft): `phase` tells them
@@ -19,14 +27,19 @@
  *  - drops a torn last line (a crash in the middle of an append);
  *  - if anything was dropped, rewrites the file atomically (temp file, fsync, rename, fsync dir).
  * Then `append*` adds lines; steps must increase per (phase, kind), so a loop bug that would
- * log a step twice throws instead of corrupting the file.
- * Contract for the loop: append a step's records (train line, eval) BEFORE saving that step's
- * checkpoint, so that every record with step <= checkpoint step is on disk when it is written.
+ * log a step twice throws instead of corrupting the file. Step records are buffered: written
+ * (one write, one fsync) with the next train or eval record, or by `flush`.
+ * Contract for the loop: append a step's records (step, train, eval) and `flush` BEFORE saving
+ * that step's checkpoint, so that every record with step <= checkpoint step is on disk when it
+ * is written. Then a resumed run refills its train-loss window from `unloggedSteps()` (the step
+ * records after the last train record) and its metrics equal an uninterrupted run's, record for
+ * record, but for the wall-clock fields (wall_time_s, time, tokens_per_s); no checkpoint key needed.
  *
  * Usage:
- *   const m = MetricsLog.open(join(dir, "metrics.jsonl"), { phase, resumeStep: resumed ? step : null });
+ *   const m = MetricsLog.open(join(dir, "metrics.jsonl"), { phase, resumeStep: resumed ? step : null, build });
  *   const last = m.lastEval(phase);           // show last val loss on resume
- *   ... m.appendTrain(log) / m.appendEval({ step, lr, val_loss }) ...
+ *   stats.restoreWindow(m.unloggedSteps());   // the train loss window, as before the stop
+ *   ... m.appendStep(...) / m.appendTrain(log) / m.appendEval({ step, lr, val_loss }) / m.flush() ...
  *   writeLossSvg(join(dir, "loss.svg"), m.records());
  * Reading alone (for the SVG or tools): readMetrics(path).
  */
@@ -39,9 +52,12 @@ import { InputError } from "../errors";
 export type MetricsPhase = "pretrain" | "sft";
 export const METRICS_PHASES: readonly MetricsPhase[] = ["pretrain", "sft"];
 
+export type MetricsKind = "run" | "step" | "train" | "eval";
+export const METRICS_KINDS: readonly MetricsKind[] = ["run", "step", "train", "eval"];
+
 export interface MetricsRecord {
   phase: MetricsPhase;
-  kind: "train" | "eval";
+  kind: MetricsKind;
   step: number;
   lr: number | null;
   train_loss: number | null;
@@ -49,6 +65,8 @@ export interface MetricsRecord {
   tokens_per_s: number | null;
   wall_time_s: number;
   time: string;
+  /** Run records only: the build's version line. */
+  version?: string;
 }
 
 export interface OpenOptions {
@@ -58,6 +76,8 @@ export interface OpenOptions {
   resumeStep: number | null;
   /** Phases whose records are all dropped (stale because an earlier phase restarts). */
   dropPhases?: MetricsPhase[];
+  /** The version line of this build: a run record when it is not the phase's last one (see top). */
+  build?: string;
   /** Monotonic clock, ms (wall_time_s). Default performance.now. */
   now?: () => number;
   /** Calendar clock, ms since the epoch (the "time" field). Default Date.now. */
@@ -69,6 +89,13 @@ export interface TrainRecordInput {
   lr: number;
   train_loss: number;
   tokens_per_s: number;
+}
+
+export interface StepRecordInput {
+  step: number;
+  lr: number;
+  /** This step's training loss. */
+  loss: number;
 }
 
 export interface EvalRecordInput {
@@ -89,7 +116,8 @@ function toRecord(v: unknown): MetricsRecord | string {
   const o = v as Record<string, unknown>;
   for (const k of KEYS) if (!(k in o)) return `missing key "${k}"`;
   if (!METRICS_PHASES.includes(o.phase as MetricsPhase)) return `phase must be one of ${METRICS_PHASES.join(", ")}, got ${JSON.stringify(o.phase)}`;
-  if (o.kind !== "train" && o.kind !== "eval") return `kind must be "train" or "eval", got ${JSON.stringify(o.kind)}`;
+  if (!METRICS_KINDS.includes(o.kind as MetricsKind)) return `kind must be one of ${METRICS_KINDS.join(", ")}, got ${JSON.stringify(o.kind)}`;
+  if (o.kind === "run" && typeof o.version !== "string") return `a run record needs "version", a string; got ${JSON.stringify(o.version)}`;
   if (typeof o.step !== "number" || !Number.isInteger(o.step) || o.step < 0) return `step must be an integer >= 0, got ${JSON.stringify(o.step)}`;
   for (const k of ["lr", "train_loss", "val_loss", "tokens_per_s"] as const) {
     if (o[k] !== null && typeof o[k] !== "number") return `${k} must be a number or null, got ${JSON.stringify(o[k])}`;
@@ -98,7 +126,7 @@ function toRecord(v: unknown): MetricsRecord | string {
   if (typeof o.time !== "string") return `time must be an ISO date string, got ${JSON.stringify(o.time)}`;
   return {
     phase: o.phase as MetricsPhase,
-    kind: o.kind,
+    kind: o.kind as MetricsKind,
     step: o.step,
     lr: o.lr as number | null,
     train_loss: o.train_loss as number | null,
@@ -106,6 +134,7 @@ function toRecord(v: unknown): MetricsRecord | string {
     tokens_per_s: o.tokens_per_s as number | null,
     wall_time_s: o.wall_time_s,
     time: o.time,
+    ...(o.kind === "run" ? { version: o.version as string } : {}),
   };
 }
 
@@ -171,6 +200,7 @@ function serialize(r: MetricsRecord): string {
     tokens_per_s: numOrNull(r.tokens_per_s),
     wall_time_s: Math.round(r.wall_time_s * 1000) / 1000,
     time: r.time,
+    ...(r.kind === "run" ? { version: r.version } : {}),
   };
   return JSON.stringify(o) + "\n";
 }
@@ -187,6 +217,8 @@ export function bestEval(records: readonly MetricsRecord[], phase: MetricsPhase)
 
 export class MetricsLog {
   private readonly recs: MetricsRecord[];
+  /** Step records not yet on disk (written with the next train or eval record, or by flush). */
+  private pending: MetricsRecord[] = [];
   private readonly wallOffset: number;
   private readonly t0: number;
   private readonly now: () => number;
@@ -217,12 +249,14 @@ export class MetricsLog {
         writeTextAtomic(path, kept.map(serialize).join(""));
       }
     }
-    return new MetricsLog(path, o.phase, kept, o);
+    const log = new MetricsLog(path, o.phase, kept, o);
+    if (o.build !== undefined && log.last("run")?.version !== o.build) log.appendRun(o.resumeStep ?? 0, o.build);
+    return log;
   }
 
   /** All records in file order (after the resume clean-up and this session's appends). */
   records(): MetricsRecord[] {
-    return this.recs.slice();
+    return [...this.recs, ...this.pending];
   }
 
   /** Seconds since the run's first start (continues across resumes). */
@@ -232,37 +266,72 @@ export class MetricsLog {
 
   /** The most recent eval record of a phase, or null. */
   lastEval(phase: MetricsPhase = this.phase): MetricsRecord | null {
+    return this.last("eval", phase);
+  }
+
+  /**
+   * The step records of this phase after its last train record, in step order: the steps
+   * whose losses the next train record averages. After a resume, the steps between the last
+   * log line and the checkpoint (TrainStats.restoreWindow takes them).
+   */
+  unloggedSteps(): MetricsRecord[] {
+    const out: MetricsRecord[] = [];
     for (let i = this.recs.length - 1; i >= 0; i--) {
       const r = this.recs[i]!;
-      if (r.phase === phase && r.kind === "eval") return r;
+      if (r.phase !== this.phase) continue;
+      if (r.kind === "train") break;
+      if (r.kind === "step") out.push(r);
+    }
+    return out.reverse();
+  }
+
+  /** One applied optimizer step's loss; buffered until the next train or eval record or `flush`. */
+  appendStep(s: StepRecordInput): MetricsRecord {
+    const rec = this.record("step", { lr: s.lr, train_loss: s.loss, val_loss: null, tokens_per_s: null }, s.step);
+    this.pending.push(rec);
+    return rec;
+  }
+
+  appendTrain(t: TrainRecordInput): MetricsRecord {
+    return this.write(this.record("train", { lr: t.lr, train_loss: t.train_loss, val_loss: null, tokens_per_s: t.tokens_per_s }, t.step));
+  }
+
+  appendEval(e: EvalRecordInput): MetricsRecord {
+    return this.write(this.record("eval", { lr: e.lr, train_loss: null, val_loss: e.val_loss, tokens_per_s: null }, e.step));
+  }
+
+  /** Writes the buffered step records (and fsyncs): before a checkpoint save, and at the end. */
+  flush(): void {
+    if (this.pending.length > 0) this.write(null);
+  }
+
+  private appendRun(step: number, version: string): void {
+    const rec = this.record("run", { lr: null, train_loss: null, val_loss: null, tokens_per_s: null }, step, true);
+    this.write({ ...rec, version });
+  }
+
+  /** The last record of `kind` of a phase, or null. */
+  private last(kind: MetricsKind, phase: MetricsPhase = this.phase): MetricsRecord | null {
+    for (let i = this.recs.length - 1; i >= 0; i--) {
+      const r = this.recs[i]!;
+      if (r.phase === phase && r.kind === kind) return r;
     }
     return null;
   }
 
-  appendTrain(t: TrainRecordInput): MetricsRecord {
-    return this.append("train", { lr: t.lr, train_loss: t.train_loss, val_loss: null, tokens_per_s: t.tokens_per_s }, t.step);
-  }
-
-  appendEval(e: EvalRecordInput): MetricsRecord {
-    return this.append("eval", { lr: e.lr, train_loss: null, val_loss: e.val_loss, tokens_per_s: null }, e.step);
-  }
-
-  private append(
-    kind: "train" | "eval",
+  /** A new record of this phase, checked to come after the last of its kind (equal steps allowed for run). */
+  private record(
+    kind: MetricsKind,
     v: Pick<MetricsRecord, "lr" | "train_loss" | "val_loss" | "tokens_per_s">,
     step: number,
+    sameStepAllowed = false,
   ): MetricsRecord {
     if (!Number.isInteger(step) || step < 0) throw new Error(`metrics: step must be an integer >= 0, got ${step}`);
-    for (let i = this.recs.length - 1; i >= 0; i--) {
-      const r = this.recs[i]!;
-      if (r.phase === this.phase && r.kind === kind) {
-        if (step <= r.step) {
-          throw new Error(`metrics: ${this.phase} ${kind} record for step ${step} after step ${r.step} in ${this.path}; steps must increase`);
-        }
-        break;
-      }
+    const before = kind === "step" ? (this.pending.at(-1) ?? this.last(kind)) : this.last(kind);
+    if (before !== null && (step < before.step || (step === before.step && !sameStepAllowed))) {
+      throw new Error(`metrics: ${this.phase} ${kind} record for step ${step} after step ${before.step} in ${this.path}; steps must increase`);
     }
-    const rec: MetricsRecord = {
+    return {
       phase: this.phase,
       kind,
       step,
@@ -273,15 +342,23 @@ export class MetricsLog {
       wall_time_s: Math.round(this.wallTimeS() * 1000) / 1000,
       time: new Date(this.epochMs()).toISOString(),
     };
-    // fsync: a checkpoint saved after this append must never survive a crash that this line does not.
+  }
+
+  /** Appends the buffered step records and `rec` in one write, then fsyncs. */
+  private write(rec: MetricsRecord): MetricsRecord;
+  private write(rec: null): null;
+  private write(rec: MetricsRecord | null): MetricsRecord | null {
+    const recs = rec === null ? this.pending : [...this.pending, rec];
+    // fsync: a checkpoint saved after this append must never survive a crash that these lines do not.
     const fd = openSync(this.path, "a");
     try {
-      writeSync(fd, serialize(rec));
+      writeSync(fd, recs.map(serialize).join(""));
       fsyncSync(fd);
     } finally {
       closeSync(fd);
     }
-    this.recs.push(rec);
+    this.recs.push(...recs);
+    this.pending = [];
     return rec;
   }
 }

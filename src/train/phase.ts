@@ -38,6 +38,8 @@ export interface PhaseOptions {
   stop: StopSignal;
   /** Step where pretrain ended, for the loss picture of a pipeline's SFT. */
   pretrainEnd?: number;
+  /** The version line of the build (src/version.ts), recorded in metrics.jsonl. */
+  build: string;
 }
 
 export interface PhaseOutcome {
@@ -118,12 +120,15 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
         phase,
         resumeStep: resumed ? start.step : null,
         dropPhases: !resumed && phase === "pretrain" ? ["sft"] : [],
+        build: o.build,
       }),
     );
     const metricsOut: LoopMetrics = {
+      appendStep: (r) => metrics.appendStep(r),
       appendTrain: (r) => writingTo(metricsPath, () => metrics.appendTrain(r)),
       appendEval: (r) => writingTo(metricsPath, () => metrics.appendEval(r)),
     };
+    const flushMetrics = () => writingTo(metricsPath, () => metrics.flush());
     const lastEval = metrics.lastEval(phase);
     const stats = new TrainStats({
       totalSteps: config.train.total_steps,
@@ -131,6 +136,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
       lastValLoss: resumed ? (lastEval?.val_loss ?? null) : null,
       logEvery: config.train.log_every,
     });
+    stats.restoreWindow(metrics.unloggedSteps().map((r) => ({ step: r.step, loss: r.train_loss })));
     const printer = new ProgressPrinter({ phase, stats, out: o.out });
     printer.print(
       `${phase}: ${start.from}; model V=${config.model.V} T=${config.model.T} C=${config.model.C} L=${config.model.L} H=${config.model.H} d_ff=${config.model.d_ff} ` +
@@ -145,6 +151,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
     }
 
     const save = (step: number, bestValLoss: number | null, targets: SaveTargets, valLoss: number | null): string[] => {
+      flushMetrics(); // the records of the steps up to this one are on disk before their checkpoint
       const ckpt: Checkpoint = {
         modelCfg: config.modelCfgRaw,
         trainCfg: config.raw,
@@ -216,6 +223,13 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
       return { step: result.step, bestValLoss: result.bestValLoss, bestPath, alreadyFinished: false, freshStart: !resumed, firstValLoss };
     } finally {
       printer.finish();
+      // The losses of the steps after the last save (a divergence, say) are kept for the reader;
+      // a resume drops them. A failure here does not hide the loop's own.
+      try {
+        flushMetrics();
+      } catch (e) {
+        print(`${phase}: ${(e as Error).message}`);
+      }
     }
   } catch (e) {
     if (!(e instanceof FileWriteError)) throw e;

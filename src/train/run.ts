@@ -3,14 +3,17 @@
  * then runs the phases. Folders (under REPO_ROOT, the folder train runs from):
  *   pretrain alone:  checkpoints/            sft alone: checkpoints/
  *   pipeline:        checkpoints/pretrain/ then checkpoints/ (best.pt = the SFT model)
- * metrics.jsonl and loss.svg live in checkpoints/ for every phase.
+ * metrics.jsonl and loss.svg live in checkpoints/ for every phase. The run's output starts with
+ * the version line (src/version.ts), which metrics.jsonl records too; a run refused before it
+ * starts (a bad config, cache or checkpoint) prints nothing but its error.
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { deviceAvailable, openLibrary, type Device } from "../backend/native.ts";
+import { defaultLibraryPath, deviceAvailable, openLibrary, type Device } from "../backend/native.ts";
 import { phaseOfCheckpointFile } from "../checkpoint/checkpoint.ts";
 import { loadPhaseConfig, loadPipelineConfig, type SftConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
+import { checkoutBuildInfo, versionLine } from "../version.ts";
 import { openPhaseData } from "./phase-data.ts";
 import { runPhase, type PhaseOutcome } from "./phase.ts";
 import { resumeCheckpoint, resumePathOf, type ResumeRequest } from "./start.ts";
@@ -31,6 +34,28 @@ export interface RunEnvironment {
   libraryPath?: string;
   /** Stop requests (default: Ctrl-C / SIGTERM / SIGHUP handlers). */
   stop?: StopSignal;
+  /** The version line of this build (default: the checkout's, src/version.ts). */
+  version?: string;
+}
+
+/** `out`, with `line` written before the first thing written to it. */
+function startingWith(out: ProgressStream, line: string): ProgressStream {
+  let started = false;
+  return {
+    get isTTY() {
+      return out.isTTY;
+    },
+    get columns() {
+      return out.columns;
+    },
+    write(chunk: string) {
+      if (!started) {
+        started = true;
+        out.write(`${line}\n`);
+      }
+      return out.write(chunk);
+    },
+  };
 }
 
 export async function runTraining(req: RunRequest, env: RunEnvironment): Promise<number> {
@@ -47,10 +72,11 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
     throw new InputError(`--device mps: no Metal device ${process.platform === "darwin" ? "was found" : `on ${process.platform} (mps needs an Apple GPU)`}; use --device cpu`);
   }
   const device: Device = req.device === "auto" ? (mpsAvailable ? "mps" : "cpu") : req.device;
-  const out = env.out;
+  const build = env.version ?? versionLine(checkoutBuildInfo(env.libraryPath ?? defaultLibraryPath()));
+  const out = startingWith(env.out, build);
   const signals = env.stop ? null : new StopOnSignals((m) => out.write(`\n${m}\n`));
   const stop: StopSignal = env.stop ?? signals!;
-  const common = { repoRoot: env.repoRoot, runDir: checkpoints, device, library, out, stop };
+  const common = { repoRoot: env.repoRoot, runDir: checkpoints, device, library, out, stop, build };
   try {
     if ("single" in configs) {
       const config = configs.single;

@@ -3,12 +3,13 @@
  * metrics.jsonl records and the console shows (src/train/progress.ts only prints them).
  *
  * Moving average: a WINDOW mean, not an EMA. The train_loss of a log record is the mean loss
- * of the steps reported since the previous log record (`logEvery` steps), so it does not
- * depend on whether the run was resumed at a checkpoint in between (a resume at a multiple of
- * `logEvery` gives the same numbers as an uninterrupted run); tokens/s of a log record is the
- * tokens of those steps / their training time. The live line shows the mean over the last
- * `logEvery` steps (a sliding window). Non-finite losses are left out of the means and
- * counted.
+ * of the steps reported since the previous log record (`logEvery` steps), summed in step
+ * order; tokens/s of a log record is the tokens of those steps / their training time. The
+ * live line shows the mean over the last `logEvery` steps (a sliding window). Non-finite
+ * losses are left out of the means and counted. A resumed run first refills both windows
+ * with the losses of the steps between the last log record and its checkpoint
+ * (`restoreWindow`, from metrics.jsonl's step records), so its log records carry the same
+ * train_loss, to the bit, as an uninterrupted run's; tokens/s covers this session's steps.
  *
  * Step numbering: `step` is the number of COMPLETED optimizer steps (1 after the first one),
  * the number a checkpoint written after that step carries (step_{step:07d}.pt). Steps must
@@ -184,6 +185,24 @@ export class TrainStats {
     this.curStep = this.startStep;
     this.t0 = this.now();
     this.mark = this.t0;
+  }
+
+  /**
+   * Before the first step of a resumed session: the losses of the steps since the last log
+   * record, up to `startStep`, in step order (their time and tokens belong to the session
+   * that ran them, so they count toward neither tokens/s).
+   */
+  restoreWindow(steps: readonly { step: number; loss: number | null }[]): void {
+    let prev = -1;
+    for (const s of steps) {
+      if (this.curStep !== this.startStep || !Number.isInteger(s.step) || s.step <= prev || s.step > this.startStep) {
+        throw new Error(`progress: a restored step must come before this session's first step and after the one restored before it; got step ${s.step} (start ${this.startStep}, at ${this.curStep})`);
+      }
+      prev = s.step;
+      const loss = s.loss ?? NaN; // metrics.jsonl stores a non-finite loss as null
+      this.window.push(loss, 0, 0);
+      this.interval.add(loss, 0, 0);
+    }
   }
 
   /**
