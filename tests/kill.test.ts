@@ -89,6 +89,7 @@ describe("SIGKILL at 20 random moments", () => {
     console.log(`kill test: step ${stepMs.toFixed(1)} ms, first checkpoint at ${firstCheckpointMs.toFixed(0)} ms; ` +
       `latest.pt after each kill: ${resumedAt.join(" ")}; ${midWrite} kills left a checkpoint temp file`);
     expect(resumedAt[19]).toBeLessThan(STEPS);
+    expect(resumedAt.filter((s) => s % 10 !== 0).length).toBeGreaterThan(0); // resumes between two log lines (log_every 10)
 
     const last = cli(args, killed.root);
     expect(last.code).toBe(0);
@@ -103,7 +104,8 @@ describe("a pipeline stopped during SFT, run again", () => {
   const options = {
     sft: true,
     pretrain: { total_steps: 20, ckpt_every: 5, eval_every: 5 },
-    sftTrain: { total_steps: 200, ckpt_every: 50, eval_every: 25, log_every: 25 },
+    // log_every 40: the checkpoints at 50, 100, 150 fall between two log lines
+    sftTrain: { total_steps: 200, ckpt_every: 50, eval_every: 25, log_every: 40 },
   };
   const args = ["--phase", "pipeline", "--config", "configs/pipeline.json", "--device", "cpu"];
   let referenceDir: string | null = null;

@@ -147,7 +147,49 @@ describe("metrics.jsonl", () => {
     expect(() => readMetrics(path)).toThrow(`${path}:2: bad metrics record: missing key "lr"`);
     lines[1] = lines[0]!.replace('"kind":"train"', '"kind":"test"');
     writeFileSync(path, lines.join("\n"));
-    expect(() => readMetrics(path)).toThrow(`${path}:2: bad metrics record: kind must be "train" or "eval", got "test"`);
+    expect(() => readMetrics(path)).toThrow(`${path}:2: bad metrics record: kind must be one of run, step, train, eval, got "test"`);
+  });
+
+  test("step records: buffered until the next train or eval record or a flush; a resume gets the steps since the last train record", () => {
+    const c = clock();
+    const m = MetricsLog.open(path, { phase: "pretrain", resumeStep: null, build: "build A", now: c.now });
+    const onDisk = () => readMetrics(path).map((r) => `${r.kind} ${r.step}`);
+    expect(onDisk()).toEqual(["run 0"]);
+    expect(readMetrics(path)[0]!.version).toBe("build A");
+    const lossOf = (s: number) => 1 / s;
+    for (let s = 1; s <= 7; s++) {
+      c.advance(1000);
+      m.appendStep({ step: s, lr: 1e-3, loss: lossOf(s) });
+      if (s === 3) m.appendEval({ step: 3, lr: 1e-3, val_loss: 2 });
+      if (s === 5) m.appendTrain({ step: 5, lr: 1e-3, train_loss: 0.5, tokens_per_s: 10 });
+    }
+    expect(onDisk()).toEqual(["run 0", "step 1", "step 2", "step 3", "eval 3", "step 4", "step 5", "train 5"]);
+    expect(m.records().map((r) => `${r.kind} ${r.step}`).slice(-2)).toEqual(["step 6", "step 7"]); // not yet written
+    expect(() => m.appendStep({ step: 7, lr: 1e-3, loss: 1 })).toThrow("steps must increase");
+    m.flush();
+    expect(onDisk().slice(-2)).toEqual(["step 6", "step 7"]);
+    expect(readMetrics(path)).toEqual(m.records());
+    const step6 = readMetrics(path).find((r) => r.kind === "step" && r.step === 6)!;
+    expect(step6).toMatchObject({ lr: 1e-3, train_loss: lossOf(6), val_loss: null, tokens_per_s: null, wall_time_s: 6 });
+
+    // The same build resumes: no run record; the window's steps come back, their losses to the bit.
+    const again = MetricsLog.open(path, { phase: "pretrain", resumeStep: 7, build: "build A", now: c.now });
+    expect(again.records().filter((r) => r.kind === "run")).toHaveLength(1);
+    expect(again.unloggedSteps().map((r) => [r.step, r.train_loss])).toEqual([[6, lossOf(6)], [7, lossOf(7)]]);
+    // Another build resumes at 6: step 7 dropped, a run record at 6 names the new build.
+    const other = MetricsLog.open(path, { phase: "pretrain", resumeStep: 6, build: "build B", now: c.now });
+    expect(onDisk().slice(-3)).toEqual(["train 5", "step 6", "run 6"]);
+    expect(other.unloggedSteps().map((r) => r.step)).toEqual([6]);
+    expect(readMetrics(path).filter((r) => r.kind === "run").map((r) => [r.step, r.version])).toEqual([[0, "build A"], [6, "build B"]]);
+    // Resumed at the train record: nothing to refill.
+    expect(MetricsLog.open(path, { phase: "pretrain", resumeStep: 5, build: "build B", now: c.now }).unloggedSteps()).toEqual([]);
+  });
+
+  test("a run record without its version is a bad record", () => {
+    MetricsLog.open(path, { phase: "sft", resumeStep: null, build: "x" });
+    const line = readFileSync(path, "utf8").replace(/,"version":"x"/, "");
+    writeFileSync(path, line + line);
+    expect(() => readMetrics(path)).toThrow(`${path}:1: bad metrics record: a run record needs "version", a string; got undefined`);
   });
 
   test("bestEval: lowest val loss of the phase, earliest on ties", () => {

@@ -200,6 +200,37 @@ describe("ProgressReporter", () => {
     expect(st.wallSeconds).toBeCloseTo(10, 9);
   });
 
+  test("a resume between log lines refills the window: the same train_loss, to the bit; tokens/s of this session", () => {
+    const c1 = clock();
+    const a = new ProgressReporter({ phase: "pretrain", totalSteps: 200, startStep: 0, out: new FakeStream(false), now: c1.now });
+    const logsA = run(a, c1, 0, 200, loss);
+
+    // Stopped at step 137 (a checkpoint between the log lines of 100 and 150), resumed there.
+    const restored = Array.from({ length: 37 }, (_, i) => ({ step: 101 + i, loss: loss(101 + i) }));
+    const resumed = () => new ProgressReporter({ phase: "pretrain", totalSteps: 200, startStep: 137, out: new FakeStream(false), now: c2.now });
+    const c2 = clock();
+    const b = resumed();
+    b.stats.restoreWindow(restored);
+    expect(b.stats.windowSteps).toBe(37);
+    const logsB = run(b, c2, 137, 200, loss);
+    expect(logsB.map((l) => [l.step, l.train_loss])).toEqual(logsA.slice(2).map((l) => [l.step, l.train_loss]));
+    // tokens/s: the 13 steps this session ran (512 tokens per 100 ms), not the restored ones
+    expect(logsB[0]!.tokens_per_s).toBeCloseTo(5120, 6);
+
+    // Without the refill the first log line after the resume averages 13 steps, not 50.
+    const c4 = clock();
+    const d = new ProgressReporter({ phase: "pretrain", totalSteps: 200, startStep: 137, out: new FakeStream(false), now: c4.now });
+    expect(run(d, c4, 137, 200, loss)[0]!.train_loss).not.toBe(logsA[2]!.train_loss);
+
+    // Restored steps come before the session's first step, in order.
+    const e = resumed();
+    expect(() => e.stats.restoreWindow([{ step: 138, loss: 1 }])).toThrow("restored step");
+    expect(() => e.stats.restoreWindow([{ step: 120, loss: 1 }, { step: 110, loss: 1 }])).toThrow("restored step");
+    const f = resumed();
+    run(f, c2, 137, 138, loss);
+    expect(() => f.stats.restoreWindow([{ step: 120, loss: 1 }])).toThrow("restored step");
+  });
+
   test("tokens/s counts training time only: eval and checkpoint time are excluded", () => {
     const c = clock();
     const rep = new ProgressReporter({ phase: "pretrain", totalSteps: 100, startStep: 0, out: new FakeStream(false), now: c.now });
