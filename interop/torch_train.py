@@ -25,7 +25,9 @@ import json
 import math
 import os
 import re
+import platform
 import signal
+import subprocess
 import sys
 import time
 from typing import List, Optional, Tuple
@@ -162,6 +164,18 @@ def remove_stale_temp_files(folder: str) -> List[str]:
 METRIC_KEYS = ("phase", "kind", "step", "lr", "train_loss", "val_loss", "tokens_per_s", "wall_time_s", "time")
 
 
+def version_line() -> str:
+    """Which program wrote a run's records (metrics.jsonl's "run" record; `train`'s is src/version.ts)."""
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip() or "unknown"
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return (f"interop/torch_train.py (commit {commit}, {sys.platform}-{platform.machine()}, "
+            f"python {platform.python_version()}, torch {torch.__version__})")
+
+
 def _finite_or_none(v: Optional[float]) -> Optional[float]:
     return v if v is not None and math.isfinite(v) else None
 
@@ -169,10 +183,16 @@ def _finite_or_none(v: Optional[float]) -> Optional[float]:
 class Metrics:
     """metrics.jsonl in `train`'s record format (src/train/metrics.ts): on open, drops the
     records of this phase after the step resumed from (all of them on a fresh start) and a
-    torn last line; wall_time_s continues across sessions; every append is fsynced."""
+    torn last line; a "run" record names this program when the phase's last one names another;
+    wall_time_s continues across sessions. Step records (one per applied step) are buffered and
+    written with the next train or eval record or by flush() (before every checkpoint); every
+    write is fsynced. unlogged_steps(): the step records after the last train record, whose
+    losses the next train record averages (a resumed window starts from them)."""
 
-    def __init__(self, path: str, phase: str, resume_step: Optional[int], drop_phases: Tuple[str, ...] = ()):
+    def __init__(self, path: str, phase: str, resume_step: Optional[int], drop_phases: Tuple[str, ...] = (),
+                 build: Optional[str] = None):
         self.path, self.phase = path, phase
+        self.pending: List[dict] = []
         records: List[dict] = []
         rewrite = False
         if os.path.exists(path):
@@ -201,23 +221,53 @@ class Metrics:
         self.records = kept
         self.wall_offset = max((r["wall_time_s"] for r in kept), default=0.0)
         self.t0 = time.monotonic()
+        runs = [r for r in kept if r["phase"] == phase and r["kind"] == "run"]
+        if build is not None and (not runs or runs[-1].get("version") != build):
+            self._write([self._record("run", resume_step or 0, None) | {"version": build}])
 
     @staticmethod
     def _line(r: dict) -> str:
-        return json.dumps({k: r[k] for k in METRIC_KEYS}, separators=(",", ":")) + "\n"
+        keys = METRIC_KEYS + (("version",) if r["kind"] == "run" else ())
+        return json.dumps({k: r[k] for k in keys}, separators=(",", ":")) + "\n"
 
-    def append(self, kind: str, step: int, lr: Optional[float], train_loss=None, val_loss=None, tokens_per_s=None) -> None:
+    def _record(self, kind: str, step: int, lr: Optional[float], train_loss=None, val_loss=None, tokens_per_s=None) -> dict:
         wall = self.wall_offset + time.monotonic() - self.t0
         now = datetime.datetime.now(datetime.timezone.utc)
-        r = {"phase": self.phase, "kind": kind, "step": step, "lr": _finite_or_none(lr),
-             "train_loss": _finite_or_none(train_loss), "val_loss": _finite_or_none(val_loss),
-             "tokens_per_s": _finite_or_none(tokens_per_s), "wall_time_s": round(wall, 3),
-             "time": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"}
+        return {"phase": self.phase, "kind": kind, "step": step, "lr": _finite_or_none(lr),
+                "train_loss": _finite_or_none(train_loss), "val_loss": _finite_or_none(val_loss),
+                "tokens_per_s": _finite_or_none(tokens_per_s), "wall_time_s": round(wall, 3),
+                "time": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"}
+
+    def _write(self, records: List[dict]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(self._line(r))
+            f.write("".join(self._line(r) for r in records))
             f.flush()
             os.fsync(f.fileno())
-        self.records.append(r)
+        self.records += records
+
+    def append(self, kind: str, step: int, lr: Optional[float], train_loss=None, val_loss=None, tokens_per_s=None) -> None:
+        records = self.pending + [self._record(kind, step, lr, train_loss, val_loss, tokens_per_s)]
+        self._write(records)
+        self.pending = []
+
+    def append_step(self, step: int, lr: float, loss: float) -> None:
+        self.pending.append(self._record("step", step, lr, train_loss=loss))
+
+    def flush(self) -> None:
+        if self.pending:
+            self._write(self.pending)
+            self.pending = []
+
+    def unlogged_steps(self) -> List[dict]:
+        out: List[dict] = []
+        for r in reversed(self.records):
+            if r["phase"] != self.phase:
+                continue
+            if r["kind"] == "train":
+                break
+            if r["kind"] == "step":
+                out.append(r)
+        return out[::-1]
 
 
 # ---------------------------------------------------------------------------
@@ -406,7 +456,7 @@ class Phase:
                 for p in remove_stale_temp_files(folder):
                     self.print(f"removed {show(self.repo, p)}, left by an interrupted write")
             metrics = Metrics(metrics_path, phase, step if is_resumed else None,
-                              ("sft",) if not is_resumed and phase == "pretrain" else ())
+                              ("sft",) if not is_resumed and phase == "pretrain" else (), build=version_line())
         m = cfg.model
         n_params = sum(p.numel() for p in model.parameters())
         self.print(f"{phase}: {start_from}; model V={m['V']} T={m['T']} C={m['C']} L={m['L']} H={m['H']} d_ff={m['d_ff']} "
@@ -446,6 +496,7 @@ class Phase:
             if periodic or latest_only:
                 files.append(latest_path)
             if d.main:
+                metrics.flush()  # the records of the steps up to this one are on disk before their checkpoint
                 self.write_checkpoint(files, model, optimizer, at, best)
             if latest_path in files:
                 on_disk[0] = f"{show(self.repo, latest_path)} (step {at}) is intact"
@@ -463,6 +514,11 @@ class Phase:
         log_every = tc["log_every"]
         reported = step
         win_sum, win_n, win_secs, win_tokens = 0.0, 0, 0.0, 0
+        if d.main:
+            # resumed between two log lines: the window holds the losses since the last one, summed in step order
+            for r in metrics.unlogged_steps():
+                if r["train_loss"] is not None:
+                    win_sum, win_n = win_sum + r["train_loss"], win_n + 1
         nonfinite_in_a_row = 0
         saved_step = step
         recorder = open(f"{self.record_batches}.rank{d.rank}.bin", "ab") if self.record_batches else None
@@ -498,6 +554,8 @@ class Phase:
                     now = time.monotonic()
                     win_sum, win_n, win_tokens, win_secs = win_sum + loss, win_n + 1, win_tokens + tokens_per_step, win_secs + now - mark
                     mark = now
+                    if d.main:
+                        metrics.append_step(step, lr, loss)
                     if step // log_every > reported // log_every or step == total:
                         mean = win_sum / win_n
                         tps = win_tokens / win_secs if win_secs > 0 else 0.0
@@ -526,6 +584,8 @@ class Phase:
         finally:
             if recorder is not None:
                 recorder.close()
+            if d.main:
+                metrics.flush()  # the losses since the last save stay readable (a resume drops them)
         self.print(f"{phase} done: step {step}, best val loss {best if best is None else round(best, 4)} ({show(self.repo, best_path)})")
         return {"step": step, "best": best, "fresh": not is_resumed}
 

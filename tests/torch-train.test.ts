@@ -22,18 +22,22 @@ import { INTEROP_DIR, PYTHON, makeTempDir, removeDir, torchVersion } from "./hel
 
 type Phase = "pretrain" | "sft";
 
-/** 60 steps; `train` stops at 20, torchrun at 40 (checkpoints every 20 steps). */
-const ROUND_TRIP = { ...TINY_TRAIN, total_steps: 60, eval_every: 10, ckpt_every: 20, log_every: 5, warmup_steps: 5 };
+/**
+ * 60 steps; `train` stops at 20, torchrun at 40 (checkpoints every 20 steps), each between two
+ * log lines (log_every 6): each program continues the other's train-loss window.
+ */
+const ROUND_TRIP = { ...TINY_TRAIN, total_steps: 60, eval_every: 10, ckpt_every: 20, log_every: 6, warmup_steps: 5 };
 const NPROC = 2;
 /** torchrun starts 2 Python processes with torch: seconds, more on a loaded machine. */
 const SLOW = 180_000;
 
 interface Rec {
   phase: string;
-  kind: "train" | "eval";
+  kind: "run" | "step" | "train" | "eval";
   step: number;
   train_loss: number | null;
   val_loss: number | null;
+  version: string;
 }
 
 function metrics(root: string): Rec[] {
@@ -43,12 +47,12 @@ function metrics(root: string): Rec[] {
     .map((l) => JSON.parse(l) as Rec);
 }
 
-/** `train --phase <phase>` in-process; with `stopAfter`, stopped (as by Ctrl-C) once that step is logged. */
+/** `train --phase <phase>` in-process; with `stopAfter`, stopped (as by Ctrl-C) once that step's eval is logged. */
 async function train(root: string, phase: Phase, stopAfter?: number): Promise<string> {
   const stop: StopSignal = {
     get requested() {
       if (stopAfter === undefined || !existsSync(join(root, "checkpoints/metrics.jsonl"))) return null;
-      return metrics(root).some((r) => r.phase === phase && r.kind === "train" && r.step === stopAfter) ? "SIGINT" : null;
+      return metrics(root).some((r) => r.phase === phase && r.kind === "eval" && r.step === stopAfter) ? "SIGINT" : null;
     },
   };
   const out = captureStream();
@@ -139,12 +143,17 @@ async function roundTrip(phase: Phase, roundTripRepo: TinyRepo, straightRepo: Ti
   const back = await train(root, phase);
   expect(back).toContain("resumed from checkpoints/latest.pt at step 40");
 
-  const mine = metrics(root).filter((r) => r.phase === phase);
-  const ref = metrics(straight).filter((r) => r.phase === phase);
+  // The run records say which program wrote what: train from 0, torch_train from 20, train again from 40.
+  const runs = (rs: Rec[]) => rs.filter((r) => r.phase === phase && r.kind === "run").map((r) => `${r.step} ${r.version.split(" ")[0]}`);
+  expect(runs(metrics(root))).toEqual(["0 train", "20 interop/torch_train.py", "40 train"]);
+  expect(runs(metrics(straight))).toEqual(["0 train"]);
+  const mine = metrics(root).filter((r) => r.phase === phase && r.kind !== "run");
+  const ref = metrics(straight).filter((r) => r.phase === phase && r.kind !== "run");
   expect(mine.map((r) => `${r.kind} ${r.step}`)).toEqual(ref.map((r) => `${r.kind} ${r.step}`));
-  expect(ref.filter((r) => r.kind === "train").length).toBe(12);
+  expect(ref.filter((r) => r.kind === "train").map((r) => r.step)).toEqual([6, 12, 18, 24, 30, 36, 42, 48, 54, 60]);
+  expect(ref.filter((r) => r.kind === "step").length).toBe(60);
   for (const [i, r] of ref.entries()) {
-    const key = r.kind === "train" ? "train_loss" : "val_loss";
+    const key = r.kind === "eval" ? "val_loss" : "train_loss";
     const a = mine[i]![key]!;
     const b = r[key]!;
     if (Math.abs(a - b) > 1e-3 * Math.abs(b)) throw new Error(`${phase} ${r.kind} step ${r.step}: ${key} ${a} after the round trip vs ${b} uninterrupted`);
