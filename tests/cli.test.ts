@@ -4,13 +4,16 @@
  * 1 runtime failure), and that a refused run writes nothing.
  */
 import { describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import packageJson from "../package.json" with { type: "json" };
+import { readMetrics } from "../src/train/metrics.ts";
 import { makeTinyRepo } from "./helpers/repo.ts";
 
 
 const CLI = join(import.meta.dir, "..", "src", "cli.ts");
-const SPEC_FLAGS = ["--config", "--device", "--no-resume", "--phase", "--resume"];
+/** The spec's flags, and --version (issue 24). */
+const FLAGS = ["--config", "--device", "--no-resume", "--phase", "--resume", "--version"];
 
 /** The environment of a user's terminal session piped to a file: no test/CI switches that hide colours. */
 function userEnv(extra: Record<string, string> = {}): Record<string, string> {
@@ -48,7 +51,7 @@ const ANSI = /\u001b\[/;
 describe("--help", () => {
   const repo = makeTinyRepo({ streams: false });
   for (const flag of ["--help", "-h"]) {
-    test(`${flag}: exit 0, usage on stdout listing exactly the spec's flags, no colour codes in a pipe`, () => {
+    test(`${flag}: exit 0, usage on stdout listing exactly the spec's flags and --version, no colour codes in a pipe`, () => {
       const r = cli([flag], repo.root);
       expect(r.code).toBe(0);
       expect(r.stderr).toBe("");
@@ -56,10 +59,10 @@ describe("--help", () => {
       expect(r.stdout).not.toMatch(ANSI);
       const listed = r.stdout
         .split("\n")
-        .map((l) => /^\s+(--[a-z-]+)/.exec(l)?.[1])
+        .map((l) => /^\s+(?:-[a-zA-Z], )?(--[a-z-]+)/.exec(l)?.[1])
         .filter((f): f is string => f !== undefined)
         .sort();
-      expect(listed).toEqual(SPEC_FLAGS);
+      expect(listed).toEqual(FLAGS);
       for (const phase of ["pretrain", "sft", "pipeline"]) expect(r.stdout).toContain(phase);
       for (const device of ["mps", "cpu"]) expect(r.stdout).toContain(device);
     });
@@ -70,6 +73,43 @@ describe("--help", () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("USAGE");
     expect(existsSync(join(repo.root, "checkpoints"))).toBe(false);
+  });
+});
+
+describe("--version", () => {
+  const repo = makeTinyRepo({ pretrain: { total_steps: 3, eval_every: 3, ckpt_every: 3 } });
+  const git = Bun.spawnSync(["git", "-C", join(import.meta.dir, ".."), "rev-parse", "--short=12", "HEAD"], { stdout: "pipe", stderr: "ignore" });
+  const commit = git.exitCode === 0 ? git.stdout.toString().trim() : "unknown";
+  const native = JSON.parse(readFileSync(join(import.meta.dir, "..", "native", "build", `libgpt.${process.platform === "darwin" ? "dylib" : "so"}.build.json`), "utf8"));
+  const version = () => {
+    const r = cli(["--version"], repo.root);
+    expect(r).toMatchObject({ code: 0, stderr: "" });
+    return r.stdout;
+  };
+
+  test("--version and -V: one line, exit 0: version, git commit, platform, backends and BLAS", () => {
+    const line = version();
+    expect(line.endsWith("\n") && line.indexOf("\n") === line.length - 1).toBe(true);
+    expect(line).toStartWith(`train ${packageJson.version} (commit ${commit}`); // "-dirty" may follow in a checkout with changes
+    expect(line).toContain(`, ${process.platform}-${process.arch}, bun ${Bun.version}, backends ${native.backends.join("+")}, BLAS ${native.blas}, ${native.compiler})`);
+    expect(native.backends).toContain("cpu");
+    if (process.platform === "linux") expect(native.blas).toMatch(/^OpenBLAS \d+\.\d+\.\d+/);
+    expect(cli(["-V"], repo.root).stdout).toBe(line);
+    expect(cli(["--phase", "nope", "--version"], repo.root).stdout).toBe(line); // wins over other flags, like --help
+    expect(existsSync(join(repo.root, "checkpoints"))).toBe(false);
+  });
+
+  test("a run's output starts with that line, and metrics.jsonl's first record holds it", () => {
+    const line = version().trimEnd();
+    const r = cli(["--phase", "pretrain", "--config", "configs/pretrain.json", "--device", "cpu"], repo.root);
+    expect(r.code).toBe(0);
+    expect(r.stdout.split("\n")[0]).toBe(line);
+    const first = readMetrics(join(repo.root, "checkpoints", "metrics.jsonl"))[0]!;
+    expect(first).toMatchObject({ phase: "pretrain", kind: "run", step: 0, version: line });
+    // run again: finished, says so under the same first line; no second run record for the same build
+    const again = cli(["--phase", "pretrain", "--config", "configs/pretrain.json", "--device", "cpu"], repo.root);
+    expect(again.stdout.split("\n").slice(0, 2)).toEqual([line, expect.stringContaining("pretrain: already finished")]);
+    expect(readMetrics(join(repo.root, "checkpoints", "metrics.jsonl")).filter((rec) => rec.kind === "run")).toHaveLength(1);
   });
 });
 
