@@ -10,6 +10,8 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFile
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
+import { readMetrics } from "../src/train/metrics.ts";
+import { readNativeBuildInfo } from "../src/version.ts";
 import { makeTinyRepo, TINY_MODEL, TINY_TRAIN, type TinyRepo } from "./helpers/repo.ts";
 
 const ROOT = join(import.meta.dir, "..");
@@ -94,6 +96,24 @@ describe("dist/train alone", () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("run summary");
     expectCheckpoints(repo.root);
+  });
+
+  test("--version: the build's commit, backends and BLAS embedded (no git, no library file needed); the first line of a run and of metrics.jsonl", () => {
+    const repo = exeRepo();
+    const empty = join(repo.root, "empty-bin"); // no git on PATH: the commit is the one embedded at build time
+    mkdirSync(empty);
+    const env = bareEnv(repo.home, repo.tmp, empty);
+    const v = sh(["./train", "--version"], { cwd: repo.root, env });
+    expect(v).toMatchObject({ code: 0, stderr: "" });
+    const native = readNativeBuildInfo(LIB)!;
+    const line = v.stdout.trimEnd();
+    expect(line).toMatch(new RegExp(`^train \\d+\\.\\d+\\.\\d+ \\(commit [0-9a-f]{12}(-dirty)?, ${process.platform}-${process.arch}, bun [0-9.]+, backends ${native.backends.join("\\+")}, BLAS .+\\)$`));
+    expect(line).toEndWith(`BLAS ${native.blas}, ${native.compiler})`);
+    expect(sh(["./train", "-V"], { cwd: repo.root, env }).stdout).toBe(v.stdout);
+    const r = sh(["./train", "--phase", "pretrain", "--config", "configs/pretrain.json", "--device", "cpu"], { cwd: repo.root, env });
+    expect(r.code).toBe(0);
+    expect(r.stdout.split("\n")[0]).toBe(line);
+    expect(readMetrics(join(repo.root, "checkpoints", "metrics.jsonl"))[0]).toMatchObject({ kind: "run", step: 0, version: line });
   });
 
   test("no PATH at all: the exe spawns no tool (node, bun or other)", () => {
