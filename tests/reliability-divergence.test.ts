@@ -7,6 +7,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { readMetrics } from "../src/train/metrics.ts";
 import { makeTinyRepo, type TinyRepo } from "./helpers/repo.ts";
 import { cli, finalCheckpoints, snapshot, type CliResult } from "./reliability-helpers.ts";
 
@@ -82,5 +83,13 @@ describe("an absurd learning rate after 4 healthy steps", () => {
     expect(r.stderr).toMatch(/^train: training diverged: 2 steps in a row with a non-finite loss NaN \(last at step 7, lr 9\.\d{3}e\+29\); no update was applied, the last checkpoint is intact\./);
     expect(ptSnapshot(root)).toEqual(before);
     expect(finalCheckpoints(join(root, "checkpoints"))).toHaveLength(4);
+  }, 30_000);
+
+  test("with no eval, log line or save since: the last applied step's loss is still written to metrics.jsonl", () => {
+    const { r, root } = resumeWith({ base_lr: 1e30, min_lr: 1e29, ckpt_every: 100, eval_every: 100, log_every: 100, max_nonfinite_steps: 2 });
+    expectStoppedCleanly(r);
+    const last = readMetrics(join(root, "checkpoints", "metrics.jsonl")).at(-1)!;
+    expect(last).toMatchObject({ kind: "step", step: 5 }); // 6 and 7 were skipped: no record
+    expect(Number.isFinite(last.train_loss)).toBe(true);
   }, 30_000);
 });

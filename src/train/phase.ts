@@ -223,13 +223,12 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
       return { step: result.step, bestValLoss: result.bestValLoss, bestPath, alreadyFinished: false, freshStart: !resumed, firstValLoss };
     } finally {
       printer.finish();
-      // The losses of the steps after the last save (a divergence, say) are kept for the reader;
-      // a resume drops them. A failure here does not hide the loop's own.
+      // Only when the loop failed is anything still buffered (its last step is always logged):
+      // the losses since the last save (before a divergence, say) stay for the reader, a resume
+      // drops them. The loop's own error is the one reported.
       try {
-        flushMetrics();
-      } catch (e) {
-        print(`${phase}: ${(e as Error).message}`);
-      }
+        metrics.flush();
+      } catch {}
     }
   } catch (e) {
     if (!(e instanceof FileWriteError)) throw e;
