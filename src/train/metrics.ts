@@ -38,7 +38,7 @@
  * Usage:
  *   const m = MetricsLog.open(join(dir, "metrics.jsonl"), { phase, resumeStep: resumed ? step : null, build });
  *   const last = m.lastEval(phase);           // show last val loss on resume
- *   stats.restoreWindow(m.unloggedSteps());   // the train loss window, as before the stop
+ *   stats.restoreWindow(m.unloggedSteps().map((r) => ({ step: r.step, loss: r.train_loss })));  // as before the stop
  *   ... m.appendStep(...) / m.appendTrain(log) / m.appendEval({ step, lr, val_loss }) / m.flush() ...
  *   writeLossSvg(join(dir, "loss.svg"), m.records());
  * Reading alone (for the SVG or tools): readMetrics(path).
