@@ -65,10 +65,12 @@ async function train(root: string, phase: Phase, stopAfter?: number): Promise<st
   return out.text();
 }
 
-/** torchrun (interop/torchrun.py: torchrun with Debian's Python 3.11 fix) of torch_train.py in `root`. */
+/** torchrun (interop/torchrun.py: torchrun with Debian's Python 3.11 fix) of torch_train.py in `root`.
+ *  --standalone: a rendezvous on a free local port, so two test runs on one machine never collide
+ *  on torchrun's fixed default port 29500. */
 function torchrun(root: string, args: string[], nproc = NPROC): { code: number; out: string; err: string } {
   const proc = Bun.spawnSync(
-    [PYTHON, join(INTEROP_DIR, "torchrun.py"), "--nproc_per_node", String(nproc), join(INTEROP_DIR, "torch_train.py"), ...args],
+    [PYTHON, join(INTEROP_DIR, "torchrun.py"), "--standalone", "--nproc_per_node", String(nproc), join(INTEROP_DIR, "torch_train.py"), ...args],
     { cwd: root, env: { ...process.env, OMP_NUM_THREADS: "1" }, stdout: "pipe", stderr: "pipe" },
   );
   return { code: proc.exitCode ?? -1, out: proc.stdout.toString(), err: proc.stderr.toString() };
