@@ -26,6 +26,7 @@ import { defaultLibraryPath } from "../src/backend/native.ts";
 import { numParams } from "../src/model/layout.ts";
 import { FLOP_CONVENTION, matmulParams, trainFlopsPerToken } from "./flops.ts";
 import { buildGemmBound, measureGemmBound, type GemmBound } from "./gemm-bound.ts";
+import { type ChildRun, middle, rounds, type Rounds } from "./rounds.ts";
 import { SHAPES, shapeNamed, type Shape } from "./shapes.ts";
 import type { Job, SgemmResult, TrainResult } from "./worker.ts";
 
@@ -81,11 +82,6 @@ function parseOptions(argv: string[]): Options {
     torch: !values["no-torch"],
     json: values.json ?? null,
   };
-}
-
-interface ChildRun<T> {
-  result: T;
-  maxRssBytes: number;
 }
 
 /** Run one measurement in a child process; its peak RSS comes from the OS (getrusage). */
@@ -206,33 +202,6 @@ function lmHeadShare(report: string, shape: Shape): string {
 }
 
 // ---- main
-
-/** One side's rounds of a shape. Each round's step time is already the median of its timed steps. */
-interface Rounds<T extends { stepS: number; evalS: number }> {
-  median: T; // the round that judges the side: the median step time (of an even count, the slower middle round)
-  best: T;
-  worst: T;
-  evalS: number; // the median round's rule applied to the rounds' eval times
-  inOrder: T[]; // as they ran, interleaved with the other side's
-  maxRssBytes: number; // the largest of all rounds
-}
-
-/** The middle of xs by the rounds' rule: exact for an odd count, the larger middle one of an even count. */
-function middle(xs: number[]): number {
-  return [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
-}
-
-function rounds<T extends { stepS: number; evalS: number }>(runs: ChildRun<T>[]): Rounds<T> {
-  const bySpeed = [...runs].sort((a, b) => a.result.stepS - b.result.stepS);
-  return {
-    median: bySpeed[runs.length >> 1]!.result,
-    best: bySpeed[0]!.result,
-    worst: bySpeed[runs.length - 1]!.result,
-    evalS: middle(runs.map((r) => r.result.evalS)),
-    inOrder: runs.map((r) => r.result),
-    maxRssBytes: Math.max(...runs.map((r) => r.maxRssBytes)),
-  };
-}
 
 interface ShapeRow {
   shape: Shape;
