@@ -50,6 +50,15 @@ describe("setup profiles", () => {
     for (const script of ["test", "bench"]) expect(packagesOf(profileOf(script))).toContain("python3-torch");
   });
 
+  test("npm run release takes the cross toolchain and no PyTorch; npm test takes it too (tests/release.test.ts)", () => {
+    const release = packagesOf(profileOf("release"));
+    expect(release).toContain("gcc-aarch64-linux-gnu");
+    expect(release).toContain("libopenblas-dev:arm64");
+    expect(release.filter((p) => p.startsWith("python"))).toEqual([]);
+    expect(packagesOf(profileOf("test"))).toEqual(expect.arrayContaining(release));
+    expect(packagesOf(profileOf("demo")).filter((p) => p.includes("aarch64") || p.includes(":arm64") || p.includes("qemu"))).toEqual([]);
+  });
+
   test("a bad profile is refused with a message and exit 2", () => {
     const r = sh(["bash", "scripts/setup.sh", "demos"]);
     expect(r.code).toBe(2);
