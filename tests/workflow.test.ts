@@ -3,14 +3,15 @@
  * workflow schema and the semantic checks of its parser (npm @actions/workflow-parser, from
  * GitHub's Actions language services: keys, value types, expressions, the job graph), and
  * for what issue 17 asks of it: npm test on Linux and on an arm64 Mac with a PyTorch, a
- * report of whether the MPS tests ran, and a release job that uploads the binaries of
- * `npm run release` on a v* tag only.
+ * report of whether the MPS tests ran, and on a v* tag only the executables of
+ * `npm run release` for every target, uploaded to the tag's release.
  */
 import { describe, expect, test } from "bun:test";
 import { convertWorkflowTemplate, NoOperationTraceWriter, parseWorkflow } from "@actions/workflow-parser";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { TARGETS } from "../scripts/build-native.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const WORKFLOW_PATH = join(ROOT, ".github", "workflows", "ci.yml");
@@ -29,7 +30,7 @@ async function workflowErrors(content: string): Promise<string[]> {
 }
 
 interface Step { name?: string; id?: string; uses?: string; run?: string; if?: string; env?: Record<string, string>; with?: Record<string, string> }
-interface Job { "runs-on": string; needs?: string[]; if?: string; permissions?: Record<string, string>; steps: Step[] }
+interface Job { "runs-on": string; container?: string; needs?: string[]; if?: string; permissions?: Record<string, string>; steps: Step[] }
 const workflow = Bun.YAML.parse(WORKFLOW_TEXT) as { on: { push: { tags: string[] } }; jobs: Record<string, Job> };
 const jobs = workflow.jobs;
 const runs = (job: Job) => job.steps.flatMap((s) => (s.run ? [s.run] : []));
@@ -93,21 +94,61 @@ describe(".github/workflows/ci.yml", () => {
     }
   }, 60_000);
 
-  test("the release job runs on v* tags only, after both test jobs, and uploads dist/release/*", () => {
+  test("on a v* tag only: the Mac builds darwin-arm64, a Debian job the Linux targets, and one release gets every target with one SHA256SUMS", () => {
+    const onTag = "startsWith(github.ref, 'refs/tags/v')";
     expect(workflow.on.push.tags).toEqual(["v*"]);
+    const releaseRuns = (job: Job) => job.steps.filter((s) => s.run?.includes("npm run release"));
+    const targetsOf = (job: Job) => releaseRuns(job).flatMap((s) => /--target (\S+)/.exec(s.run!)?.[1]?.split(",") ?? []);
+
+    const macRelease = releaseRuns(jobs.macos);
+    expect(macRelease.map((s) => s.if)).toEqual([onTag]);
+    const upload = jobs.macos.steps.find((s) => s.uses?.startsWith("actions/upload-artifact@"));
+    expect(upload?.if).toBe(onTag);
+
     const release = jobs.release;
-    expect(release.if).toBe("startsWith(github.ref, 'refs/tags/v')");
+    expect(release.if).toBe(onTag);
     expect([...(release.needs ?? [])].sort()).toEqual(["linux", "macos"]);
     expect(release.permissions?.contents).toBe("write");
-    expect(runs(release).some((r) => r.includes("npm run release"))).toBe(true);
+    expect(release.container).toStartWith("debian:"); // setup.sh installs the cross toolchain on Debian only
+    const download = release.steps.find((s) => s.uses?.startsWith("actions/download-artifact@"));
+    expect(download?.with?.name).toBe(upload?.with?.name);
+    // every target scripts/release.ts knows is built by one of the two jobs, none twice
+    expect([...targetsOf(jobs.macos), ...targetsOf(release)].sort()).toEqual([...TARGETS].sort());
+    expect(runs(release).some((r) => r.includes("sha256sum -c SHA256SUMS"))).toBe(true);
     expect(runs(release).some((r) => r.startsWith("gh release create") && r.includes("dist/release/*"))).toBe(true);
   });
 
-  const npmScripts = [...new Set([...WORKFLOW_TEXT.matchAll(/\bnpm (?:run (\S+)|(test))\b/g)].map((m) => m[1] ?? m[2]))];
-  test.each(npmScripts.filter((s) => s !== "release"))("npm script '%s' that the workflow runs exists in package.json", (script) => {
-    expect(SCRIPTS[script]).toBeString();
+  test("the release's SHA256SUMS step (run here on stand-in files) lists every executable and fails on a corrupted one", () => {
+    const merge = jobs.release.steps.find((s) => s.run?.includes("sha256sum -c SHA256SUMS"))!.run!;
+    const dir = mkdtempSync(join(tmpdir(), "train-workflow-"));
+    try {
+      const lay = (sub: string, file: string, bytes: string) => {
+        mkdirSync(join(dir, "dist", sub), { recursive: true });
+        writeFileSync(join(dir, "dist", sub, file), bytes);
+        const sum = new Bun.CryptoHasher("sha256").update(bytes).digest("hex");
+        writeFileSync(join(dir, "dist", sub, "SHA256SUMS"), `${sum}  ${file}\n`, { flag: "a" });
+      };
+      lay("release", "train-linux-x64", "linux executable");
+      lay("release-darwin", "train-darwin-arm64", "darwin executable");
+      const runStep = () => Bun.spawnSync(["bash", "-eo", "pipefail", "-c", merge], { cwd: dir, stdout: "pipe", stderr: "pipe" });
+      const ok = runStep();
+      expect(ok.exitCode).toBe(0);
+      const sums = readFileSync(join(dir, "dist", "release", "SHA256SUMS"), "utf8");
+      expect(sums.trim().split("\n").map((l) => l.split("  ")[1]).sort()).toEqual(["train-darwin-arm64", "train-linux-x64"]);
+      rmSync(join(dir, "dist", "release"), { recursive: true });
+      lay("release", "train-linux-x64", "linux executable");
+      writeFileSync(join(dir, "dist", "release-darwin", "train-darwin-arm64"), "darwin executablE"); // changed in transfer
+      const bad = runStep();
+      expect(bad.exitCode).not.toBe(0);
+      expect(bad.stdout.toString() + bad.stderr.toString()).toContain("train-darwin-arm64: FAILED");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
-  test.skipIf(!SCRIPTS.release)("npm script 'release' exists in package.json (skipped until issue 16's npm run release lands)", () => {
-    expect(SCRIPTS.release).toBeString();
+
+  const npmScripts = [...new Set([...WORKFLOW_TEXT.matchAll(/\bnpm (?:run (\S+)|(test))\b/g)].map((m) => m[1] ?? m[2]))];
+  test("every npm script the workflow runs exists in package.json", () => {
+    expect(npmScripts).toEqual(expect.arrayContaining(["test", "release"]));
+    for (const script of npmScripts) expect(SCRIPTS[script!]).toBeString();
   });
 });
