@@ -55,6 +55,9 @@ describe(".github/workflows/ci.yml", () => {
 
   test("Linux and macos-14 (arm64) run the README's test command; the Mac's tests get a Python with torch", () => {
     expect(jobs.linux["runs-on"]).toStartWith("ubuntu-");
+    // Debian, as .ci/run: setup.sh installs the release tests' cross toolchain there only; no Node in the image
+    expect(jobs.linux.container).toStartWith("debian:");
+    expect(jobs.linux.steps.some((s) => s.uses?.startsWith("actions/setup-node@"))).toBe(true);
     expect(runs(jobs.linux)).toContain("npm test");
     const mac = jobs.macos;
     expect(mac["runs-on"]).toBe("macos-14");
@@ -110,6 +113,7 @@ describe(".github/workflows/ci.yml", () => {
     expect([...(release.needs ?? [])].sort()).toEqual(["linux", "macos"]);
     expect(release.permissions?.contents).toBe("write");
     expect(release.container).toStartWith("debian:"); // setup.sh installs the cross toolchain on Debian only
+    expect(release.steps.some((s) => s.uses?.startsWith("actions/setup-node@"))).toBe(true);
     const download = release.steps.find((s) => s.uses?.startsWith("actions/download-artifact@"));
     expect(download?.with?.name).toBe(upload?.with?.name);
     // every target scripts/release.ts knows is built by one of the two jobs, none twice
