@@ -2,13 +2,15 @@
  * Interleaved A/B of two settings of the native library in one process, for changes
  * smaller than this VM's run-to-run noise:
  *
- *   bun bench/ab.ts [--shape S1|S2|S3] [--steps 40] [--instances 3] "A_ENV=1 B_ENV=x" "A_ENV=0"
+ *   bun bench/ab.ts [--shape S1|S2|S3|S4] [--steps 40] [--instances 3] "A_ENV=1 B_ENV=x" "A_ENV=0"
  *
  * Each argument is a list of environment settings (read by gpt_create), where LIB=path
  * instead picks the native library file (another build of it). Both models are
  * created in this process (the variables set in the C environment just before each create),
  * then train on the same batches with their steps alternating A, B, A, B, ... so that
- * slow phases of the machine hit both alike. Prints the median step time of each and B/A.
+ * slow phases of the machine hit both alike. Prints the median step time of each (with its
+ * best and worst instance) and B/A of the medians. (At S4 an instance holds 2 GB of parameters,
+ * gradients and AdamW moments before activations: mind the memory with --instances.)
  *
  * Each side runs as several model instances (--instances), all interleaved: one instance
  * can be a few percent slower than another of the very same build for its whole life
@@ -69,8 +71,14 @@ for (let s = 0; s < steps + 2; s++) {
 const median = (a: number[]) => [...a].sort((p, q) => p - q)[Math.floor(a.length / 2)]!;
 const side = (k: number) => times.filter((_, i) => i % 2 === k);
 const [ma, mb] = [0, 1].map((k) => median(side(k).flat())) as [number, number];
-const perInstance = (k: number) => side(k).map((t) => median(t).toFixed(1)).join(" / ");
-console.log(`A "${settings[0]}": median ${ma.toFixed(1)} ms/step (${((n / ma) * 1000).toFixed(0)} tok/s); instances ${perInstance(0)}`);
-console.log(`B "${settings[1]}": median ${mb.toFixed(1)} ms/step (${((n / mb) * 1000).toFixed(0)} tok/s); instances ${perInstance(1)}`);
-console.log(`B/A time ${(mb / ma).toFixed(3)} (below 1: B faster)`);
+/** The side's median step over all its instances' steps, with its best and worst instance (each by its median step). */
+function report(k: number, m: number): string {
+  const instances = side(k).map(median);
+  const best = Math.min(...instances).toFixed(1);
+  const worst = Math.max(...instances).toFixed(1);
+  return `median ${m.toFixed(1)} ms/step (${((n / m) * 1000).toFixed(0)} tok/s), instances best ${best} / worst ${worst} ms (of ${instances.length})`;
+}
+console.log(`A "${settings[0]}": ${report(0, ma)}`);
+console.log(`B "${settings[1]}": ${report(1, mb)}`);
+console.log(`B/A time of the medians ${(mb / ma).toFixed(3)} (below 1: B faster)`);
 for (const m of models) m.close();

@@ -1,12 +1,16 @@
 /**
- * Training-speed benchmark: `bun bench/bench.ts [--shapes S1,S2,S3] [--steps N]
+ * Training-speed benchmark: `bun bench/bench.ts [--shapes S1,S2,S3,S4] [--steps N]
  * [--warmup N] [--min-seconds S] [--rounds N] [--threads N] [--profile] [--scaling] [--no-torch]
  * [--json FILE]`. Timed steps: at least --steps, and at least --min-seconds (default 3) of them,
  * so that a shape of 0.1 s steps is not judged on a fraction of a second.
+ * CI-sized (proves it runs, measures nothing): --shapes S1 --rounds 1 --warmup 0 --steps 1 --min-seconds 0.
  *
  * Each shape runs in --rounds rounds (default 3), ours then PyTorch in each, so that a
- * slow phase of a shared machine hits both sides; each side reports its best round
- * (the round medians are printed too), peak RSS the largest of its rounds.
+ * slow phase of a shared machine hits both sides. Each side is judged by its median round
+ * (the round of the median step time; of an even count the slower middle one), printed
+ * with its best and worst round beside it, and every ratio is of medians: PyTorch's speed
+ * here moves by a third between rounds, and best against best would reward the noisier
+ * side's lucky round. Peak RSS is the largest of a side's rounds.
  *
  * Every measurement runs in its own child process (bench/worker.ts for ours,
  * bench/torch_bench.py for PyTorch) so that its peak RSS is its own. Reports tokens/s
@@ -19,8 +23,10 @@ import { cpus, loadavg } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { defaultLibraryPath } from "../src/backend/native.ts";
+import { numParams } from "../src/model/layout.ts";
 import { FLOP_CONVENTION, matmulParams, trainFlopsPerToken } from "./flops.ts";
 import { buildGemmBound, measureGemmBound, type GemmBound } from "./gemm-bound.ts";
+import { type ChildRun, middle, rounds, type Rounds } from "./rounds.ts";
 import { SHAPES, shapeNamed, type Shape } from "./shapes.ts";
 import type { Job, SgemmResult, TrainResult } from "./worker.ts";
 
@@ -43,7 +49,7 @@ function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
     args: argv,
     options: {
-      shapes: { type: "string", default: "S1,S2,S3" },
+      shapes: { type: "string", default: "S1,S2,S3,S4" },
       steps: { type: "string", default: "5" },
       warmup: { type: "string", default: "2" },
       rounds: { type: "string", default: "3" },
@@ -76,11 +82,6 @@ function parseOptions(argv: string[]): Options {
     torch: !values["no-torch"],
     json: values.json ?? null,
   };
-}
-
-interface ChildRun<T> {
-  result: T;
-  maxRssBytes: number;
 }
 
 /** Run one measurement in a child process; its peak RSS comes from the OS (getrusage). */
@@ -160,14 +161,19 @@ const mb = (bytes: number) => fmt(bytes / 2 ** 20);
 const pct = (v: number) => `${fmt(100 * v, Math.abs(v) < 0.01 ? 3 : 1)}%`;
 const shapeText = (s: Shape) => `V=${s.cfg.V} T=${s.cfg.T} C=${s.cfg.C} L=${s.cfg.L} H=${s.cfg.H} d_ff=${s.cfg.d_ff} B=${s.B}`;
 
-/** "name seconds" lines of the native profile, as a sorted table with shares and ms/step. */
-function profileTable(report: string, steps: number): string {
-  const ops = report
+/** The "name seconds" lines of the native profile (GPT_PROFILE=1). */
+function profileOps(report: string): Array<{ name: string; s: number }> {
+  return report
     .trim()
     .split("\n")
     .map((l) => l.trim().split(/\s+/))
     .filter((p) => p.length === 2 && Number.isFinite(Number(p[1])))
     .map(([name, s]) => ({ name: name!, s: Number(s) }));
+}
+
+/** The native profile as a sorted table with shares and ms/step. */
+function profileTable(report: string, steps: number): string {
+  const ops = profileOps(report);
   if (ops.length === 0) return "  (no profile: the native library reported nothing; is GPT_PROFILE supported?)";
   const total = ops.reduce((a, o) => a + o.s, 0);
   ops.sort((a, b) => b.s - a.s);
@@ -177,22 +183,37 @@ function profileTable(report: string, steps: number): string {
   ).replace(/^/gm, "  ");
 }
 
+/** The profile's ops of the LM head (native/cpu/model.c's names): logits, their softmax + cross-entropy, and back. */
+const LM_HEAD_OPS = ["lm_head.fwd", "softmax_cross_entropy", "lm_head.bwd"];
+const BYTES_PER_PARAM_STATE = 16; // fp32 parameter, gradient and both AdamW moments
+
+/** The LM head's share of the profiled step, and of the parameter state by count (its weight is wte, tied). */
+function lmHeadShare(report: string, shape: Shape): string {
+  const ops = profileOps(report);
+  const total = ops.reduce((a, o) => a + o.s, 0);
+  const head = ops.filter((o) => LM_HEAD_OPS.includes(o.name)).reduce((a, o) => a + o.s, 0);
+  const headParams = shape.cfg.V * shape.cfg.C;
+  const params = numParams(shape.cfg);
+  return (
+    `  LM head (${LM_HEAD_OPS.join(" + ")}): ${total > 0 ? pct(head / total) : "-"} of the step's ops; its weight (wte, tied) ` +
+    `V*C = ${fmt(headParams / 1e6, 1)}M of ${fmt(params / 1e6, 1)}M parameters: ${mb(headParams * BYTES_PER_PARAM_STATE)} MB of the ` +
+    `${mb(params * BYTES_PER_PARAM_STATE)} MB that parameters, gradients and AdamW moments take`
+  );
+}
+
 // ---- main
 
 interface ShapeRow {
   shape: Shape;
-  ours: ChildRun<TrainResult>;
-  torch: ChildRun<TorchTrain> | null;
-  oursRounds: number[]; // tokens/s of each round
-  torchRounds: number[];
-  bound: GemmBound; // the step's GEMMs alone, fastest round
+  ours: Rounds<TrainResult>;
+  torch: Rounds<TorchTrain> | null;
+  bound: GemmBound; // the step's GEMMs alone, fastest round (a bound: the fastest seen)
 }
 
-/** The round with the fastest median step, with the largest peak RSS of all rounds. */
-function bestRound<T extends { stepS: number }>(runs: ChildRun<T>[]): ChildRun<T> {
-  const best = runs.reduce((a, b) => (b.result.stepS < a.result.stepS ? b : a));
-  return { result: best.result, maxRssBytes: Math.max(...runs.map((r) => r.maxRssBytes)) };
-}
+const tokensPerStep = (s: Shape) => s.B * s.cfg.T;
+/** "median (best / worst)" tokens/s of a side. */
+const spread = (shape: Shape, r: Rounds<{ stepS: number; evalS: number }>) =>
+  `${fmt(tokensPerStep(shape) / r.median.stepS)} (${fmt(tokensPerStep(shape) / r.best.stepS)} / ${fmt(tokensPerStep(shape) / r.worst.stepS)})`;
 
 async function main(): Promise<void> {
   const opt = parseOptions(process.argv.slice(2));
@@ -202,7 +223,7 @@ async function main(): Promise<void> {
 
   console.log(
     `train benchmark: ${opt.threads} threads, ${opt.warmup} warm-up + at least ${opt.steps} timed steps and ${opt.minSeconds} s (median), ` +
-      `best of ${opt.rounds} interleaved round${opt.rounds > 1 ? "s" : ""} per side, fp32, CPU`,
+      `median of ${opt.rounds} interleaved round${opt.rounds > 1 ? "s" : ""} per side (best / worst beside it), fp32, CPU`,
   );
   console.log(FLOP_CONVENTION);
   const load = () => loadavg()[0]!;
@@ -239,13 +260,10 @@ async function main(): Promise<void> {
       if (torchVersion) torchRuns.push(await runTorch<TorchTrain>({ kind: "train", ...job }, opt.threads));
       bounds.push(measureGemmBound(boundBin, shape, opt.threads, bounds[0]?.lanes));
     }
-    const tokens = shape.B * shape.cfg.T;
     rows.push({
       shape,
-      ours: bestRound(oursRuns),
-      torch: torchVersion ? bestRound(torchRuns) : null,
-      oursRounds: oursRuns.map((r) => tokens / r.result.stepS),
-      torchRounds: torchRuns.map((r) => tokens / r.result.stepS),
+      ours: rounds(oursRuns),
+      torch: torchVersion ? rounds(torchRuns) : null,
       bound: bounds.reduce((a, b) => (b.stepS < a.stepS ? b : a)),
     });
   }
@@ -265,61 +283,58 @@ async function main(): Promise<void> {
   console.log("\nTraining throughput (ours)");
   console.log(
     table(
-      ["shape", "matmul params", "tok/s", "GFLOP/s", "MFU", "eval tok/s", "outside native/step", "ffi call", "peak RSS MB"],
+      ["shape", "matmul params", "tok/s median (best / worst)", "GFLOP/s", "MFU", "eval tok/s", "outside native/step", "ffi call", "peak RSS MB"],
       rows.map(({ shape, ours }) => {
-        const tokens = shape.B * shape.cfg.T;
-        const tps = tokens / ours.result.stepS;
-        const gflops = (tps * trainFlopsPerToken(shape.cfg)) / 1e9;
+        const m = ours.median;
+        const gflops = ((tokensPerStep(shape) / m.stepS) * trainFlopsPerToken(shape.cfg)) / 1e9;
         return [
           shape.name,
           `${fmt(matmulParams(shape.cfg) / 1e6, 2)}M`,
-          fmt(tps),
+          spread(shape, ours),
           fmt(gflops, 1),
           pct(gflops / peak),
-          fmt(tokens / ours.result.evalS),
-          `${fmt((ours.result.stepS - ours.result.nativeS) * 1e3, 2)} ms (${pct(ours.result.outsideShare)})`,
-          `${fmt(ours.result.ffiCallUs, 2)} us`,
+          fmt(tokensPerStep(shape) / ours.evalS),
+          `${fmt((m.stepS - m.nativeS) * 1e3, 2)} ms (${pct(m.outsideShare)})`,
+          `${fmt(m.ffiCallUs, 2)} us`,
           mb(ours.maxRssBytes),
         ];
       }),
     ),
   );
+  console.log("  GFLOP/s, MFU and the per-step figures are of the median round; eval tok/s is the median of the rounds' eval speeds.");
   for (const { shape } of rows) console.log(`  ${shape.name}: ${shapeText(shape)}`);
   if (opt.rounds > 1) {
-    const list = (v: number[]) => v.map((x) => fmt(x)).join(" / ");
-    for (const { shape, oursRounds, torchRounds } of rows)
-      console.log(
-        `  ${shape.name} tok/s by round: ours ${list(oursRounds)}` + (torchRounds.length ? `, torch ${list(torchRounds)}` : ""),
-      );
+    const list = (shape: Shape, r: Rounds<{ stepS: number; evalS: number }>) => r.inOrder.map((x) => fmt(tokensPerStep(shape) / x.stepS)).join(" / ");
+    for (const { shape, ours, torch } of rows)
+      console.log(`  ${shape.name} tok/s by round, in the order run: ours ${list(shape, ours)}` + (torch ? `, torch ${list(shape, torch)}` : ""));
   }
 
   if (torchVersion) {
     console.log(`\nAgainst PyTorch ${torchVersion} (interop/reference_gpt.py, AdamW + clip_grad_norm_, torch.set_num_threads(${opt.threads}))`);
     console.log(
       table(
-        ["shape", "torch tok/s", "torch GFLOP/s", "torch MFU", "torch eval tok/s", "torch RSS MB", "ours/torch tok/s", "ours/torch eval", "ours/torch RSS"],
+        ["shape", "torch tok/s median (best / worst)", "torch GFLOP/s", "torch MFU", "torch eval tok/s", "torch RSS MB", "ours/torch tok/s", "ours/torch eval", "ours/torch RSS"],
         rows.map(({ shape, ours, torch }) => {
-          const tokens = shape.B * shape.cfg.T;
-          const t = torch!.result;
-          const gflops = ((tokens / t.stepS) * trainFlopsPerToken(shape.cfg)) / 1e9;
+          const t = torch!;
+          const gflops = ((tokensPerStep(shape) / t.median.stepS) * trainFlopsPerToken(shape.cfg)) / 1e9;
           return [
             shape.name,
-            fmt(tokens / t.stepS),
+            spread(shape, t),
             fmt(gflops, 1),
             pct(gflops / peak),
-            fmt(tokens / t.evalS),
-            mb(torch!.maxRssBytes),
-            `${fmt(t.stepS / ours.result.stepS, 2)}x`,
-            `${fmt(t.evalS / ours.result.evalS, 2)}x`,
-            `${fmt(ours.maxRssBytes / torch!.maxRssBytes, 2)}x`,
+            fmt(tokensPerStep(shape) / t.evalS),
+            mb(t.maxRssBytes),
+            `${fmt(t.median.stepS / ours.median.stepS, 2)}x`,
+            `${fmt(t.evalS / ours.evalS, 2)}x`,
+            `${fmt(ours.maxRssBytes / t.maxRssBytes, 2)}x`,
           ];
         }),
       ),
     );
-    console.log("  RSS is the whole process (runtime included); the baselines above show each runtime's share.");
-    console.log("  Loss after the timed steps (same data distribution, same init scheme):");
+    console.log("  Ratios are of the two sides' medians. RSS is the whole process (runtime included); the baselines above show each runtime's share.");
+    console.log("  Loss over the timed steps of the median round (same data distribution, same init scheme):");
     for (const { shape, ours, torch } of rows) {
-      console.log(`    ${shape.name}: ours ${fmt(ours.result.firstLoss, 3)} -> ${fmt(ours.result.lastLoss, 3)}, torch ${fmt(torch!.result.firstLoss, 3)} -> ${fmt(torch!.result.lastLoss, 3)}`);
+      console.log(`    ${shape.name}: ours ${fmt(ours.median.firstLoss, 3)} -> ${fmt(ours.median.lastLoss, 3)}, torch ${fmt(torch!.median.firstLoss, 3)} -> ${fmt(torch!.median.lastLoss, 3)}`);
     }
   }
 
@@ -327,8 +342,10 @@ async function main(): Promise<void> {
 
   if (opt.profile) {
     for (const { shape, ours } of rows) {
-      console.log(`\nNative per-op breakdown, ${shape.name} (${ours.result.timedSteps} timed steps, native step ${fmt(ours.result.nativeS * 1e3, 1)} ms median):`);
-      console.log(profileTable(ours.result.profile, ours.result.timedSteps));
+      const m = ours.median;
+      console.log(`\nNative per-op breakdown, ${shape.name}, median round (${m.timedSteps} timed steps, native step ${fmt(m.nativeS * 1e3, 1)} ms median):`);
+      console.log(profileTable(m.profile, m.timedSteps));
+      console.log(lmHeadShare(m.profile, shape));
     }
   }
 
@@ -347,7 +364,7 @@ async function main(): Promise<void> {
           sgemm: { start: sgemmStart.result, end: sgemmEnd.result },
           baselineRss: { ours: idle.maxRssBytes, torch: torchIdle?.maxRssBytes ?? null },
           rounds: opt.rounds,
-          shapes: rows.map((r) => ({ shape: r.shape, ours: r.ours, torch: r.torch, oursRounds: r.oursRounds, torchRounds: r.torchRounds })),
+          shapes: rows.map((r) => ({ shape: r.shape, ours: r.ours, torch: r.torch, gemmBound: r.bound })),
           scaling,
         },
         null,
@@ -367,27 +384,39 @@ function printGemmBound(rows: ShapeRow[], opt: Options, peak: number): void {
     table(
       ["shape", "GEMM ms/step", "GEMM GFLOP/s", "of peak", "GEMM-only tok/s", "ours/GEMM-only", ...(rows[0]?.torch ? ["GEMM-only/torch"] : [])],
       rows.map(({ shape, ours, torch, bound }) => {
-        const tokens = shape.B * shape.cfg.T;
         const gflops = bound.gemmFlops / bound.stepS / 1e9;
         return [
           shape.name,
           fmt(bound.stepS * 1e3, 1),
           fmt(gflops, 1),
           pct(gflops / peak),
-          fmt(tokens / bound.stepS),
-          `${fmt(bound.stepS / ours.result.stepS, 2)}x`,
-          ...(torch ? [`${fmt(torch.result.stepS / bound.stepS, 2)}x`] : []),
+          fmt(tokensPerStep(shape) / bound.stepS),
+          `${fmt(bound.stepS / ours.median.stepS, 2)}x`,
+          ...(torch ? [`${fmt(torch.median.stepS / bound.stepS, 2)}x`] : []),
         ];
       }),
     ),
   );
   console.log(
-    "  GEMM-only/torch is the most any step could gain over PyTorch with these GEMMs, were everything else free;" +
+    "  ours/GEMM-only and GEMM-only/torch take each side's median round; GEMM-only/torch is the most any step could gain\n" +
+      "  over PyTorch with these GEMMs, were everything else free;" +
       `\n  lanes: ${rows.map((r) => `${r.shape.name} ${r.bound.lanes === 1 ? "one BLAS-threaded list" : `${r.bound.lanes} lanes`}`).join(", ")}`,
   );
 }
 
-// ---- scaling: B x T at S2's width
+// ---- scaling: B x T at a shape's width
+
+interface ScalingGrid {
+  base: Shape; // its width, depth and vocabulary; B and T vary
+  B: number[];
+  T: number[];
+}
+
+/** S2's width over a B x T grid, and GPT-2 small (S4) at B = 4 (memory and speed at 4x S4's batch). */
+const SCALING_GRIDS: ScalingGrid[] = [
+  { base: SHAPES.S2!, B: [4, 8, 16, 32], T: [64, 128, 256, 512] },
+  { base: SHAPES.S4!, B: [4], T: [1024] },
+];
 
 interface ScalingRow {
   B: number;
@@ -397,61 +426,69 @@ interface ScalingRow {
   maxRssBytes: number;
 }
 
-const SCALING_B = [4, 8, 16, 32];
-const SCALING_T = [64, 128, 256, 512];
-const SCALING_FLAG = 0.8; // flag a cell below 80% of the median FLOP rate
+interface ScalingResult {
+  grid: ScalingGrid;
+  rows: ScalingRow[];
+}
+
+const SCALING_FLAG = 0.8; // flag a cell below 80% of the grid's median FLOP rate
 
 function scalingSteps(opt: Options): number {
   return Math.min(opt.steps, 3);
 }
 
-async function measureScaling(opt: Options): Promise<ScalingRow[]> {
-  const base = SHAPES.S2!.cfg;
+async function measureScaling(opt: Options): Promise<ScalingResult[]> {
   const steps = scalingSteps(opt);
-  const out: ScalingRow[] = [];
-  for (const T of SCALING_T) {
-    for (const B of SCALING_B) {
-      process.stderr.write(`scaling B=${B} T=${T} ...\n`);
-      const cfg = { ...base, T };
-      const r = await runOurs<TrainResult>(
-        { kind: "train", cfg, B, warmup: 1, steps, minSeconds: 0, threads: opt.threads, profile: false },
-        opt.threads,
-      );
-      const tps = (B * T) / r.result.stepS;
-      out.push({ B, T, tokensPerS: tps, gflops: (tps * trainFlopsPerToken(cfg)) / 1e9, maxRssBytes: r.maxRssBytes });
+  const out: ScalingResult[] = [];
+  for (const grid of SCALING_GRIDS) {
+    const rows: ScalingRow[] = [];
+    for (const T of grid.T) {
+      for (const B of grid.B) {
+        process.stderr.write(`scaling ${grid.base.name} B=${B} T=${T} ...\n`);
+        const cfg = { ...grid.base.cfg, T };
+        const r = await runOurs<TrainResult>(
+          { kind: "train", cfg, B, warmup: 1, steps, minSeconds: 0, threads: opt.threads, profile: false },
+          opt.threads,
+        );
+        const tps = (B * T) / r.result.stepS;
+        rows.push({ B, T, tokensPerS: tps, gflops: (tps * trainFlopsPerToken(cfg)) / 1e9, maxRssBytes: r.maxRssBytes });
+      }
     }
+    out.push({ grid, rows });
   }
   return out;
 }
 
-function printScaling(out: ScalingRow[], opt: Options, peak: number): void {
-  const base = SHAPES.S2!.cfg;
+function printScaling(results: ScalingResult[], opt: Options, peak: number): void {
   const steps = scalingSteps(opt);
-  const med = [...out.map((r) => r.gflops)].sort((a, b) => a - b)[out.length >> 1]!;
-  console.log(`\nScaling at S2's width (C=384 L=6 H=6 d_ff=1536 V=4096), ${steps} timed steps each, median FLOP rate ${fmt(med, 1)} GFLOP/s`);
-  console.log("  cost/token is time per token over FLOPs per token (attention term included), relative to the median;");
-  console.log(`  a cell is flagged when it is > ${fmt(1 / SCALING_FLAG, 2)}x: cost not explained by FLOPs.`);
-  console.log(
-    table(
-      ["B", "T", "tokens/step", "tok/s", "GFLOP/s", "MFU", "attn FLOP share", "cost/token", "peak RSS MB", "flag"],
-      out.map((r) => {
-        const cfg = { ...base, T: r.T };
-        const attnShare = (12 * cfg.L * cfg.T * cfg.C) / trainFlopsPerToken(cfg);
-        return [
-          String(r.B),
-          String(r.T),
-          String(r.B * r.T),
-          fmt(r.tokensPerS),
-          fmt(r.gflops, 1),
-          pct(r.gflops / peak),
-          pct(attnShare),
-          `${fmt(med / r.gflops, 2)}x`,
-          mb(r.maxRssBytes),
-          r.gflops < SCALING_FLAG * med ? "NOT FLAT" : "",
-        ];
-      }),
-    ),
-  );
+  for (const { grid, rows } of results) {
+    const { C, L, H, d_ff, V } = grid.base.cfg;
+    const med = middle(rows.map((r) => r.gflops));
+    console.log(`\nScaling at ${grid.base.name}'s width (C=${C} L=${L} H=${H} d_ff=${d_ff} V=${V}), ${steps} timed steps each, median FLOP rate ${fmt(med, 1)} GFLOP/s`);
+    console.log("  cost/token is time per token over FLOPs per token (attention term included), relative to the median;");
+    console.log(`  a cell is flagged when it is > ${fmt(1 / SCALING_FLAG, 2)}x: cost not explained by FLOPs.`);
+    console.log(
+      table(
+        ["B", "T", "tokens/step", "tok/s", "GFLOP/s", "MFU", "attn FLOP share", "cost/token", "peak RSS MB", "flag"],
+        rows.map((r) => {
+          const cfg = { ...grid.base.cfg, T: r.T };
+          const attnShare = (12 * cfg.L * cfg.T * cfg.C) / trainFlopsPerToken(cfg);
+          return [
+            String(r.B),
+            String(r.T),
+            String(r.B * r.T),
+            fmt(r.tokensPerS),
+            fmt(r.gflops, 1),
+            pct(r.gflops / peak),
+            pct(attnShare),
+            `${fmt(med / r.gflops, 2)}x`,
+            mb(r.maxRssBytes),
+            r.gflops < SCALING_FLAG * med ? "NOT FLAT" : "",
+          ];
+        }),
+      ),
+    );
+  }
 }
 
 main().catch((e: unknown) => {
