@@ -7,7 +7,7 @@ import { Type, type Static, type TSchema } from "@sinclair/typebox";
 import { Value, ValueErrorType } from "@sinclair/typebox/value";
 import { parse as parseJsonc, printParseErrorCode, visit, type ParseError } from "jsonc-parser";
 import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { type Mixture, mixtureOf, mixtureProblems, SFT_SOURCES, STREAM_SOURCES, type StreamSource } from "./data/paths.ts";
 import { InputError } from "./errors.ts";
 import { modelCfgDifferences, modelCfgProblems, type ModelCfg } from "./model/config.ts";
@@ -55,6 +55,22 @@ export const TRAIN_DEFAULTS = {
   max_nonfinite_steps: 3,
 };
 
+/** Where runs write, under REPO_ROOT: one phase alone in checkpoints/, a finished pretrain in checkpoints/pretrain/. */
+export const CHECKPOINT_DIR = "checkpoints";
+export const PRETRAIN_CHECKPOINT_DIR = join(CHECKPOINT_DIR, "pretrain");
+
+/** The spec's defaults for the keys of a phase config other than train_cfg. */
+export const PHASE_DEFAULTS = {
+  /** pretrain's `sources` */
+  sources: { wiki: 0.784, roam: 0.196, primer: 0.02 },
+  val_source: "wiki",
+  /** sft's `init_from`: the pretrain best, where a pipeline or an SFT after `--phase pretrain` puts it */
+  init_from: join(PRETRAIN_CHECKPOINT_DIR, "best.pt"),
+} as const;
+
+/** `"init_from": "none"`: SFT starts from fresh weights, asked for explicitly. */
+export const INIT_FROM_NONE = "none";
+
 const TrainCfgSchema = Type.Object(
   {
     seed: Type.Optional(NonNegativeInt),
@@ -95,7 +111,7 @@ const PretrainSchema = Type.Object(
   {
     model_cfg_path: Type.String({ minLength: 1 }),
     train_cfg: TrainCfgSchema,
-    sources: probsSchema(STREAM_SOURCES),
+    sources: Type.Optional(probsSchema(STREAM_SOURCES)),
     val_source: Type.Optional(Type.Union(STREAM_SOURCES.map((s) => Type.Literal(s)))),
   },
   { additionalProperties: false },
@@ -104,7 +120,12 @@ const PretrainSchema = Type.Object(
 const SftSchema = Type.Object(
   {
     model_cfg_path: Type.String({ minLength: 1 }),
-    init_from: Type.Optional(Type.Union([Type.String({ minLength: 1 }), Type.Null()])),
+    init_from: Type.Optional(
+      Type.String({
+        minLength: 1,
+        description: `expected a checkpoint path, or "${INIT_FROM_NONE}" to start from fresh weights (omit the key to start from ${PHASE_DEFAULTS.init_from})`,
+      }),
+    ),
     train_cfg: TrainCfgSchema,
     sft_sources: probsSchema(SFT_SOURCES),
     val_source: Type.Optional(Type.Union([...STREAM_SOURCES, "sft" as const].map((s) => Type.Literal(s)))),
@@ -117,6 +138,29 @@ const PipelineSchema = Type.Object(
   { additionalProperties: false },
 );
 
+/**
+ * The values a config took from the defaults, in the config's own shape (its omitted keys
+ * only). train_cfg stays the file verbatim, so these are what a checkpoint records beside it
+ * for a resume to continue with the same values when a later version changes a default.
+ */
+export interface DefaultsUsed {
+  train_cfg: Partial<TrainCfg>;
+  sources?: Record<string, number>;
+  val_source?: string;
+  init_from?: string;
+}
+
+function defaultsUsed(obj: Record<string, unknown>, phase: "pretrain" | "sft"): DefaultsUsed {
+  const given = isObject(obj.train_cfg) ? obj.train_cfg : {};
+  const used: DefaultsUsed = {
+    train_cfg: Object.fromEntries(Object.entries(TRAIN_DEFAULTS).filter(([k]) => !(k in given))) as Partial<TrainCfg>,
+  };
+  if (phase === "pretrain" && obj.sources === undefined) used.sources = { ...PHASE_DEFAULTS.sources };
+  if (obj.val_source === undefined) used.val_source = PHASE_DEFAULTS.val_source;
+  if (phase === "sft" && obj.init_from === undefined) used.init_from = PHASE_DEFAULTS.init_from;
+  return used;
+}
+
 interface PhaseConfigBase {
   file: string; // absolute path of the config file
   raw: Record<string, unknown>; // the file's JSON verbatim: stored as train_cfg in checkpoints
@@ -124,6 +168,8 @@ interface PhaseConfigBase {
   modelCfgRaw: ModelCfg & Record<string, unknown>; // stored as model_cfg
   model: ModelCfg;
   train: TrainCfg;
+  /** What the omitted keys took from the defaults (see DefaultsUsed). */
+  defaulted: DefaultsUsed;
 }
 
 export interface PretrainConfig extends PhaseConfigBase {
@@ -136,7 +182,10 @@ export interface SftConfig extends PhaseConfigBase {
   phase: "sft";
   sources: Mixture; // of SFT sources
   valSource: StreamSource | "sft";
-  initFrom: string | null; // absolute path, or null for a fresh model
+  /** SFT's start (when it resumes nothing): the checkpoint's absolute path, or null for fresh weights ("none"). */
+  initFrom: string | null;
+  /** init_from was omitted: initFrom is the default, PHASE_DEFAULTS.init_from. */
+  initFromDefault: boolean;
 }
 
 export type PhaseConfig = PretrainConfig | SftConfig;
@@ -344,21 +393,23 @@ function checkPhaseConfig(
   const sections = [{ title: namedBy ? `${title} (${namedBy.key} of ${namedBy.file})` : title, problems }, ...modelSections];
   if (model === null || sections.some((s) => s.whole !== undefined || s.problems.length > 0)) return { config: null, sections };
 
-  const base = { file: abs, raw: obj, modelCfgFile, modelCfgRaw: model, model: model as ModelCfg, train, sources: mixtureOf(obj[probsKey] as Record<string, number>, cacheKind) };
+  const probs = (obj[probsKey] ?? PHASE_DEFAULTS.sources) as Record<string, number>;
+  const base = { file: abs, raw: obj, modelCfgFile, modelCfgRaw: model, model: model as ModelCfg, train, sources: mixtureOf(probs, cacheKind), defaulted: defaultsUsed(obj, phase) };
   if (phase === "pretrain") {
     const config: PretrainConfig = {
       ...base,
       phase,
-      valSource: (obj.val_source as StreamSource | undefined) ?? "wiki",
+      valSource: (obj.val_source as StreamSource | undefined) ?? PHASE_DEFAULTS.val_source,
     };
     return { config, sections: [] };
   }
-  const initFrom = obj.init_from as string | null | undefined;
+  const initFrom = (obj.init_from as string | undefined) ?? PHASE_DEFAULTS.init_from;
   const config: SftConfig = {
     ...base,
     phase,
-    valSource: (obj.val_source as StreamSource | "sft" | undefined) ?? "wiki",
-    initFrom: initFrom ? resolve(repoRoot, initFrom) : null,
+    valSource: (obj.val_source as StreamSource | "sft" | undefined) ?? PHASE_DEFAULTS.val_source,
+    initFrom: initFrom === INIT_FROM_NONE ? null : resolve(repoRoot, initFrom),
+    initFromDefault: obj.init_from === undefined,
   };
   return { config, sections: [] };
 }

@@ -85,6 +85,16 @@ function assertSound(config: PhaseConfig, data: OpenedPhaseData, model: NativeMo
   }
 }
 
+/** The data a phase reads, for its start line: "mixture wiki 0.784 + ... (default), val wiki". */
+export function describeData(config: PhaseConfig): string {
+  const mix = Object.entries(config.sources)
+    .map(([source, p]) => `${source} ${Number(p.toFixed(4))}`)
+    .join(" + ");
+  const tag = (omitted: boolean) => (omitted ? " (default)" : "");
+  const d = config.defaulted;
+  return `mixture ${mix}${tag(d.sources !== undefined)}, val ${config.valSource}${tag(d.val_source !== undefined)}`;
+}
+
 export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
   const { config } = o;
   const phase: MetricsPhase = config.phase;
@@ -140,7 +150,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
     const printer = new ProgressPrinter({ phase, stats, out: o.out });
     printer.print(
       `${phase}: ${start.from}; model V=${config.model.V} T=${config.model.T} C=${config.model.C} L=${config.model.L} H=${config.model.H} d_ff=${config.model.d_ff} ` +
-        `(${(model.numParams / 1e6).toFixed(2)}M params), B=${config.train.B}, device ${o.device}, steps ${start.step}..${config.train.total_steps}`,
+        `(${(model.numParams / 1e6).toFixed(2)}M params), B=${config.train.B}, ${describeData(config)}, device ${o.device}, steps ${start.step}..${config.train.total_steps}`,
     );
 
     // The val loss before training, so a run shows what it learned (step 0 of the picture).

@@ -11,10 +11,11 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { defaultLibraryPath, deviceAvailable, openLibrary, type Device } from "../backend/native.ts";
 import { phaseOfCheckpointFile } from "../checkpoint/checkpoint.ts";
-import { loadPhaseConfig, loadPipelineConfig, type SftConfig } from "../config.ts";
+import { CHECKPOINT_DIR, loadPhaseConfig, loadPipelineConfig, PRETRAIN_CHECKPOINT_DIR } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { checkoutBuildInfo, versionLine } from "../version.ts";
 import { openPhaseData } from "./phase-data.ts";
+import { moveFinishedPretrainAside } from "./phase-handoff.ts";
 import { runPhase, type PhaseOutcome } from "./phase.ts";
 import { resumeCheckpoint, resumePathOf, type ResumeRequest } from "./start.ts";
 import type { ProgressStream } from "./progress.ts";
@@ -59,7 +60,8 @@ function startingWith(out: ProgressStream, line: string): ProgressStream {
 }
 
 export async function runTraining(req: RunRequest, env: RunEnvironment): Promise<number> {
-  const checkpoints = join(env.repoRoot, "checkpoints");
+  const checkpoints = join(env.repoRoot, CHECKPOINT_DIR);
+  const pretrainDir = join(env.repoRoot, PRETRAIN_CHECKPOINT_DIR);
   // Configs first: a config error must not wait for (or depend on) the native library.
   const configs =
     req.phase === "pipeline"
@@ -80,16 +82,28 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
   try {
     if ("single" in configs) {
       const config = configs.single;
+      if (config.phase === "sft") {
+        // Checked before anything moves: the caches, and a --resume checkpoint.
+        openPhaseData(config, env.repoRoot);
+        if (req.resume.kind === "path") resumeCheckpoint({ config, repoRoot: env.repoRoot, checkpointDir: checkpoints, resume: req.resume });
+        moveFinishedPretrainAside({
+          repoRoot: env.repoRoot,
+          checkpointDir: checkpoints,
+          pretrainDir,
+          sft: config,
+          command: `run the same train --phase sft command again`,
+          print: (line) => out.write(`${line}\n`),
+        });
+      }
       await runPhase({
         ...common,
         config,
         checkpointDir: checkpoints,
         resume: req.resume,
-        initFrom: config.phase === "sft" ? (config as SftConfig).initFrom : null,
+        initFrom: config.phase === "sft" ? config.initFrom : null,
       });
       return 0;
     }
-    const pretrainDir = join(checkpoints, "pretrain");
     // An explicit --resume applies to the phase its checkpoint belongs to (runPhase checks).
     const resumePhase = req.resume.kind === "path" ? phaseOfCheckpointFile(resumePathOf(env.repoRoot, req.resume.path)) : null;
     const sftResume: ResumeRequest = resumePhase === "sft" ? req.resume : req.resume.kind === "none" ? { kind: "none" } : { kind: "auto" };
@@ -112,8 +126,8 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
       out.write("pipeline: pretrain started over, so SFT starts over from its new best.pt (older SFT checkpoints are replaced)\n");
     }
     const pretrainBest = join(pretrainDir, "best.pt");
-    if (configs.sft.initFrom !== null && configs.sft.initFrom !== pretrainBest) {
-      out.write(`pipeline: SFT starts from the pretrain phase's ${join("checkpoints", "pretrain", "best.pt")}; init_from in ${configs.sft.file} applies to --phase sft alone\n`);
+    if (configs.sft.initFrom !== pretrainBest) {
+      out.write(`pipeline: SFT starts from the pretrain phase's ${join(PRETRAIN_CHECKPOINT_DIR, "best.pt")}; init_from in ${configs.sft.file} applies to --phase sft alone\n`);
     }
     const sft = await runPhase({
       ...common,
@@ -124,8 +138,8 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
       pretrainEnd: configs.pretrain.train.total_steps,
     });
     out.write(
-      `pipeline done: pretrain best val loss ${fmt(pre?.bestValLoss)} (${join("checkpoints", "pretrain", "best.pt")}), ` +
-        `sft best val loss ${fmt(sft.bestValLoss)}; the SFT model is ${join("checkpoints", "best.pt")}\n`,
+      `pipeline done: pretrain best val loss ${fmt(pre?.bestValLoss)} (${join(PRETRAIN_CHECKPOINT_DIR, "best.pt")}), ` +
+        `sft best val loss ${fmt(sft.bestValLoss)}; the SFT model is ${join(CHECKPOINT_DIR, "best.pt")}\n`,
     );
     return 0;
   } finally {

@@ -6,7 +6,7 @@
 import { existsSync, readdirSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
 import { loadCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
-import { phaseOfTrainCfg, type PhaseConfig } from "../config.ts";
+import { loadPhaseConfig, phaseOfTrainCfg, type PhaseConfig, type SftConfig, INIT_FROM_NONE } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { modelCfgDifferences } from "../model/config.ts";
 import { initParams } from "../model/layout.ts";
@@ -45,6 +45,39 @@ function checkCompatible(ckpt: Checkpoint, path: string, o: ResumeOptions, what:
         `use a matching model cfg, or --no-resume to start fresh`,
     );
   }
+}
+
+/**
+ * The configs in REPO_ROOT/configs/ that load as a `phase` config, as paths to type after
+ * --config; one whose JSON is `stored` (a checkpoint's train_cfg) comes first.
+ */
+export function findConfigs(repoRoot: string, phase: "pretrain" | "sft", stored?: unknown): string[] {
+  const dir = join(repoRoot, "configs");
+  if (!existsSync(dir)) return [];
+  const found: Array<{ path: string; same: boolean }> = [];
+  for (const name of readdirSync(dir).filter((n) => n.endsWith(".json")).sort()) {
+    const path = join("configs", name);
+    try {
+      const config = loadPhaseConfig(path, phase, repoRoot);
+      found.push({ path, same: stored !== undefined && JSON.stringify(config.raw) === JSON.stringify(stored) });
+    } catch {
+      // not a loadable config of this phase: never advised
+    }
+  }
+  return [...found.filter((f) => f.same), ...found.filter((f) => !f.same)].map((f) => f.path);
+}
+
+/** SFT's init_from checkpoint does not exist: where train looked, and what makes it. */
+export function missingInitFrom(repoRoot: string, config: SftConfig, checkpointDir: string): InputError {
+  const init = config.initFrom!;
+  const why = config.initFromDefault ? `init_from is omitted in ${show(repoRoot, config.file)}, so SFT starts from the pretrain best` : `init_from in ${show(repoRoot, config.file)}`;
+  const latest = join(checkpointDir, "latest.pt");
+  const pretrains = findConfigs(repoRoot, "pretrain");
+  const make = pretrains.length > 0 ? `train --phase pretrain --config ${pretrains[0]} makes it (SFT then moves that run from ${show(repoRoot, checkpointDir)}/ to ${show(repoRoot, join(checkpointDir, "pretrain"))}/ and starts from its best.pt)` : `a pretrain run makes it (no pretrain config was found in ${show(repoRoot, join(repoRoot, "configs"))}/)`;
+  return new InputError(
+    `${init}: the checkpoint to start SFT from does not exist (${why}). Looked at ${show(repoRoot, init)} and ${show(repoRoot, latest)} (${existsSync(latest) ? "not a finished pretrain run" : "absent"}). ` +
+      `${make}; or point init_from at a checkpoint of this model, or set "init_from": "none" to start SFT from fresh weights.`,
+  );
 }
 
 /** The --resume PATH of the command line (relative to REPO_ROOT, or absolute); it must exist. */
@@ -120,9 +153,7 @@ export function decideStart(o: ResumeOptions & { initFrom: string | null }): Sta
     return { params: ckpt.params, opt: ckpt.opt, step: ckpt.step, bestValLoss: ckpt.bestValLoss, from: `resumed from ${show(o.repoRoot, path)} at step ${ckpt.step}`, resumedFrom: path };
   }
   if (o.initFrom !== null) {
-    if (!existsSync(o.initFrom)) {
-      throw new InputError(`${o.initFrom}: the checkpoint to start SFT from does not exist (init_from in ${config.file}); run the pretrain phase first or fix init_from`);
-    }
+    if (!existsSync(o.initFrom)) throw missingInitFrom(o.repoRoot, config as SftConfig, o.checkpointDir);
     const ckpt = loadCheckpoint(o.initFrom);
     const diff = modelCfgDifferences(ckpt.modelCfg, config.model);
     if (diff.length > 0) {
@@ -130,5 +161,6 @@ export function decideStart(o: ResumeOptions & { initFrom: string | null }): Sta
     }
     return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}), fresh optimizer`, resumedFrom: null };
   }
-  return { params: initParams(config.model, config.train.seed), opt: null, step: 0, bestValLoss: null, from: `fresh GPT-2 init (seed ${config.train.seed})`, resumedFrom: null };
+  const asked = config.phase === "sft" ? ` (init_from "${INIT_FROM_NONE}" in ${show(o.repoRoot, config.file)}: not from pretrained weights)` : "";
+  return { params: initParams(config.model, config.train.seed), opt: null, step: 0, bestValLoss: null, from: `fresh GPT-2 init (seed ${config.train.seed})${asked}`, resumedFrom: null };
 }

@@ -1,0 +1,172 @@
+/**
+ * The hand-off from `--phase pretrain` to `--phase sft` in one folder. Pretrain alone writes
+ * checkpoints/{step_*,latest,best}.pt; SFT writes the same names in checkpoints/. Before SFT
+ * writes anything, a finished pretrain run there moves to checkpoints/pretrain/, where
+ * `--phase pipeline` keeps it, so the two commands end as one pipeline does.
+ *
+ * The move is renames only (no copy of GBs) and crash-safe, as an idempotent sequence:
+ *   1. write checkpoints/pretrain/.moving atomically: the names to move, latest.pt last
+ *   2. rename each checkpoints/NAME to checkpoints/pretrain/NAME (skipped if already there)
+ *   3. flush both folders, remove .moving
+ * A rename is atomic, so a kill at any point leaves every file whole, in one folder or the
+ * other; a rerun that finds .moving redoes 2 and 3. SFT never runs while .moving exists.
+ * An unfinished pretrain (latest step < total_steps) is never moved: it may still be resumed.
+ */
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync } from "node:fs";
+import { join } from "node:path";
+import { loadCheckpoint } from "../checkpoint/checkpoint.ts";
+import { phaseOfTrainCfg, TRAIN_DEFAULTS, type SftConfig } from "../config.ts";
+import { InputError } from "../errors.ts";
+import { writeTextAtomic, writingTo } from "../util/atomic.ts";
+import { findConfigs, missingInitFrom, show } from "./start.ts";
+
+const MARKER = ".moving";
+const STEP_FILE = /^step_\d{7}\.pt$/;
+
+/** The files of one run in a checkpoint folder, in the order they move: latest.pt last. */
+function runFiles(dir: string): string[] {
+  const names = readdirSync(dir);
+  const steps = names.filter((n) => STEP_FILE.test(n)).sort();
+  return [...steps, ...["best.pt", "latest.pt"].filter((n) => names.includes(n))];
+}
+
+/**
+ * Tests kill the process after a step of the move (1: marker written, 2..n+1: the renames,
+ * n+2: marker removed) through TRAIN_TEST_KILL_AFTER_MOVE_STEP, to check that a rerun
+ * finishes it. Read here and nowhere else.
+ */
+function testKillPoint(step: number): void {
+  if (process.env.TRAIN_TEST_KILL_AFTER_MOVE_STEP === String(step)) process.kill(process.pid, "SIGKILL");
+}
+
+/** Best effort: makes the renames in a folder durable (some file systems cannot fsync a folder). */
+function flushFolder(dir: string): void {
+  let fd = -1;
+  try {
+    fd = openSync(dir, "r");
+    fsyncSync(fd);
+  } catch {
+    // not durable across a power loss on such a file system; the files are whole regardless
+  } finally {
+    if (fd >= 0) closeSync(fd);
+  }
+}
+
+function readMarker(path: string): string[] {
+  let names: unknown;
+  try {
+    names = (JSON.parse(readFileSync(path, "utf8")) as { files?: unknown }).files;
+  } catch {
+    names = null;
+  }
+  if (!Array.isArray(names) || !names.every((n) => typeof n === "string" && (STEP_FILE.test(n) || n === "best.pt" || n === "latest.pt"))) {
+    throw new InputError(`${path}: not a move record written by train (expected {"files": [checkpoint names]}); move the files between its folder and the one above by hand, then delete it`);
+  }
+  return names as string[];
+}
+
+/** Steps 2 and 3 of the move (see the top of this file); returns the names it renamed. */
+function finishMove(from: string, to: string, names: readonly string[]): string[] {
+  const moved: string[] = [];
+  names.forEach((name, i) => {
+    const src = join(from, name);
+    const dst = join(to, name);
+    if (existsSync(src)) {
+      if (existsSync(dst)) throw new InputError(`${src} and ${dst} both exist, so the move of the pretrain run cannot finish; keep one of them, then run the same command again`);
+      writingTo(dst, () => renameSync(src, dst));
+      moved.push(name);
+    }
+    testKillPoint(i + 2);
+  });
+  flushFolder(from);
+  flushFolder(to);
+  writingTo(join(to, MARKER), () => unlinkSync(join(to, MARKER)));
+  flushFolder(to);
+  testKillPoint(names.length + 2);
+  return moved;
+}
+
+/** A stored train_cfg's total_steps: the config's own, else the default. */
+function totalStepsOf(trainCfg: unknown): number {
+  const t = (trainCfg as { train_cfg?: { total_steps?: unknown } } | null)?.train_cfg?.total_steps;
+  return typeof t === "number" ? t : TRAIN_DEFAULTS.total_steps;
+}
+
+/** The shell command that moves the run by hand, naming only files that are there. */
+function handMove(repoRoot: string, from: string, to: string, names: readonly string[]): string {
+  const steps = names.filter((n) => STEP_FILE.test(n));
+  const shown = [...(steps.length > 0 ? ["step_*.pt"] : []), ...names.filter((n) => !STEP_FILE.test(n))].map((n) => join(show(repoRoot, from), n));
+  return `mkdir -p ${show(repoRoot, to)} && mv ${shown.join(" ")} ${show(repoRoot, to)}/`;
+}
+
+export interface HandoffOptions {
+  repoRoot: string;
+  /** checkpoints/: where pretrain alone wrote and SFT writes. */
+  checkpointDir: string;
+  /** checkpoints/pretrain/: where the pretrain run goes. */
+  pretrainDir: string;
+  /** The SFT config, for the messages (and its init_from). */
+  sft: SftConfig;
+  /** The command that was run, for "run the same command again". */
+  command: string;
+  print: (line: string) => void;
+}
+
+/**
+ * Before SFT alone writes anything: finishes an interrupted move, or moves a finished
+ * pretrain run out of checkpoints/ into checkpoints/pretrain/ (one line of output).
+ * Refuses (exit 2, nothing moved) an unfinished pretrain run, a pretrain run without
+ * latest.pt, and a checkpoints/pretrain/ that already holds a run.
+ */
+export function moveFinishedPretrainAside(o: HandoffOptions): void {
+  const { checkpointDir: from, pretrainDir: to } = o;
+  const fromShown = `${show(o.repoRoot, from)}/`;
+  const toShown = `${show(o.repoRoot, to)}/`;
+  const marker = join(to, MARKER);
+  if (existsSync(marker)) {
+    const moved = finishMove(from, to, readMarker(marker));
+    o.print(`sft: finished moving the pretrain run from ${fromShown} to ${toShown} (an earlier move was interrupted${moved.length > 0 ? `; renamed now: ${moved.join(", ")}` : ""})`);
+    return;
+  }
+  if (!existsSync(from)) return;
+  const names = runFiles(from);
+  const latest = join(from, "latest.pt");
+  if (!names.includes("latest.pt")) {
+    const best = join(from, "best.pt");
+    if (names.includes("best.pt") && phaseOfTrainCfg(loadCheckpoint(best).trainCfg) === "pretrain") {
+      throw new InputError(
+        `${best} is a pretrain checkpoint, but ${latest} is missing, so train cannot tell whether that pretrain run finished; ` +
+          `SFT writes its own best.pt there and moves nothing it cannot check. Move the pretrain run yourself (${handMove(o.repoRoot, from, to, names)}), then run the same command again`,
+      );
+    }
+    return;
+  }
+  const ckpt = loadCheckpoint(latest);
+  if (phaseOfTrainCfg(ckpt.trainCfg) !== "pretrain") return; // SFT's own latest.pt: a resume
+  const totalSteps = totalStepsOf(ckpt.trainCfg);
+  if (ckpt.step < totalSteps) {
+    const configs = findConfigs(o.repoRoot, "pretrain", ckpt.trainCfg);
+    const finish = configs.length > 0 ? `train --phase pretrain --config ${configs[0]}` : `train --phase pretrain --config <the pretrain config it ran with, stored in ${show(o.repoRoot, latest)} as train_cfg>`;
+    throw new InputError(
+      `${show(o.repoRoot, latest)} is a pretrain run at step ${ckpt.step} of its total_steps ${totalSteps}: not finished, so SFT neither moves it to ${toShown} nor starts from it; nothing was moved or written. ` +
+        `To finish pretraining first: ${finish} (it resumes at step ${ckpt.step}), then ${o.command}. ` +
+        `To start SFT from it as it is: ${handMove(o.repoRoot, from, to, names)}, then ${o.command}`,
+    );
+  }
+  const init = o.sft.initFrom;
+  if (init !== null && !existsSync(init) && !(init === join(to, "best.pt") && names.includes("best.pt"))) {
+    throw missingInitFrom(o.repoRoot, o.sft, from);
+  }
+  const occupied = existsSync(to) ? runFiles(to) : [];
+  if (occupied.length > 0) {
+    throw new InputError(
+      `${fromShown} holds a finished pretrain run (step ${ckpt.step}), and ${toShown} already holds checkpoints too (${occupied.join(", ")}); ` +
+        `SFT moves a pretrain run only into an empty ${toShown}: move or delete one of the two runs, then ${o.command}`,
+    );
+  }
+  writingTo(to, () => mkdirSync(to, { recursive: true }));
+  writingTo(marker, () => writeTextAtomic(marker, `${JSON.stringify({ files: names })}\n`));
+  testKillPoint(1);
+  finishMove(from, to, names);
+  o.print(`sft: moved the finished pretrain run (step ${ckpt.step}) from ${fromShown} to ${toShown} by renaming ${names.length} files (${names.join(", ")}); metrics.jsonl and loss.svg stay in ${fromShown}`);
+}
