@@ -196,11 +196,14 @@ export interface PipelineConfig {
   sft: SftConfig;
 }
 
-/** Which phase a stored train_cfg belongs to (configs are stored verbatim). */
+/**
+ * Which phase a stored train_cfg belongs to (configs are stored verbatim): an sft config
+ * always has sft_sources; a pretrain config has sources, or omits it (the default mixture).
+ */
 export function phaseOfTrainCfg(trainCfg: unknown): "pretrain" | "sft" | null {
-  if (trainCfg === null || typeof trainCfg !== "object") return null;
+  if (!isObject(trainCfg)) return null;
   if ("sft_sources" in trainCfg) return "sft";
-  if ("sources" in trainCfg) return "pretrain";
+  if ("sources" in trainCfg || "model_cfg_path" in trainCfg) return "pretrain";
   return null;
 }
 
@@ -358,7 +361,7 @@ function checkPhaseConfig(
   const schema = phase === "pretrain" ? PretrainSchema : SftSchema;
   const problems = [...r.duplicates, ...schemaProblems(schema, raw)];
   const other = phase === "pretrain" ? "sft" : "pretrain";
-  if (phaseOfTrainCfg(raw) === other) {
+  if (isObject(raw) && (other === "sft" ? "sft_sources" : "sources") in raw) {
     problems.unshift(`/: this is ${other === "sft" ? "an sft" : "a pretrain"} config (it has "${other === "sft" ? "sft_sources" : "sources"}"), expected ${phase === "sft" ? "an sft" : "a pretrain"} config`);
   }
   const obj = isObject(raw) ? raw : {};

@@ -72,7 +72,22 @@ describe("defaults and the shipped configs", () => {
     expect(c.valSource).toBe("wiki");
     const s = sftWith(repo, goodSft)();
     expect(s.valSource).toBe("wiki");
-    expect(s.phase === "sft" && s.initFrom).toBe(null);
+    expect(s.phase === "sft" && s.initFrom).toBe(join(repo.root, "checkpoints/pretrain/best.pt"));
+    expect(s.phase === "sft" && s.initFromDefault).toBe(true);
+  });
+
+  test('sources omitted: the spec\'s mixture; init_from "none": fresh weights; init_from null is refused, naming both spellings', () => {
+    const repo = makeTinyRepo({ streams: false });
+    const { sources: _, ...noSources } = goodPretrain;
+    const c = pretrainWith(repo, noSources)();
+    expect<Readonly<Record<string, number>>>(c.sources).toEqual({ wiki: 0.784, roam: 0.196, primer: 0.02 });
+    expect(c.defaulted.sources).toEqual({ wiki: 0.784, roam: 0.196, primer: 0.02 });
+    expect(c.defaulted.val_source).toBe("wiki");
+    expect(c.raw).toEqual(noSources); // stored verbatim: the defaults are not written into train_cfg
+    const none = sftWith(repo, { ...goodSft, init_from: "none" })();
+    expect(none.phase === "sft" && none.initFrom).toBe(null);
+    expect(none.phase === "sft" && none.initFromDefault).toBe(false);
+    expectProblem(configError(sftWith(repo, { ...goodSft, init_from: null })).lines, "/init_from", '"none"', "checkpoints/pretrain/best.pt", "got null");
   });
 
   test("configs/pretrain.json, sft.json, pipeline.json and configs/demo load; pretrain mixes the spec's default probabilities", () => {
@@ -144,8 +159,10 @@ describe("config errors: JSON path, all at once", () => {
   test("missing required keys are named", () => {
     const { lines } = configError(pretrainWith(repo, { train_cfg: {} }));
     expectProblem(lines, "/model_cfg_path", 'missing required key "model_cfg_path"');
-    expectProblem(lines, "/sources", 'missing required key "sources"');
-    expect(lines.length).toBe(3);
+    expect(lines.some((l) => l.includes("/sources"))).toBe(false); // sources has a default
+    expect(lines.length).toBe(2);
+    const sft = configError(sftWith(repo, { model_cfg_path: "configs/model.json", train_cfg: {} })).lines;
+    expectProblem(sft, "/sft_sources", 'missing required key "sft_sources"'); // the spec gives no default
   });
 
   test("negative, all-zero and empty probabilities", () => {

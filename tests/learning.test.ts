@@ -97,7 +97,7 @@ describe("learning on a repetitive corpus", () => {
     const steps = 400;
     const repo = makeTinyRepo({ sft: true, sftVal: "sft", sftTrain: { ...fast, total_steps: steps, eval_every: 100, ckpt_every: steps } });
     const sft = JSON.parse(readFileSync(join(repo.root, "configs/sft.json"), "utf8"));
-    repo.writeConfig("sft.json", { ...sft, init_from: null });
+    repo.writeConfig("sft.json", { ...sft, init_from: "none" });
     const code = await runTraining(
       { phase: "sft", configPath: "configs/sft.json", device: "cpu", resume: { kind: "none" } },
       { repoRoot: repo.root, out: captureStream(), stop: { requested: null } },

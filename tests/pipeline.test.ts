@@ -224,15 +224,18 @@ describe("--phase sft with init_from", () => {
 });
 
 describe("checkpoints of another phase or another model are refused", () => {
-  test("auto-resume: an sft run with a pretrain latest.pt in checkpoints/ exits 2 and changes nothing", async () => {
-    const repo = makeTinyRepo({ sft: true });
-    expect((await run(repo.root, { phase: "pretrain", configPath: "configs/pretrain.json" })).code).toBe(0);
+  test("an sft run with an unfinished pretrain run in checkpoints/ exits 2, says how to go on, and changes nothing", async () => {
+    const repo = makeTinyRepo({ sft: true, pretrain: { log_every: 1 } });
+    const stopped = await run(repo.root, { phase: "pretrain", configPath: "configs/pretrain.json" }, stopAt(repo.root, "pretrain", 7)).catch((e: Error) => e);
+    expect((stopped as Error).name).toBe("Interrupted");
     const listing = readdirSync(join(repo.root, "checkpoints")).sort();
     const latest = readFileSync(join(repo.root, "checkpoints/latest.pt"));
-    const message = await refused(repo.root, { phase: "sft", configPath: "configs/sft.json" });
-    expect(message).toContain(join(repo.root, "checkpoints/latest.pt"));
-    expect(message).toContain("is a pretrain checkpoint, but this is the sft phase");
-    expect(message).toContain("--no-resume");
+    for (const resume of [{ kind: "auto" } as const, { kind: "none" } as const]) {
+      const message = await refused(repo.root, { phase: "sft", configPath: "configs/sft.json", resume });
+      expect(message).toContain("checkpoints/latest.pt is a pretrain run at step 7 of its total_steps 10: not finished");
+      expect(message).toContain("train --phase pretrain --config configs/pretrain.json (it resumes at step 7)");
+      expect(message).toContain("mkdir -p checkpoints/pretrain && mv checkpoints/step_*.pt checkpoints/best.pt checkpoints/latest.pt checkpoints/pretrain/");
+    }
     expect(readdirSync(join(repo.root, "checkpoints")).sort()).toEqual(listing);
     expect(readFileSync(join(repo.root, "checkpoints/latest.pt")).equals(latest)).toBe(true);
   });
@@ -240,7 +243,7 @@ describe("checkpoints of another phase or another model are refused", () => {
   test("auto-resume: a pretrain run with an sft latest.pt exits 2; so does --resume of the other phase's file", async () => {
     const repo = makeTinyRepo({ sft: true });
     const sft = json(repo.root, "configs/sft.json");
-    repo.writeConfig("sft.json", { ...sft, init_from: null });
+    repo.writeConfig("sft.json", { ...sft, init_from: "none" });
     expect((await run(repo.root, { phase: "sft", configPath: "configs/sft.json" })).code).toBe(0);
     expect(await refused(repo.root, { phase: "pretrain", configPath: "configs/pretrain.json" })).toContain("is an sft checkpoint, but this is the pretrain phase");
     const explicit = await refused(repo.root, { phase: "pretrain", configPath: "configs/pretrain.json", resume: { kind: "path", path: "checkpoints/step_0000005.pt" } });
