@@ -6,39 +6,16 @@
  * mounted noexec (src/backend/native.ts then loads a copy from the cache folder).
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
 import { readMetrics } from "../src/train/metrics.ts";
 import { readNativeBuildInfo } from "../src/version.ts";
+import { ensureExe, EXE, LIB, ROOT, sh } from "./helpers/exe.ts";
 import { makeTinyRepo, TINY_MODEL, TINY_TRAIN, type TinyRepo } from "./helpers/repo.ts";
 
-const ROOT = join(import.meta.dir, "..");
-const EXE = join(ROOT, "dist", "train");
-const LIB = join(ROOT, "native", "build", process.platform === "darwin" ? "libgpt.dylib" : "libgpt.so");
 const linux = process.platform === "linux";
-
-function newestMtime(path: string): number {
-  const s = statSync(path);
-  if (!s.isDirectory()) return s.mtimeMs;
-  return Math.max(s.mtimeMs, ...readdirSync(path).map((f) => newestMtime(join(path, f))));
-}
-
-function sh(cmd: string[], opts: { cwd?: string; env?: Record<string, string> } = {}) {
-  const p = Bun.spawnSync(cmd, { cwd: opts.cwd ?? ROOT, env: opts.env, stdout: "pipe", stderr: "pipe" });
-  return { code: p.exitCode ?? -1, stdout: p.stdout.toString(), stderr: p.stderr.toString() };
-}
-
-/** dist/train, rebuilt when the library, a source file or the build script is newer. */
-function ensureExe(): void {
-  const native = sh([process.execPath, "scripts/build-native.ts"]);
-  if (native.code !== 0) throw new Error(`build-native failed:\n${native.stderr}`);
-  const inputs = Math.max(newestMtime(LIB), newestMtime(join(ROOT, "src")), newestMtime(join(ROOT, "scripts", "build-exe.ts")));
-  if (existsSync(EXE) && statSync(EXE).mtimeMs >= inputs) return;
-  const exe = sh([process.execPath, "scripts/build-exe.ts"]);
-  if (exe.code !== 0) throw new Error(`build-exe failed:\n${exe.stdout}${exe.stderr}`);
-}
 
 /** A clean environment: no bun or node on PATH, HOME and TMPDIR of the test's own. */
 function bareEnv(home: string, tmp: string, path = "/usr/bin:/bin"): Record<string, string> {

@@ -155,11 +155,12 @@ export function decideStart(o: ResumeOptions & { initFrom: string | null }): Sta
   if (o.initFrom !== null) {
     if (!existsSync(o.initFrom)) throw missingInitFrom(o.repoRoot, config as SftConfig, o.checkpointDir);
     const ckpt = loadCheckpoint(o.initFrom);
+    const defaultInit = config.phase === "sft" && config.initFromDefault;
     const diff = modelCfgDifferences(ckpt.modelCfg, config.model);
     if (diff.length > 0) {
       throw new InputError(`${o.initFrom}: its model differs from ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")})`);
     }
-    return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}), fresh optimizer`, resumedFrom: null };
+    return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}${defaultInit ? "; init_from omitted: the pretrain best" : ""}), fresh optimizer`, resumedFrom: null };
   }
   const asked = config.phase === "sft" ? ` (init_from "${INIT_FROM_NONE}" in ${show(o.repoRoot, config.file)}: not from pretrained weights)` : "";
   return { params: initParams(config.model, config.train.seed), opt: null, step: 0, bestValLoss: null, from: `fresh GPT-2 init (seed ${config.train.seed})${asked}`, resumedFrom: null };
