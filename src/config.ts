@@ -143,12 +143,12 @@ const PipelineSchema = Type.Object(
  * only). train_cfg stays the file verbatim, so these are what a checkpoint records beside it
  * for a resume to continue with the same values when a later version changes a default.
  */
-export interface DefaultsUsed {
+export type DefaultsUsed = {
   train_cfg: Partial<TrainCfg>;
   sources?: Record<string, number>;
   val_source?: string;
   init_from?: string;
-}
+};
 
 function defaultsUsed(obj: Record<string, unknown>, phase: "pretrain" | "sft"): DefaultsUsed {
   const given = isObject(obj.train_cfg) ? obj.train_cfg : {};
@@ -159,6 +159,52 @@ function defaultsUsed(obj: Record<string, unknown>, phase: "pretrain" | "sft"): 
   if (obj.val_source === undefined) used.val_source = PHASE_DEFAULTS.val_source;
   if (phase === "sft" && obj.init_from === undefined) used.init_from = PHASE_DEFAULTS.init_from;
   return used;
+}
+
+/**
+ * A resumed run continues with the defaults it started with: for each key the config still
+ * omits, the value its checkpoint recorded (DefaultsUsed) rather than this version's default.
+ * Keys the config now gives win; keys it omits that were not recorded take today's default.
+ * Returns the config to continue with and, for each recorded value that is not today's
+ * default, "key value (the default is now x)". Throws a ConfigError for a malformed record.
+ */
+export function withRecordedDefaults<C extends PhaseConfig>(config: C, recorded: Readonly<Record<string, unknown>>, source: string): { config: C; kept: string[] } {
+  const kept: string[] = [];
+  const problems: string[] = [];
+  const keep = (key: string, value: unknown, now: unknown) => {
+    if (JSON.stringify(value) !== JSON.stringify(now)) kept.push(`${key} ${JSON.stringify(value)} (the default is now ${JSON.stringify(now)})`);
+  };
+  const recordedTrain = isObject(recorded.train_cfg) ? recorded.train_cfg : {};
+  const train: Record<string, unknown> = { ...config.train };
+  const trainDefaults: Record<string, unknown> = {};
+  for (const [key, now] of Object.entries(config.defaulted.train_cfg)) {
+    const value = key in recordedTrain ? recordedTrain[key] : now;
+    trainDefaults[key] = train[key] = value;
+    if (key in recordedTrain) keep(`train_cfg.${key}`, value, now);
+  }
+  problems.push(...schemaProblems(TrainCfgSchema, trainDefaults).map((p) => `/train_cfg${p}`));
+  const defaulted: DefaultsUsed = { ...config.defaulted, train_cfg: trainDefaults as Partial<TrainCfg> };
+  let sources = config.sources;
+  if (config.defaulted.sources !== undefined && isObject(recorded.sources)) {
+    const mix = mixtureProblems(recorded.sources, "streams");
+    problems.push(...mix.map((p) => `/sources: ${p}`));
+    if (mix.length === 0) {
+      defaulted.sources = recorded.sources as Record<string, number>;
+      sources = mixtureOf(defaulted.sources, "streams");
+      keep("sources", recorded.sources, config.defaulted.sources);
+    }
+  }
+  let valSource = config.valSource;
+  if (config.defaulted.val_source !== undefined && recorded.val_source !== undefined) {
+    const allowed: readonly unknown[] = config.phase === "sft" ? [...STREAM_SOURCES, "sft"] : STREAM_SOURCES;
+    if (!allowed.includes(recorded.val_source)) problems.push(`/val_source: expected one of ${allowed.join(", ")}, got ${shown(recorded.val_source)}`);
+    else {
+      defaulted.val_source = valSource = recorded.val_source as StreamSource;
+      keep("val_source", recorded.val_source, config.defaulted.val_source);
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(`${source}: the train defaults it records are invalid:\n${problems.map((p) => `  ${p}`).join("\n")}`);
+  return { config: { ...config, train: train as TrainCfg, sources, valSource, defaulted }, kept };
 }
 
 interface PhaseConfigBase {

@@ -10,7 +10,7 @@ import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } fr
 import { join, relative } from "node:path";
 import { NativeModel } from "../src/backend/native.ts";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
-import { loadPhaseConfig } from "../src/config.ts";
+import { loadPhaseConfig, PHASE_DEFAULTS, TRAIN_DEFAULTS } from "../src/config.ts";
 import { exitCodeOf } from "../src/errors.ts";
 import { initParams } from "../src/model/layout.ts";
 import { evaluate } from "../src/train/loop.ts";
@@ -268,12 +268,61 @@ describe("init_from", () => {
     const { code, text } = await runIn(repo.root, { phase: "sft", configPath: "configs/sft.json" });
     expect(code).toBe(2);
     expect(text).toContain(`${join(repo.root, "checkpoints/pretrain/best.pt")}: the checkpoint to start SFT from does not exist (init_from is omitted in configs/sft.json`);
-    expect(text).toContain("Looked at checkpoints/pretrain/best.pt and checkpoints/latest.pt (absent)");
-    expect(text).toContain("train --phase pretrain --config configs/pretrain.json makes it");
+    expect(text).toContain("Looked at checkpoints/pretrain/best.pt, and at checkpoints/latest.pt for a finished pretrain run to move there (absent)");
+    expect(text).toContain("train --phase pretrain --config configs/pretrain.json makes it (this command then moves that run to checkpoints/pretrain/");
     expect(text).toContain('"init_from": "none"');
     expect(existsSync(join(repo.root, "checkpoints"))).toBe(false);
     // the command it names does make it
     expect((await runIn(repo.root, { phase: "pretrain", configPath: "configs/pretrain.json" })).code).toBe(0);
     expect((await runIn(repo.root, { phase: "sft", configPath: "configs/sft.json" })).code).toBe(0);
+  });
+});
+
+describe("defaults keep their word across versions", () => {
+  // A pretrain config that leaves base_lr, sources and val_source to the defaults.
+  function defaultsRepo(): TinyRepo {
+    const repo = makeTinyRepo();
+    const { base_lr: _, ...train } = json(repo.root, "configs/pretrain.json").train_cfg as Record<string, unknown>;
+    repo.writeConfig("pretrain.json", { model_cfg_path: "configs/model.json", train_cfg: { ...train, log_every: 1 } });
+    return repo;
+  }
+  const pretrain = { phase: "pretrain", configPath: "configs/pretrain.json" } as const;
+
+  test("the checkpoint records the defaults a run took; a resume after the defaults changed continues bit-exactly, said", async () => {
+    const straight = defaultsRepo();
+    expect((await runIn(straight.root, pretrain)).code).toBe(0);
+    const latest = loadCheckpoint(join(straight.root, "checkpoints/latest.pt"));
+    expect(latest.trainCfg).toEqual(json(straight.root, "configs/pretrain.json")); // train_cfg stays verbatim
+    const recorded = latest.opt!.trainDefaults as { train_cfg: Record<string, unknown>; sources: unknown; val_source: unknown };
+    expect(recorded.train_cfg).toEqual({ base_lr: 3e-4, max_nonfinite_steps: 3 });
+    expect(recorded.sources).toEqual({ wiki: 0.784, roam: 0.196, primer: 0.02 });
+    expect(recorded.val_source).toBe("wiki");
+
+    const broken = defaultsRepo();
+    expect((await runIn(broken.root, pretrain, stopAtPretrain(broken.root, 4))).code).toBe(130);
+    const changed = defaultsRepo();
+    const defaults = PHASE_DEFAULTS as { sources: unknown; val_source: unknown };
+    const saved = { base_lr: TRAIN_DEFAULTS.base_lr, sources: defaults.sources, val_source: defaults.val_source };
+    // a later version's defaults
+    TRAIN_DEFAULTS.base_lr = 1e-3;
+    defaults.sources = { wiki: 0.5, roam: 0.5 };
+    defaults.val_source = "roam";
+    try {
+      const resumed = await runIn(broken.root, pretrain);
+      expect(resumed.code).toBe(0);
+      expect(resumed.text).toContain(
+        'pretrain: continues with the defaults this run started with: train_cfg.base_lr 0.0003 (the default is now 0.001), ' +
+          'sources {"wiki":0.784,"roam":0.196,"primer":0.02} (the default is now {"wiki":0.5,"roam":0.5}), val_source "wiki" (the default is now "roam")',
+      );
+      // the counterfactual: a run under the new defaults is another run
+      expect((await runIn(changed.root, pretrain)).code).toBe(0);
+    } finally {
+      Object.assign(TRAIN_DEFAULTS, { base_lr: saved.base_lr });
+      Object.assign(defaults, { sources: saved.sources, val_source: saved.val_source });
+    }
+    for (const f of ["latest.pt", "best.pt", "step_0000010.pt"]) {
+      expect(same(straight.root, broken.root, `checkpoints/${f}`)).toBe(true);
+      expect(same(straight.root, changed.root, `checkpoints/${f}`)).toBe(false);
+    }
   });
 });

@@ -31,6 +31,13 @@ export interface OptState {
   v: Float32Array; // exp_avg_sq, flat layout
   step: number; // updates applied so far
   hparams: AdamHParams;
+  /**
+   * The values the run's config took from train's defaults (config.ts DefaultsUsed), kept
+   * as param_groups[0]["train_defaults"]: train_cfg is the config verbatim, so this is where
+   * the six keys have room for what a resume needs if a later version changes a default.
+   * torch keeps unknown group keys through load_state_dict (as it keeps "initial_lr").
+   */
+  trainDefaults?: Readonly<Record<string, unknown>> | null;
 }
 
 export interface Checkpoint {
@@ -45,10 +52,12 @@ export interface Checkpoint {
   bestValLoss: number | null;
 }
 
+const TRAIN_DEFAULTS_KEY = "train_defaults";
+
 const TOP_KEYS = ["model_cfg", "train_cfg", "model_state", "optimizer_state", "step", "best_val_loss"] as const;
 
 /** torch 1.13 AdamW param_group keys after the group's own, in state_dict() order. */
-function paramGroup(lr: number, wd: number, betas: PyTuple, eps: number, params: number[]): PyDict {
+function paramGroup(lr: number, wd: number, betas: PyTuple, eps: number, params: number[], extra: Array<[string, PyValue]> = []): PyDict {
   return new PyDict(false, [
     ["weight_decay", new PyFloat(wd)],
     ["lr", new PyFloat(lr)],
@@ -58,6 +67,7 @@ function paramGroup(lr: number, wd: number, betas: PyTuple, eps: number, params:
     ["foreach", null],
     ["maximize", false],
     ["capturable", false],
+    ...extra,
     ["params", params],
   ]);
 }
@@ -125,7 +135,7 @@ export function encodeCheckpoint(ckpt: Checkpoint): PyDict {
     optimizerState = new PyDict(false, [
       ["state", state],
       ["param_groups", [
-        paramGroup(h.lr, h.weightDecay, betas, h.eps, idx.slice(0, nDecay)),
+        paramGroup(h.lr, h.weightDecay, betas, h.eps, idx.slice(0, nDecay), ckpt.opt.trainDefaults ? [[TRAIN_DEFAULTS_KEY, toPy(ckpt.opt.trainDefaults, TRAIN_DEFAULTS_KEY) as PyValue]] : []),
         paramGroup(h.lr, 0, betas, h.eps, idx.slice(nDecay)),
       ]],
     ]);
@@ -316,10 +326,15 @@ function decodeOptimizerState(r: Reader, value: PyValue | undefined, cfg: ModelC
     r.fail("optimizer_state['param_groups']", `decays the 1-D tensors (weight_decay ${noDecayWd}); train applies weight decay to tensors with dim >= 2 only`);
   }
   const hparams: AdamHParams = { ...h0, weightDecay: hp.length === 2 ? h0.weightDecay : 0 };
+  const recorded = (groups[0] as PyDict).get(TRAIN_DEFAULTS_KEY);
+  const where = `optimizer_state['param_groups'][0]['${TRAIN_DEFAULTS_KEY}']`;
+  const defaults = recorded === undefined || recorded === null ? null : r.json(recorded, where);
+  if (defaults !== null && (typeof defaults !== "object" || Array.isArray(defaults))) r.fail(where, "expected a dict of the config values taken from defaults");
+  const trainDefaults = defaults as Record<string, unknown> | null;
 
   const m = new Float32Array(n);
   const v = new Float32Array(n);
-  if (state.size === 0) return { m, v, step: 0, hparams };
+  if (state.size === 0) return { m, v, step: 0, hparams, trainDefaults };
   for (const k of state.keys()) {
     if (typeof k !== "number" || !specOf.has(k)) r.fail("optimizer_state['state']", `has an entry for parameter ${String(k)}, which no group lists`);
   }
@@ -336,7 +351,7 @@ function decodeOptimizerState(r: Reader, value: PyValue | undefined, cfg: ModelC
     if (step !== null && st !== step) r.fail("optimizer_state['state']", `parameters are at different steps (${step} and ${st}); train keeps one step count`);
     step = st;
   }
-  return { m, v, step: step ?? 0, hparams };
+  return { m, v, step: step ?? 0, hparams, trainDefaults };
 }
 
 /**

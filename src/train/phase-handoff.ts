@@ -12,23 +12,15 @@
  * other; a rerun that finds .moving redoes 2 and 3. SFT never runs while .moving exists.
  * An unfinished pretrain (latest step < total_steps) is never moved: it may still be resumed.
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, unlinkSync } from "node:fs";
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { loadCheckpoint } from "../checkpoint/checkpoint.ts";
+import { loadCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
 import { phaseOfTrainCfg, TRAIN_DEFAULTS, type SftConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { writeTextAtomic, writingTo } from "../util/atomic.ts";
-import { findConfigs, missingInitFrom, show } from "./start.ts";
+import { findConfigs, missingInitFrom, runFiles, show, STEP_FILE } from "./start.ts";
 
 const MARKER = ".moving";
-const STEP_FILE = /^step_\d{7}\.pt$/;
-
-/** The files of one run in a checkpoint folder, in the order they move: latest.pt last. */
-function runFiles(dir: string): string[] {
-  const names = readdirSync(dir);
-  const steps = names.filter((n) => STEP_FILE.test(n)).sort();
-  return [...steps, ...["best.pt", "latest.pt"].filter((n) => names.includes(n))];
-}
 
 /**
  * Tests kill the process after a step of the move (1: marker written, 2..n+1: the renames,
@@ -86,10 +78,13 @@ function finishMove(from: string, to: string, names: readonly string[]): string[
   return moved;
 }
 
-/** A stored train_cfg's total_steps: the config's own, else the default. */
-function totalStepsOf(trainCfg: unknown): number {
-  const t = (trainCfg as { train_cfg?: { total_steps?: unknown } } | null)?.train_cfg?.total_steps;
-  return typeof t === "number" ? t : TRAIN_DEFAULTS.total_steps;
+/** A run's total_steps: its config's own, else the default it recorded, else today's default. */
+function totalStepsOf(ckpt: Checkpoint): number {
+  type WithTrainCfg = { train_cfg?: { total_steps?: unknown } } | null | undefined;
+  for (const t of [(ckpt.trainCfg as WithTrainCfg)?.train_cfg?.total_steps, (ckpt.opt?.trainDefaults as WithTrainCfg)?.train_cfg?.total_steps]) {
+    if (typeof t === "number") return t;
+  }
+  return TRAIN_DEFAULTS.total_steps;
 }
 
 /** The shell command that moves the run by hand, naming only files that are there. */
@@ -141,9 +136,15 @@ export function moveFinishedPretrainAside(o: HandoffOptions): void {
     }
     return;
   }
-  const ckpt = loadCheckpoint(latest);
+  let ckpt: Checkpoint;
+  try {
+    ckpt = loadCheckpoint(latest);
+  } catch (e) {
+    if (e instanceof InputError) return; // unreadable: nothing moves; the resume says what to do
+    throw e;
+  }
   if (phaseOfTrainCfg(ckpt.trainCfg) !== "pretrain") return; // SFT's own latest.pt: a resume
-  const totalSteps = totalStepsOf(ckpt.trainCfg);
+  const totalSteps = totalStepsOf(ckpt);
   if (ckpt.step < totalSteps) {
     const configs = findConfigs(o.repoRoot, "pretrain", ckpt.trainCfg);
     const finish = configs.length > 0 ? `train --phase pretrain --config ${configs[0]}` : `train --phase pretrain --config <the pretrain config it ran with, stored in ${show(o.repoRoot, latest)} as train_cfg>`;

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { NativeModel, type Device, type NativeLibrary } from "../backend/native.ts";
 import { FileWriteError, removeStaleTempFiles, writingTo } from "../util/atomic.ts";
 import { saveCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
-import type { PhaseConfig } from "../config.ts";
+import { withRecordedDefaults, type PhaseConfig } from "../config.ts";
 import type { ModelCfg } from "../model/config.ts";
 import { paramLayout } from "../model/layout.ts";
 import { writeLossSvg } from "./loss-svg.ts";
@@ -96,14 +96,21 @@ export function describeData(config: PhaseConfig): string {
 }
 
 export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
-  const { config } = o;
-  const phase: MetricsPhase = config.phase;
+  const phase: MetricsPhase = o.config.phase;
   const bestPath = join(o.checkpointDir, "best.pt");
   const latestPath = join(o.checkpointDir, "latest.pt");
   const metricsPath = join(o.runDir, "metrics.jsonl");
-  const data = openPhaseData(config, o.repoRoot); // validates every cache first: nothing is written before
+  let data = openPhaseData(o.config, o.repoRoot); // validates every cache first: nothing is written before
   const start = decideStart(o);
   const print = (line: string) => o.out.write(`${line}\n`);
+  // A resume continues with the defaults its run started with (a later version may have changed one).
+  let config = o.config;
+  if (start.trainDefaults !== null) {
+    const continued = withRecordedDefaults(o.config, start.trainDefaults, show(o.repoRoot, start.resumedFrom!));
+    config = continued.config;
+    data = openPhaseData(config, o.repoRoot);
+    if (continued.kept.length > 0) print(`${phase}: continues with the defaults this run started with: ${continued.kept.join(", ")}`);
+  }
 
   if (start.step >= config.train.total_steps) {
     print(`${phase}: already finished (${start.from}; total_steps ${config.train.total_steps}): nothing to do`);
@@ -167,7 +174,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
         trainCfg: config.raw,
         params: model.getParams(),
         // param_groups' lr is the lr of the last step taken, as torch's scheduler leaves it
-        opt: { ...model.getOptState(), hparams: hparamsOf(config.train, learningRate(Math.max(0, step - 1), config.train)) },
+        opt: { ...model.getOptState(), hparams: hparamsOf(config.train, learningRate(Math.max(0, step - 1), config.train)), trainDefaults: config.defaulted },
         step,
         bestValLoss,
       };

@@ -67,16 +67,39 @@ export function findConfigs(repoRoot: string, phase: "pretrain" | "sft", stored?
   return [...found.filter((f) => f.same), ...found.filter((f) => !f.same)].map((f) => f.path);
 }
 
-/** SFT's init_from checkpoint does not exist: where train looked, and what makes it. */
+export const STEP_FILE = /^step_\d{7}\.pt$/;
+
+/** The checkpoints of one run in a folder (none if it does not exist), latest.pt last. */
+export function runFiles(dir: string): string[] {
+  const names = existsSync(dir) ? readdirSync(dir) : [];
+  const steps = names.filter((n) => STEP_FILE.test(n)).sort();
+  return [...steps, ...["best.pt", "latest.pt"].filter((n) => names.includes(n))];
+}
+
+/**
+ * SFT's init_from checkpoint does not exist: where train looked, and a way to make it that
+ * works in this folder (checkpoints/ and checkpoints/pretrain/ as they are).
+ */
 export function missingInitFrom(repoRoot: string, config: SftConfig, checkpointDir: string): InputError {
   const init = config.initFrom!;
   const why = config.initFromDefault ? `init_from is omitted in ${show(repoRoot, config.file)}, so SFT starts from the pretrain best` : `init_from in ${show(repoRoot, config.file)}`;
   const latest = join(checkpointDir, "latest.pt");
+  const pretrainDir = join(checkpointDir, "pretrain");
+  const pretrainRun = runFiles(pretrainDir);
+  const here = runFiles(checkpointDir);
   const pretrains = findConfigs(repoRoot, "pretrain");
-  const make = pretrains.length > 0 ? `train --phase pretrain --config ${pretrains[0]} makes it (SFT then moves that run from ${show(repoRoot, checkpointDir)}/ to ${show(repoRoot, join(checkpointDir, "pretrain"))}/ and starts from its best.pt)` : `a pretrain run makes it (no pretrain config was found in ${show(repoRoot, join(repoRoot, "configs"))}/)`;
+  const pretrainCommand = pretrains.length > 0 ? `train --phase pretrain --config ${pretrains[0]}` : `train --phase pretrain with a pretrain config (none loads in ${show(repoRoot, join(repoRoot, "configs"))}/)`;
+  const steps: string[] = [];
+  if (pretrainRun.length > 0) {
+    steps.push(`${show(repoRoot, pretrainDir)}/ holds ${pretrainRun.join(", ")}: point init_from at one of them`);
+  } else {
+    const clear = here.length > 0 ? `move the run in ${show(repoRoot, checkpointDir)}/ (${here.join(", ")}) elsewhere, then ` : "";
+    steps.push(`${clear}${pretrainCommand} makes it (this command then moves that run to ${show(repoRoot, pretrainDir)}/ and starts from its best.pt)`);
+    steps.push("point init_from at a checkpoint of this model");
+  }
   return new InputError(
-    `${init}: the checkpoint to start SFT from does not exist (${why}). Looked at ${show(repoRoot, init)} and ${show(repoRoot, latest)} (${existsSync(latest) ? "not a finished pretrain run" : "absent"}). ` +
-      `${make}; or point init_from at a checkpoint of this model, or set "init_from": "none" to start SFT from fresh weights.`,
+    `${init}: the checkpoint to start SFT from does not exist (${why}). Looked at ${show(repoRoot, init)}, and at ${show(repoRoot, latest)} for a finished pretrain run to move there (${existsSync(latest) ? "it is not one" : "absent"}). ` +
+      `${steps.join("; or ")}; or set "init_from": "${INIT_FROM_NONE}" to start SFT from fresh weights.`,
   );
 }
 
@@ -142,6 +165,8 @@ export interface Start {
   from: string;
   /** The checkpoint file resumed from, or null (fresh weights or SFT's init_from). */
   resumedFrom: string | null;
+  /** The defaults the resumed run started with, as its checkpoint records them (or null). */
+  trainDefaults: Readonly<Record<string, unknown>> | null;
 }
 
 /** Where a phase starts: a resumed checkpoint, SFT's init_from weights, or a fresh init. */
@@ -150,7 +175,7 @@ export function decideStart(o: ResumeOptions & { initFrom: string | null }): Sta
   const resumed = resumeCheckpoint(o);
   if (resumed !== null) {
     const { ckpt, path } = resumed;
-    return { params: ckpt.params, opt: ckpt.opt, step: ckpt.step, bestValLoss: ckpt.bestValLoss, from: `resumed from ${show(o.repoRoot, path)} at step ${ckpt.step}`, resumedFrom: path };
+    return { params: ckpt.params, opt: ckpt.opt, step: ckpt.step, bestValLoss: ckpt.bestValLoss, from: `resumed from ${show(o.repoRoot, path)} at step ${ckpt.step}`, resumedFrom: path, trainDefaults: ckpt.opt?.trainDefaults ?? null };
   }
   if (o.initFrom !== null) {
     if (!existsSync(o.initFrom)) throw missingInitFrom(o.repoRoot, config as SftConfig, o.checkpointDir);
@@ -160,8 +185,8 @@ export function decideStart(o: ResumeOptions & { initFrom: string | null }): Sta
     if (diff.length > 0) {
       throw new InputError(`${o.initFrom}: its model differs from ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")})`);
     }
-    return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}${defaultInit ? "; init_from omitted: the pretrain best" : ""}), fresh optimizer`, resumedFrom: null };
+    return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}${defaultInit ? "; init_from omitted: the pretrain best" : ""}), fresh optimizer`, resumedFrom: null, trainDefaults: null };
   }
   const asked = config.phase === "sft" ? ` (init_from "${INIT_FROM_NONE}" in ${show(o.repoRoot, config.file)}: not from pretrained weights)` : "";
-  return { params: initParams(config.model, config.train.seed), opt: null, step: 0, bestValLoss: null, from: `fresh GPT-2 init (seed ${config.train.seed})${asked}`, resumedFrom: null };
+  return { params: initParams(config.model, config.train.seed), opt: null, step: 0, bestValLoss: null, from: `fresh GPT-2 init (seed ${config.train.seed})${asked}`, resumedFrom: null, trainDefaults: null };
 }
