@@ -156,13 +156,39 @@ const CASES: Case[] = [
   { input: "latest.pt of another phase", args: PRETRAIN, breakIt: () => {}, names: "<repo>/checkpoints/latest.pt" },
   { input: "--resume of another phase", args: [...SFT, "--resume", "checkpoints/pretrain/best.pt"], breakIt: () => {}, names: "<repo>/checkpoints/pretrain/best.pt" },
   {
-    input: "pipeline whose checkpoints/latest.pt is a pretrain checkpoint",
+    input: "pipeline whose checkpoints/ mixes a pretrain latest.pt with an SFT run",
     args: PIPELINE,
     breakIt: (r) => {
       cpSync(at(r, "checkpoints/pretrain/latest.pt"), at(r, "checkpoints/latest.pt"));
       rmSync(at(r, "checkpoints/pretrain"), { recursive: true });
     },
     names: "<repo>/checkpoints/latest.pt",
+  },
+  {
+    input: "SFT alone with an unfinished pretrain run in checkpoints/",
+    args: SFT,
+    breakIt: (r) => {
+      const step2 = at(r, "checkpoints/pretrain/step_0000002.pt");
+      for (const f of ["step_0000002.pt", "step_0000004.pt", "best.pt", "latest.pt"]) unlinkSync(at(r, "checkpoints", f));
+      for (const f of ["step_0000002.pt", "best.pt", "latest.pt"]) cpSync(step2, at(r, "checkpoints", f));
+      rmSync(at(r, "checkpoints/pretrain"), { recursive: true });
+    },
+    names: "<repo>/checkpoints/latest.pt",
+  },
+  {
+    input: "SFT alone with a finished pretrain run in checkpoints/ while checkpoints/pretrain/ holds another",
+    args: SFT,
+    breakIt: (r) => {
+      for (const f of ["step_0000002.pt", "step_0000004.pt"]) unlinkSync(at(r, "checkpoints", f));
+      for (const f of ["best.pt", "latest.pt"]) cpSync(at(r, "checkpoints/pretrain", f), at(r, "checkpoints", f));
+    },
+    names: "<repo>/checkpoints/latest.pt",
+  },
+  {
+    input: "a move record of the pretrain run that is not train's",
+    args: SFT,
+    breakIt: (r) => writeFileSync(at(r, "checkpoints/pretrain/.moving"), "garbage"),
+    names: "<repo>/checkpoints/pretrain/.moving",
   },
   {
     input: "SFT init_from missing",

@@ -326,3 +326,26 @@ describe("defaults keep their word across versions", () => {
     }
   });
 });
+
+describe("pretrain alone, then the pipeline", () => {
+  test("the pipeline moves the unfinished run to checkpoints/pretrain/, continues it, and ends as a straight pipeline", async () => {
+    const make = () => {
+      const repo = composeRepo();
+      repo.writeConfig("pretrain.json", { ...json(repo.root, "configs/pretrain.json"), train_cfg: { ...(json(repo.root, "configs/pretrain.json").train_cfg as object), log_every: 1 } });
+      return repo;
+    };
+    const straight = make();
+    const split = make();
+    expect((await runIn(straight.root, { phase: "pipeline", configPath: "configs/pipeline.json" })).code).toBe(0);
+    expect((await runIn(split.root, { phase: "pretrain", configPath: "configs/pretrain.json" }, stopAtPretrain(split.root, 7))).code).toBe(130);
+    const { code, text } = await runIn(split.root, { phase: "pipeline", configPath: "configs/pipeline.json" });
+    expect(code).toBe(0);
+    expect(text).toContain(
+      "pipeline: moved the pretrain run (step 7 of 10: its pretrain phase continues it there) from checkpoints/ to checkpoints/pretrain/ by renaming 3 files " +
+        "(step_0000005.pt, best.pt, latest.pt)", // a stop saves latest.pt alone
+    );
+    expect(text).toContain("pretrain: resumed from checkpoints/pretrain/latest.pt at step 7");
+    expect(tree(split.root)).toEqual(PIPELINE_TREE);
+    for (const f of PIPELINE_TREE.filter((f) => f.endsWith(".pt"))) expect(same(straight.root, split.root, `checkpoints/${f}`)).toBe(true);
+  });
+});

@@ -267,13 +267,6 @@ describe("checkpoints of another phase or another model are refused", () => {
     expect(ckpt(repo.root, "checkpoints/latest.pt").modelCfg.C).toBe(48);
   });
 
-  // Checked before pretraining (src/train/run.ts): a late refusal would cost the whole pretrain.
-  test("pipeline: an incompatible checkpoints/latest.pt is refused before pretraining", async () => {
-    const repo = makeTinyRepo({ sft: true });
-    expect((await run(repo.root, { phase: "pretrain", configPath: "configs/pretrain.json" })).code).toBe(0);
-    expect(await refused(repo.root, { phase: "pipeline", configPath: "configs/pipeline.json" })).toContain("is a pretrain checkpoint, but this is the sft phase");
-    expect(existsSync(join(repo.root, "checkpoints/pretrain"))).toBe(false);
-  });
 });
 
 describe("interrupted and resumed pipeline", () => {

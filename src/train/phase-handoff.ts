@@ -44,7 +44,7 @@ function flushFolder(dir: string): void {
   }
 }
 
-function readMarker(path: string): string[] {
+function readMarker(path: string, o: HandoffOptions): string[] {
   let names: unknown;
   try {
     names = (JSON.parse(readFileSync(path, "utf8")) as { files?: unknown }).files;
@@ -52,7 +52,10 @@ function readMarker(path: string): string[] {
     names = null;
   }
   if (!Array.isArray(names) || !names.every((n) => typeof n === "string" && (STEP_FILE.test(n) || n === "best.pt" || n === "latest.pt"))) {
-    throw new InputError(`${path}: not a move record written by train (expected {"files": [checkpoint names]}); move the files between its folder and the one above by hand, then delete it`);
+    throw new InputError(
+      `${path}: not a move record written by train (expected {"files": [checkpoint names]}). It marks a move of a pretrain run from ${show(o.repoRoot, o.checkpointDir)}/ to ${show(o.repoRoot, o.pretrainDir)}/: ` +
+        `move that run's checkpoints still in ${show(o.repoRoot, o.checkpointDir)}/ there by hand, delete ${show(o.repoRoot, path)}, then ${o.command}`,
+    );
   }
   return names as string[];
 }
@@ -95,12 +98,17 @@ function handMove(repoRoot: string, from: string, to: string, names: readonly st
 }
 
 export interface HandoffOptions {
+  /**
+   * Who takes over checkpoints/: SFT alone (moves a finished pretrain run only), or a
+   * pipeline (moves an unfinished one too: its pretrain phase continues it there).
+   */
+  by: "sft" | "pipeline";
   repoRoot: string;
   /** checkpoints/: where pretrain alone wrote and SFT writes. */
   checkpointDir: string;
   /** checkpoints/pretrain/: where the pretrain run goes. */
   pretrainDir: string;
-  /** The SFT config, for the messages (and its init_from). */
+  /** The SFT config (SFT alone starts from its init_from). */
   sft: SftConfig;
   /** The command that was run, for "run the same command again". */
   command: string;
@@ -108,19 +116,19 @@ export interface HandoffOptions {
 }
 
 /**
- * Before SFT alone writes anything: finishes an interrupted move, or moves a finished
- * pretrain run out of checkpoints/ into checkpoints/pretrain/ (one line of output).
- * Refuses (exit 2, nothing moved) an unfinished pretrain run, a pretrain run without
- * latest.pt, and a checkpoints/pretrain/ that already holds a run.
+ * Before SFT alone (or a pipeline) writes anything: finishes an interrupted move, or moves
+ * a pretrain run out of checkpoints/ into checkpoints/pretrain/ (one line of output).
+ * Refuses (exit 2, nothing moved) a pretrain run without latest.pt, a checkpoints/pretrain/
+ * that already holds a run, and for SFT alone an unfinished pretrain run.
  */
-export function moveFinishedPretrainAside(o: HandoffOptions): void {
+export function movePretrainRunAside(o: HandoffOptions): void {
   const { checkpointDir: from, pretrainDir: to } = o;
   const fromShown = `${show(o.repoRoot, from)}/`;
   const toShown = `${show(o.repoRoot, to)}/`;
   const marker = join(to, MARKER);
   if (existsSync(marker)) {
-    const moved = finishMove(from, to, readMarker(marker));
-    o.print(`sft: finished moving the pretrain run from ${fromShown} to ${toShown} (an earlier move was interrupted${moved.length > 0 ? `; renamed now: ${moved.join(", ")}` : ""})`);
+    const moved = finishMove(from, to, readMarker(marker, o));
+    o.print(`${o.by}: finished moving the pretrain run from ${fromShown} to ${toShown} (an earlier move was interrupted${moved.length > 0 ? `; renamed now: ${moved.join(", ")}` : ""})`);
     return;
   }
   if (!existsSync(from)) return;
@@ -131,7 +139,7 @@ export function moveFinishedPretrainAside(o: HandoffOptions): void {
     if (names.includes("best.pt") && phaseOfTrainCfg(loadCheckpoint(best).trainCfg) === "pretrain") {
       throw new InputError(
         `${best} is a pretrain checkpoint, but ${latest} is missing, so train cannot tell whether that pretrain run finished; ` +
-          `SFT writes its own best.pt there and moves nothing it cannot check. Move the pretrain run yourself (${handMove(o.repoRoot, from, to, names)}), then run the same command again`,
+          `${o.by === "sft" ? "SFT" : "the pipeline's SFT"} writes its own best.pt there and moves nothing it cannot check. Move the pretrain run yourself (${handMove(o.repoRoot, from, to, names)}), then run the same command again`,
       );
     }
     return;
@@ -144,30 +152,41 @@ export function moveFinishedPretrainAside(o: HandoffOptions): void {
     throw e;
   }
   if (phaseOfTrainCfg(ckpt.trainCfg) !== "pretrain") return; // SFT's own latest.pt: a resume
+  if (names.includes("best.pt")) {
+    const bestPhase = phaseOfTrainCfg(loadCheckpoint(join(from, "best.pt")).trainCfg);
+    if (bestPhase !== "pretrain") {
+      throw new InputError(
+        `${latest} is a pretrain checkpoint, but ${join(from, "best.pt")} is ${bestPhase === null ? "of no known phase" : `an ${bestPhase} checkpoint`}: ` +
+          `${fromShown} mixes two runs, and train moves only a whole pretrain run to ${toShown}; nothing was moved. Sort the files by hand (a pretrain run goes to ${toShown}), then ${o.command}`,
+      );
+    }
+  }
   const totalSteps = totalStepsOf(ckpt);
-  if (ckpt.step < totalSteps) {
+  const finished = ckpt.step >= totalSteps;
+  if (!finished && o.by === "sft") {
     const configs = findConfigs(o.repoRoot, "pretrain", ckpt.trainCfg);
     const finish = configs.length > 0 ? `train --phase pretrain --config ${configs[0]}` : `train --phase pretrain --config <the pretrain config it ran with, stored in ${show(o.repoRoot, latest)} as train_cfg>`;
     throw new InputError(
-      `${show(o.repoRoot, latest)} is a pretrain run at step ${ckpt.step} of its total_steps ${totalSteps}: not finished, so SFT neither moves it to ${toShown} nor starts from it; nothing was moved or written. ` +
+      `${latest} is a pretrain run at step ${ckpt.step} of its total_steps ${totalSteps}: not finished, so SFT neither moves it to ${toShown} nor starts from it; nothing was moved or written. ` +
         `To finish pretraining first: ${finish} (it resumes at step ${ckpt.step}), then ${o.command}. ` +
         `To start SFT from it as it is: ${handMove(o.repoRoot, from, to, names)}, then ${o.command}`,
     );
   }
   const init = o.sft.initFrom;
-  if (init !== null && !existsSync(init) && !(init === join(to, "best.pt") && names.includes("best.pt"))) {
+  if (o.by === "sft" && init !== null && !existsSync(init) && !(init === join(to, "best.pt") && names.includes("best.pt"))) {
     throw missingInitFrom(o.repoRoot, o.sft, from);
   }
   const occupied = existsSync(to) ? runFiles(to) : [];
   if (occupied.length > 0) {
     throw new InputError(
-      `${fromShown} holds a finished pretrain run (step ${ckpt.step}), and ${toShown} already holds checkpoints too (${occupied.join(", ")}); ` +
-        `SFT moves a pretrain run only into an empty ${toShown}: move or delete one of the two runs, then ${o.command}`,
+      `${latest} is a pretrain run (step ${ckpt.step} of ${totalSteps}) to move to ${toShown}, but ${toShown} already holds checkpoints (${occupied.join(", ")}); ` +
+        `${o.by === "sft" ? "SFT" : "the pipeline"} moves a pretrain run only into an empty ${toShown}: move or delete one of the two runs, then ${o.command}`,
     );
   }
   writingTo(to, () => mkdirSync(to, { recursive: true }));
   writingTo(marker, () => writeTextAtomic(marker, `${JSON.stringify({ files: names })}\n`));
   testKillPoint(1);
   finishMove(from, to, names);
-  o.print(`sft: moved the finished pretrain run (step ${ckpt.step}) from ${fromShown} to ${toShown} by renaming ${names.length} files (${names.join(", ")}); metrics.jsonl and loss.svg stay in ${fromShown}`);
+  const run = finished ? `finished pretrain run (step ${ckpt.step})` : `pretrain run (step ${ckpt.step} of ${totalSteps}: its pretrain phase continues it there)`;
+  o.print(`${o.by}: moved the ${run} from ${fromShown} to ${toShown} by renaming ${names.length} files (${names.join(", ")}); metrics.jsonl and loss.svg stay in ${fromShown}`);
 }

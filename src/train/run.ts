@@ -15,7 +15,7 @@ import { CHECKPOINT_DIR, loadPhaseConfig, loadPipelineConfig, PRETRAIN_CHECKPOIN
 import { InputError } from "../errors.ts";
 import { checkoutBuildInfo, versionLine } from "../version.ts";
 import { openPhaseData } from "./phase-data.ts";
-import { moveFinishedPretrainAside } from "./phase-handoff.ts";
+import { movePretrainRunAside } from "./phase-handoff.ts";
 import { runPhase, type PhaseOutcome } from "./phase.ts";
 import { resumeCheckpoint, resumePathOf, type ResumeRequest } from "./start.ts";
 import type { ProgressStream } from "./progress.ts";
@@ -86,7 +86,8 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
         // Checked before anything moves: the caches, and a --resume checkpoint.
         openPhaseData(config, env.repoRoot);
         if (req.resume.kind === "path") resumeCheckpoint({ config, repoRoot: env.repoRoot, checkpointDir: checkpoints, resume: req.resume });
-        moveFinishedPretrainAside({
+        movePretrainRunAside({
+          by: "sft",
           repoRoot: env.repoRoot,
           checkpointDir: checkpoints,
           pretrainDir,
@@ -109,6 +110,18 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
     const sftResume: ResumeRequest = resumePhase === "sft" ? req.resume : req.resume.kind === "none" ? { kind: "none" } : { kind: "auto" };
     // Before hours of pretraining: the SFT caches, and the SFT checkpoint a rerun resumes.
     openPhaseData(configs.sft, env.repoRoot);
+    // A pretrain run of `--phase pretrain` in checkpoints/ goes where the pipeline keeps its
+    // own, to be continued (unless the command asks for another start: --resume, --no-resume).
+    openPhaseData(configs.pretrain, env.repoRoot);
+    if (req.resume.kind === "auto") movePretrainRunAside({
+      by: "pipeline",
+      repoRoot: env.repoRoot,
+      checkpointDir: checkpoints,
+      pretrainDir,
+      sft: configs.sft,
+      command: "run the same train --phase pipeline command again",
+      print: (line) => out.write(`${line}\n`),
+    });
     resumeCheckpoint({ config: configs.sft, repoRoot: env.repoRoot, checkpointDir: checkpoints, resume: sftResume });
     let pre: PhaseOutcome | null = null;
     if (resumePhase !== "sft") {
