@@ -7,7 +7,7 @@ import { describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
-import { loadPhaseConfig, loadPipelineConfig, TRAIN_DEFAULTS, type PhaseConfig, type PretrainConfig } from "../src/config.ts";
+import { loadPhaseConfig, loadPipelineConfig, PHASE_DEFAULTS, TRAIN_DEFAULTS, type PhaseConfig, type PretrainConfig } from "../src/config.ts";
 import { exitCodeOf } from "../src/errors.ts";
 import { runTraining } from "../src/train/run.ts";
 import { captureStream, makeTinyRepo, TINY_MODEL, TINY_TRAIN, type TinyRepo } from "./helpers/repo.ts";
@@ -88,6 +88,20 @@ describe("defaults and the shipped configs", () => {
     expect(none.phase === "sft" && none.initFrom).toBe(null);
     expect(none.phase === "sft" && none.initFromDefault).toBe(false);
     expectProblem(configError(sftWith(repo, { ...goodSft, init_from: null })).lines, "/init_from", '"none"', "checkpoints/pretrain/best.pt", "got null");
+  });
+
+  test("README's table of defaults is src/config.ts's, key for key", () => {
+    const readme = readFileSync(join(REPO, "README.md"), "utf8");
+    const table = readme.slice(readme.indexOf("| key | default |"));
+    const rows = table.slice(0, table.indexOf("\n\n")).split("\n").slice(2);
+    const documented: Record<string, unknown> = {};
+    for (const row of rows) {
+      const cells = row.split("|").map((c) => c.trim());
+      for (const [key, value] of [[cells[1], cells[2]], [cells[4], cells[5]]]) {
+        documented[key!.replace(/`/g, "").replace(/ \(.*\)$/, "")] = JSON.parse(value!.replace(/`/g, ""));
+      }
+    }
+    expect(documented).toEqual({ ...TRAIN_DEFAULTS, ...PHASE_DEFAULTS });
   });
 
   test("configs/pretrain.json, sft.json, pipeline.json and configs/demo load; pretrain mixes the spec's default probabilities", () => {

@@ -97,6 +97,13 @@ function handMove(repoRoot: string, from: string, to: string, names: readonly st
   return `mkdir -p ${show(repoRoot, to)} && mv ${shown.join(" ")} ${show(repoRoot, to)}/`;
 }
 
+/** Checkpoint names for one line: a long row of step files as its first and last. */
+function listed(names: readonly string[]): string {
+  const steps = names.filter((n) => STEP_FILE.test(n));
+  const shown = steps.length > 3 ? [`${steps[0]} ... ${steps[steps.length - 1]}`] : steps;
+  return [...shown, ...names.filter((n) => !STEP_FILE.test(n))].join(", ");
+}
+
 export interface HandoffOptions {
   /**
    * Who takes over checkpoints/: SFT alone (moves a finished pretrain run only), or a
@@ -188,5 +195,5 @@ export function movePretrainRunAside(o: HandoffOptions): void {
   testKillPoint(1);
   finishMove(from, to, names);
   const run = finished ? `finished pretrain run (step ${ckpt.step})` : `pretrain run (step ${ckpt.step} of ${totalSteps}: its pretrain phase continues it there)`;
-  o.print(`${o.by}: moved the ${run} from ${fromShown} to ${toShown} by renaming ${names.length} files (${names.join(", ")}); metrics.jsonl and loss.svg stay in ${fromShown}`);
+  o.print(`${o.by}: moved the ${run} from ${fromShown} to ${toShown} by renaming ${names.length} files (${listed(names)}); metrics.jsonl and loss.svg stay in ${fromShown}`);
 }
