@@ -38,6 +38,11 @@ DTYPES = {"uint16": np.uint16, "uint32": np.uint32, "int32": np.int32}
 RNG_STREAM = {"train": 0x74726169, "eval": 0x6576616C, "init": 0x696E6974}
 
 # src/config.ts TRAIN_DEFAULTS (the spec's defaults)
+# src/config.ts PHASE_DEFAULTS: the keys of a phase config other than train_cfg
+DEFAULT_SOURCES = {"wiki": 0.784, "roam": 0.196, "primer": 0.02}
+DEFAULT_INIT_FROM = os.path.join("checkpoints", "pretrain", "best.pt")
+INIT_FROM_NONE = "none"  # SFT from fresh weights, asked for explicitly
+
 TRAIN_DEFAULTS = {
     "seed": 42, "B": 32, "total_steps": 20000, "eval_every": 200, "eval_batches": 50,
     "ckpt_every": 1000, "log_every": 50, "base_lr": 3e-4, "warmup_steps": 200, "min_lr": 3e-5,
@@ -192,7 +197,7 @@ class PhaseConfig:
         if other in raw and mix_key not in raw:
             probs.append(f"/: this is {'an sft' if phase == 'pretrain' else 'a pretrain'} config (it has \"{other}\"), expected {'a pretrain' if phase == 'pretrain' else 'an sft'} config")
         probs += [f"/{k}: unknown key \"{k}\" (expected one of: {', '.join(sorted(allowed))})" for k in raw if k not in allowed]
-        for k in ("model_cfg_path", "train_cfg", mix_key):
+        for k in ("model_cfg_path", "train_cfg") + (("sft_sources",) if phase == "sft" else ()):
             if k not in raw:
                 probs.append(f"/: missing required key \"{k}\"")
         tc = raw.get("train_cfg", {})
@@ -201,7 +206,7 @@ class PhaseConfig:
             tc = {}
         probs += train_cfg_problems(tc)
         names = STREAM_SOURCES if phase == "pretrain" else SFT_SOURCES
-        mix = raw.get(mix_key, {})
+        mix = raw.get(mix_key, DEFAULT_SOURCES if phase == "pretrain" else {})
         if not isinstance(mix, dict) or any(k not in names or not (_is_num(p) and p >= 0) for k, p in mix.items()):
             probs.append(f"/{mix_key}: expected an object of source -> probability >= 0 with sources in {', '.join(names)}")
             mix = {}
@@ -209,6 +214,9 @@ class PhaseConfig:
             probs.append(f"/{mix_key}: expected at least one probability > 0")
         vals = STREAM_SOURCES + (("sft",) if phase == "sft" else ())
         val_source = raw.get("val_source", "wiki")
+        init = raw.get("init_from", DEFAULT_INIT_FROM)
+        if phase == "sft" and not (isinstance(init, str) and init):
+            probs.append(f"/init_from: expected a checkpoint path, or \"{INIT_FROM_NONE}\" to start from fresh weights (omit the key to start from {DEFAULT_INIT_FROM}), got {json.dumps(init)}")
         if val_source not in vals:
             probs.append(f"/val_source: expected one of {', '.join(json.dumps(v) for v in vals)}, got {json.dumps(val_source)}")
         train = {**TRAIN_DEFAULTS, **tc}
@@ -236,8 +244,7 @@ class PhaseConfig:
         self.train = train
         self.sources = normalize(mix)
         self.val_source = val_source
-        init = raw.get("init_from")
-        self.init_from = os.path.abspath(os.path.join(repo_root, init)) if phase == "sft" and init else None
+        self.init_from = os.path.abspath(os.path.join(repo_root, init)) if phase == "sft" and init != INIT_FROM_NONE else None
 
 
 def load_pipeline(path: str, repo_root: str) -> Tuple[PhaseConfig, PhaseConfig]:
@@ -257,7 +264,8 @@ def load_pipeline(path: str, repo_root: str) -> Tuple[PhaseConfig, PhaseConfig]:
 def phase_of_train_cfg(train_cfg: object) -> Optional[str]:
     if not isinstance(train_cfg, dict):
         return None
-    return "sft" if "sft_sources" in train_cfg else "pretrain" if "sources" in train_cfg else None
+    # an sft config always has sft_sources; a pretrain config may omit sources (the default)
+    return "sft" if "sft_sources" in train_cfg else "pretrain" if "sources" in train_cfg or "model_cfg_path" in train_cfg else None
 
 
 # ---------------------------------------------------------------------------
