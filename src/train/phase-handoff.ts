@@ -10,14 +10,16 @@
  *   3. flush both folders, remove .moving
  * A rename is atomic, so a kill at any point leaves every file whole, in one folder or the
  * other; a rerun that finds .moving redoes 2 and 3. SFT never runs while .moving exists.
- * An unfinished pretrain (latest step < total_steps) is never moved: it may still be resumed.
+ * SFT alone never moves an unfinished pretrain run (latest step < total_steps): it stops
+ * and says how to finish it. `--phase pipeline` after `--phase pretrain` moves it the same
+ * way, finished or not: its pretrain phase continues it in checkpoints/pretrain/.
  */
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { loadCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
 import { phaseOfTrainCfg, TRAIN_DEFAULTS, type SftConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
-import { writeTextAtomic, writingTo } from "../util/atomic.ts";
+import { removeStaleTempFiles, writeTextAtomic, writingTo } from "../util/atomic.ts";
 import { findConfigs, missingInitFrom, runFiles, show, STEP_FILE } from "./start.ts";
 
 const MARKER = ".moving";
@@ -119,6 +121,8 @@ export interface HandoffOptions {
   sft: SftConfig;
   /** The command that was run, for "run the same command again". */
   command: string;
+  /** false: only finish an interrupted move (a pipeline told --resume PATH or --no-resume). */
+  startNew: boolean;
   print: (line: string) => void;
 }
 
@@ -133,12 +137,13 @@ export function movePretrainRunAside(o: HandoffOptions): void {
   const fromShown = `${show(o.repoRoot, from)}/`;
   const toShown = `${show(o.repoRoot, to)}/`;
   const marker = join(to, MARKER);
+  for (const path of removeStaleTempFiles(to)) o.print(`removed ${show(o.repoRoot, path)}, left by an interrupted write`);
   if (existsSync(marker)) {
     const moved = finishMove(from, to, readMarker(marker, o));
     o.print(`${o.by}: finished moving the pretrain run from ${fromShown} to ${toShown} (an earlier move was interrupted${moved.length > 0 ? `; renamed now: ${moved.join(", ")}` : ""})`);
     return;
   }
-  if (!existsSync(from)) return;
+  if (!o.startNew || !existsSync(from)) return;
   const names = runFiles(from);
   const latest = join(from, "latest.pt");
   if (!names.includes("latest.pt")) {

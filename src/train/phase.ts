@@ -108,7 +108,8 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
   if (start.trainDefaults !== null) {
     const continued = withRecordedDefaults(o.config, start.trainDefaults, show(o.repoRoot, start.resumedFrom!));
     config = continued.config;
-    data = openPhaseData(config, o.repoRoot);
+    const dataOf = (c: PhaseConfig) => JSON.stringify([c.sources, c.valSource, c.train.B, c.train.seed, c.train.eval_batches]);
+    if (dataOf(config) !== dataOf(o.config)) data = openPhaseData(config, o.repoRoot);
     if (continued.kept.length > 0) print(`${phase}: continues with the defaults this run started with: ${continued.kept.join(", ")}`);
   }
 

@@ -93,6 +93,7 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
           pretrainDir,
           sft: config,
           command: `run the same train --phase sft command again`,
+          startNew: true,
           print: (line) => out.write(`${line}\n`),
         });
       }
@@ -113,13 +114,14 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
     // A pretrain run of `--phase pretrain` in checkpoints/ goes where the pipeline keeps its
     // own, to be continued (unless the command asks for another start: --resume, --no-resume).
     openPhaseData(configs.pretrain, env.repoRoot);
-    if (req.resume.kind === "auto") movePretrainRunAside({
+    movePretrainRunAside({
       by: "pipeline",
       repoRoot: env.repoRoot,
       checkpointDir: checkpoints,
       pretrainDir,
       sft: configs.sft,
       command: "run the same train --phase pipeline command again",
+      startNew: req.resume.kind === "auto",
       print: (line) => out.write(`${line}\n`),
     });
     resumeCheckpoint({ config: configs.sft, repoRoot: env.repoRoot, checkpointDir: checkpoints, resume: sftResume });

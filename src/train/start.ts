@@ -6,7 +6,7 @@
 import { existsSync, readdirSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
 import { loadCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
-import { loadPhaseConfig, phaseOfTrainCfg, type PhaseConfig, type SftConfig, INIT_FROM_NONE } from "../config.ts";
+import { INIT_FROM_NONE, loadPhaseConfig, phaseOfTrainCfg, PRETRAIN_CHECKPOINT_DIR, type PhaseConfig, type SftConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { modelCfgDifferences } from "../model/config.ts";
 import { initParams } from "../model/layout.ts";
@@ -84,7 +84,7 @@ export function missingInitFrom(repoRoot: string, config: SftConfig, checkpointD
   const init = config.initFrom!;
   const why = config.initFromDefault ? `init_from is omitted in ${show(repoRoot, config.file)}, so SFT starts from the pretrain best` : `init_from in ${show(repoRoot, config.file)}`;
   const latest = join(checkpointDir, "latest.pt");
-  const pretrainDir = join(checkpointDir, "pretrain");
+  const pretrainDir = join(repoRoot, PRETRAIN_CHECKPOINT_DIR);
   const pretrainRun = runFiles(pretrainDir);
   const here = runFiles(checkpointDir);
   const pretrains = findConfigs(repoRoot, "pretrain");
