@@ -65,12 +65,20 @@ async function train(root: string, phase: Phase, stopAfter?: number): Promise<st
   return out.text();
 }
 
+/** A TCP port on 127.0.0.1 that is free now (the system picks it; released before torchrun binds it). */
+function freePort(): number {
+  const server = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = server.port;
+  server.stop(true);
+  return port;
+}
+
 /** torchrun (interop/torchrun.py: torchrun with Debian's Python 3.11 fix) of torch_train.py in `root`.
- *  --standalone: a rendezvous on a free local port, so two test runs on one machine never collide
- *  on torchrun's fixed default port 29500. */
+ *  Its rendezvous port is one the system just handed out (torch 1.13's default 29500 and
+ *  --standalone's 29400 are fixed, so two test runs on one machine would collide). */
 function torchrun(root: string, args: string[], nproc = NPROC): { code: number; out: string; err: string } {
   const proc = Bun.spawnSync(
-    [PYTHON, join(INTEROP_DIR, "torchrun.py"), "--standalone", "--nproc_per_node", String(nproc), join(INTEROP_DIR, "torch_train.py"), ...args],
+    [PYTHON, join(INTEROP_DIR, "torchrun.py"), "--master_addr", "127.0.0.1", "--master_port", String(freePort()), "--nproc_per_node", String(nproc), join(INTEROP_DIR, "torch_train.py"), ...args],
     { cwd: root, env: { ...process.env, OMP_NUM_THREADS: "1" }, stdout: "pipe", stderr: "pipe" },
   );
   return { code: proc.exitCode ?? -1, out: proc.stdout.toString(), err: proc.stderr.toString() };
