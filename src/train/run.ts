@@ -91,11 +91,12 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
     }
     const pretrainDir = join(checkpoints, "pretrain");
     // An explicit --resume applies to the phase its checkpoint belongs to (runPhase checks).
-    const resumePhase = req.resume.kind === "path" ? phaseOfCheckpointFile(resumePathOf(env.repoRoot, req.resume.path)) : null;
+    const load = <T>(read: () => T): T => (stop.withDefaultAction ? stop.withDefaultAction(read) : read());
+    const resumePhase = req.resume.kind === "path" ? load(() => phaseOfCheckpointFile(resumePathOf(env.repoRoot, req.resume.path), configs.pretrain.model)) : null;
     const sftResume: ResumeRequest = resumePhase === "sft" ? req.resume : req.resume.kind === "none" ? { kind: "none" } : { kind: "auto" };
     // Before hours of pretraining: the SFT caches, and the SFT checkpoint a rerun resumes.
-    openPhaseData(configs.sft, env.repoRoot);
-    resumeCheckpoint({ config: configs.sft, repoRoot: env.repoRoot, checkpointDir: checkpoints, resume: sftResume });
+    load(() => openPhaseData(configs.sft, env.repoRoot));
+    load(() => resumeCheckpoint({ config: configs.sft, repoRoot: env.repoRoot, checkpointDir: checkpoints, resume: sftResume }));
     let pre: PhaseOutcome | null = null;
     if (resumePhase !== "sft") {
       pre = await runPhase({
