@@ -92,7 +92,8 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
     const pretrainDir = join(checkpoints, "pretrain");
     // An explicit --resume applies to the phase its checkpoint belongs to (runPhase checks).
     const load = <T>(read: () => T): T => (stop.withDefaultAction ? stop.withDefaultAction(read) : read());
-    const resumePhase = req.resume.kind === "path" ? load(() => phaseOfCheckpointFile(resumePathOf(env.repoRoot, req.resume.path), configs.pretrain.model)) : null;
+    const resume = req.resume;
+    const resumePhase = resume.kind === "path" ? load(() => phaseOfCheckpointFile(resumePathOf(env.repoRoot, resume.path), configs.pretrain.model)) : null;
     const sftResume: ResumeRequest = resumePhase === "sft" ? req.resume : req.resume.kind === "none" ? { kind: "none" } : { kind: "auto" };
     // Before hours of pretraining: the SFT caches, and the SFT checkpoint a rerun resumes.
     load(() => openPhaseData(configs.sft, env.repoRoot));
