@@ -65,7 +65,7 @@ export function withInputFile<T>(path: string, o: InputFileOptions, use: (fd: nu
     fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | (o.noFollow ? constants.O_NOFOLLOW : 0));
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new InputFileError(path, `cannot read: ${(code && REASONS[code]) ?? (e as Error).message}; expected ${o.expected}`, code);
+    throw new InputFileError(path, `cannot read: ${(code && REASONS[code]) ?? (e as Error).message}`, code);
   }
   try {
     const st = fstatSync(fd);
