@@ -200,7 +200,7 @@ function readJson(file: string): JsonRead {
     text = readInputText(file, { maxBytes: MAX_CONFIG_BYTES, expected: "a JSON config file" });
   } catch (e) {
     if (!(e instanceof InputFileError)) throw e;
-    return { ok: false, missing: e.code === "ENOENT", message: e.code === "ENOENT" ? "file not found" : e.reason };
+    return { ok: false, missing: e.fsCode === "ENOENT", message: e.fsCode === "ENOENT" ? "file not found" : e.reason };
   }
   if (text.startsWith("\uFEFF")) text = text.slice(1); // a byte order mark, as some editors write
   if (jsonDepthExceeds(text, MAX_JSON_DEPTH)) {

@@ -12,7 +12,8 @@ import { InputError } from "../errors.ts";
 /** A refused or unreadable input file; reason says why without the path. */
 export class InputFileError extends InputError {
   override name = "InputFileError";
-  constructor(readonly path: string, readonly reason: string, readonly code?: string) {
+  // fsCode, not code: writingTo() takes an error with an errno code for a failed write
+  constructor(readonly path: string, readonly reason: string, readonly fsCode?: string) {
     super(`${path}: ${reason}`);
   }
 }
