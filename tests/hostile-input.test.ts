@@ -425,11 +425,15 @@ describe("valid files and failure messages", () => {
     mkdirSync(at(root, "checkpoints/latest.pt/in-the-way"), { recursive: true }); // rename over it fails
     const r = cli([...PRETRAIN, "--no-resume"], root);
     expect(r.code).toBe(1);
-    const message = r.stderr.trimEnd();
-    expect(message).toContain(`cannot write ${at(root, LATEST)}`);
+    const message = r.stderr.trimEnd().replaceAll(root, "<repo>");
     expect(message).not.toContain("no checkpoint of this run is on disk yet");
-    expect(message).toContain("checkpoints/step_0000002.pt (step 2)");
-    expect(message).toContain("--resume checkpoints/step_0000002.pt");
+    // the message docs/errors.md shows, word for word
+    expect(message).toBe(
+      "train: cannot write <repo>/checkpoints/latest.pt: the path is a folder (EISDIR); nothing was written. Training stopped; " +
+        "checkpoints/best.pt and checkpoints/step_0000002.pt (step 2) were written before it; " +
+        "to go on from step 2 fix the cause and run the same command with --resume checkpoints/step_0000002.pt",
+    );
+    expect(readFileSync(join(import.meta.dir, "..", "docs", "errors.md"), "utf8")).toContain(message);
     expect(existsSync(at(root, "checkpoints/step_0000002.pt"))).toBe(true);
   }, 60_000);
 });

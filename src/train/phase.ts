@@ -113,7 +113,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
     if (newerWritten === null || newerWritten.paths.length === 0) return `${intact()}: fix the cause and run the same command again`;
     const written = `${newerWritten.paths.map((p) => show(o.repoRoot, p)).join(" and ")} (step ${newerWritten.step}) ${newerWritten.paths.length > 1 ? "were" : "was"} written before it`;
     const resume = stepFile ? `; to go on from step ${newerWritten.step} fix the cause and run the same command with --resume ${show(o.repoRoot, stepFile)}` : "";
-    return `${onDisk === null ? "latest.pt was not written" : intact()}; ${written}${resume || ": fix the cause and run the same command again"}`;
+    return `${onDisk === null ? "" : `${intact()}; `}${written}${resume || ": fix the cause and run the same command again"}`;
   };
 
   const model = NativeModel.open(config.model, config.train.B, o.device, o.library);
