@@ -16,7 +16,7 @@ import { join, relative } from "node:path";
 import { loadCheckpoint, saveCheckpoint } from "../src/checkpoint/checkpoint.ts";
 import { ZipArchive, zipStoredChunks } from "../src/checkpoint/zip.ts";
 import { makeTinyRepo, TINY_MODEL } from "./helpers/repo.ts";
-import { CLI, cli, sameState } from "./reliability-helpers.ts";
+import { CLI, cli, LiveRun, sameState } from "./reliability-helpers.ts";
 
 const PRETRAIN = ["--phase", "pretrain", "--config", "configs/pretrain.json", "--device", "cpu"];
 const SFT = ["--phase", "sft", "--config", "configs/sft.json", "--device", "cpu"];
@@ -418,6 +418,39 @@ describe("valid files and failure messages", () => {
     expect(r.stdout).toContain("resumed from checkpoints/latest.pt at step 4");
     expect(sameState(loadCheckpoint(at(root, LATEST)), loadCheckpoint(at(reference, LATEST)))).toBe(true);
   }, 120_000);
+
+  test("SIGTERM and SIGINT during a long read of the caches end the run within a second, nothing written", async () => {
+    for (const signal of ["SIGTERM", "SIGINT"] as const) {
+      const root = copyOfTemplate();
+      // A slow disk, simulated: the first mapping of a cache file blocks this (only) thread for 8 s.
+      const preload = at(root, "..", "slow-read.ts");
+      writeFileSync(
+        preload,
+        `const map = Bun.mmap;
+let slowed = false;
+(Bun as any).mmap = (...args: any[]) => {
+  if (!slowed) {
+    slowed = true;
+    require("node:fs").writeSync(1, "slow read begins\\n");
+    const t = Date.now();
+    while (Date.now() - t < 8000) {}
+  }
+  return (map as any)(...args);
+};
+`,
+      );
+      const before = snapshot(at(root, "checkpoints"));
+      const live = new LiveRun(PRETRAIN, root, [], ["--preload", preload]);
+      await live.waitFor(/slow read begins/, 30_000);
+      const sent = performance.now();
+      live.signal(signal);
+      const r = await live.finish();
+      const seconds = (performance.now() - sent) / 1000;
+      expect({ signal, ended: r.signal ?? r.code }).toEqual({ signal, ended: signal });
+      expect(seconds).toBeLessThan(1);
+      expect(snapshot(at(root, "checkpoints"))).toEqual(before);
+    }
+  }, 60_000);
 
   test("8 latest.pt failing after best.pt and step_*.pt were written names them, not 'nothing on disk'", () => {
     const root = copyOfTemplate();
