@@ -15,6 +15,7 @@ import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { loadCheckpoint, saveCheckpoint } from "../src/checkpoint/checkpoint.ts";
 import { ZipArchive, zipStoredChunks } from "../src/checkpoint/zip.ts";
+import { decodeLong, encodeLong } from "../src/checkpoint/pickle.ts";
 import { makeTinyRepo, TINY_MODEL } from "./helpers/repo.ts";
 import { CLI, cli, LiveRun, sameState } from "./reliability-helpers.ts";
 
@@ -469,4 +470,37 @@ let slowed = false;
     expect(readFileSync(join(import.meta.dir, "..", "docs", "errors.md"), "utf8")).toContain(message);
     expect(existsSync(at(root, "checkpoints/step_0000002.pt"))).toBe(true);
   }, 60_000);
+});
+
+describe("the reader's budgets without a run's config", () => {
+  test("decodeLong is linear: a 1 MiB integer decodes in seconds, not minutes (the quadratic decode took minutes), exactly", () => {
+    const bytes = new Uint8Array(1 << 20);
+    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 131 + 7) & 0x7f;
+    const t0 = performance.now();
+    const v = decodeLong(bytes);
+    expect(performance.now() - t0).toBeLessThan(5000);
+    // the top byte is < 0x80, so the value is positive: its hex digits are the bytes in reverse
+    expect(bytes[bytes.length - 1]! < 0x80).toBe(true);
+    expect(v.toString(16).padStart(2 * bytes.length, "0")).toBe(Buffer.from(bytes).reverse().toString("hex"));
+    expect(decodeLong(encodeLong(-123456789012345678901234567890n))).toBe(-123456789012345678901234567890n);
+    expect(decodeLong(Uint8Array.of(0xff))).toBe(-1n);
+    expect(decodeLong(Uint8Array.of(0x00, 0x80))).toBe(-32768n);
+  });
+
+  test("a small file declaring a huge model is refused before its tensors, even with no expected model", () => {
+    const dir = mkdtempSync(join(tmpdir(), "train-hostile-lib-"));
+    copies.push(dir);
+    const path = join(dir, "huge.pt");
+    const huge = { ...TINY_MODEL, V: 2_000_000_000, C: 1024, H: 2 };
+    const p = new Pickle().dict([
+      ["model_cfg", (q) => q.modelCfg(huge)],
+      ["train_cfg", (q) => q.dict([])],
+      ["model_state", (q) => q.dict([["transformer.wte.weight", (t) => t.tensor([huge.V, huge.C], [0, 0], 1)]])],
+      ["step", (q) => q.int(4)],
+    ]);
+    writeFileSync(path, torchZip(p.bytes(), [Float32Array.of(1)]));
+    const t0 = performance.now();
+    expect(() => loadCheckpoint(path)).toThrow(/model_cfg: declares a model of \d+ parameters .* more than a file of \d+ bytes holds/);
+    expect(performance.now() - t0).toBeLessThan(1000);
+  });
 });
