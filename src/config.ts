@@ -10,7 +10,10 @@ import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { type Mixture, mixtureOf, mixtureProblems, SFT_SOURCES, STREAM_SOURCES, type StreamSource } from "./data/paths.ts";
 import { InputError } from "./errors.ts";
-import { modelCfgDifferences, modelCfgProblems, type ModelCfg } from "./model/config.ts";
+import { INT32_MAX, modelCfgDifferences, modelCfgProblems, type ModelCfg } from "./model/config.ts";
+import { estimateRunMemory } from "./model/memory.ts";
+import { availableMemoryBytes } from "./util/memory.ts";
+import { formatBytes, InputFileError, jsonDepthExceeds, MAX_CONFIG_BYTES, MAX_JSON_DEPTH, readInputText } from "./util/input-file.ts";
 
 /** A problem with the user's input: the CLI prints the message and exits 2. */
 export class ConfigError extends InputError {
@@ -18,8 +21,9 @@ export class ConfigError extends InputError {
 }
 
 
-const PositiveInt = Type.Integer({ minimum: 1 });
-const NonNegativeInt = Type.Integer({ minimum: 0 });
+const PositiveInt = Type.Integer({ minimum: 1, maximum: INT32_MAX, description: "expected an integer from 1 to 2147483647 (2^31 - 1)" });
+const NonNegativeInt = Type.Integer({ minimum: 0, maximum: INT32_MAX, description: "expected an integer from 0 to 2147483647 (2^31 - 1)" });
+const Seed = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, description: "expected an integer from 0 to 2^53 - 1" });
 // the hyperparameters reach the native step as float32: a larger value would be infinite there
 const FLOAT32_MAX = 3.4028234663852886e38;
 const NonNegative = Type.Number({
@@ -73,7 +77,7 @@ export const INIT_FROM_NONE = "none";
 
 const TrainCfgSchema = Type.Object(
   {
-    seed: Type.Optional(NonNegativeInt),
+    seed: Type.Optional(Seed),
     B: Type.Optional(PositiveInt),
     total_steps: Type.Optional(PositiveInt),
     eval_every: Type.Optional(PositiveInt),
@@ -281,7 +285,7 @@ function duplicateKeys(text: string): string[] {
       const keys = open[open.length - 1];
       if (keys === undefined) return;
       if (keys.has(key)) {
-        found.push(`/${[...path(), key].join("/")}: key "${key}" given twice (again at line ${line + 1}, column ${character + 1}); give it once`);
+        found.push(`${cut(`/${[...path(), key].join("/")}`)}: key "${cut(key)}" given twice (again at line ${line + 1}, column ${character + 1}); give it once`);
       }
       keys.add(key);
     },
@@ -292,12 +296,15 @@ function duplicateKeys(text: string): string[] {
 function readJson(file: string): JsonRead {
   let text: string;
   try {
-    text = readFileSync(file, "utf8");
+    text = readInputText(file, { maxBytes: MAX_CONFIG_BYTES, expected: "a JSON config file" });
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    return { ok: false, missing: code === "ENOENT", message: code === "ENOENT" ? "file not found" : (e as Error).message };
+    if (!(e instanceof InputFileError)) throw e;
+    return { ok: false, missing: e.fsCode === "ENOENT", message: e.fsCode === "ENOENT" ? "file not found" : e.reason };
   }
   if (text.startsWith("\uFEFF")) text = text.slice(1); // a byte order mark, as some editors write
+  if (jsonDepthExceeds(text, MAX_JSON_DEPTH)) {
+    return { ok: false, missing: false, message: `JSON nested deeper than ${MAX_JSON_DEPTH} levels; expected a flat config object` };
+  }
   const errors: ParseError[] = [];
   const value = parseJsonc(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false });
   if (errors.length > 0) {
@@ -319,18 +326,33 @@ export function readJsonFile(file: string, what: string): unknown {
   return r.value;
 }
 
-/** A value as the user wrote it (JSON.stringify shows Infinity, from 1e999, as null). */
+/** Longest value or key quoted in a message; longer ones are cut with "...". */
+const MAX_SHOWN_CHARS = 80;
+/** Problems listed per file; the rest are counted ("and K more"). */
+export const MAX_LISTED_PROBLEMS = 20;
+
+function cut(s: string): string {
+  return s.length > MAX_SHOWN_CHARS ? `${s.slice(0, MAX_SHOWN_CHARS)}...` : s;
+}
+
+/** A value as the user wrote it (JSON.stringify shows Infinity, from 1e999, as null), cut to a readable length. */
 function shown(v: unknown): string {
-  return typeof v === "number" && !Number.isFinite(v) ? String(v) : JSON.stringify(v);
+  return cut(typeof v === "number" && !Number.isFinite(v) ? String(v) : (JSON.stringify(v) ?? String(v)));
+}
+
+/** The first MAX_LISTED_PROBLEMS lines, then "and K more". */
+export function capped(lines: readonly string[]): string[] {
+  if (lines.length <= MAX_LISTED_PROBLEMS) return [...lines];
+  return [...lines.slice(0, MAX_LISTED_PROBLEMS), `and ${lines.length - MAX_LISTED_PROBLEMS} more`];
 }
 
 /** typebox's errors as "json/path: what is wrong", one line per distinct problem. */
 function schemaProblems(schema: TSchema, value: unknown): string[] {
   const lines = [...Value.Errors(schema, value)].map((e) => {
-    const path = e.path || "/";
+    const path = cut(e.path || "/");
     const key = path.slice(path.lastIndexOf("/") + 1);
     if (e.type === ValueErrorType.ObjectAdditionalProperties && e.schema.properties) {
-      return `${path}: unknown key "${key}" (expected one of: ${Object.keys(e.schema.properties).join(", ")})`;
+      return `${path}: unknown key "${cut(key)}" (expected one of: ${Object.keys(e.schema.properties).join(", ")})`;
     }
     if (e.type === ValueErrorType.ObjectRequiredProperty) return `${path}: missing required key "${key}"`;
     if (e.schema.anyOf && e.schema.anyOf.every((s: TSchema) => "const" in s)) {
@@ -360,7 +382,7 @@ function failIfAny(sections: readonly Section[]): void {
   if (bad.length === 0) return;
   throw new ConfigError(
     bad
-      .map((s) => (s.whole !== undefined ? `${s.title}: ${s.whole}` : `${s.title} is invalid:\n${s.problems.map((p) => `  ${p}`).join("\n")}`))
+      .map((s) => (s.whole !== undefined ? `${s.title}: ${s.whole}` : `${s.title} is invalid:\n${capped(s.problems).map((p) => `  ${p}`).join("\n")}`))
       .join("\n"),
   );
 }
@@ -384,6 +406,18 @@ function checkModelCfg(
   const problems = [...r.duplicates, ...schemaProblems(ModelCfgSchema, r.value)];
   if (problems.length === r.duplicates.length) problems.push(...modelCfgProblems(r.value as Record<string, unknown>).map((p) => `/${p}`));
   return { cfg: problems.length === 0 ? (r.value as ModelCfg & Record<string, unknown>) : null, sections: [{ title, problems }] };
+}
+
+/** A run the machine cannot hold (src/model/memory.ts), as a problem naming what takes the memory; else null. */
+function memoryProblem(model: ModelCfg, train: TrainCfg, modelCfgFile: string): string | null {
+  const need = estimateRunMemory(model, train);
+  const available = availableMemoryBytes();
+  if (need.total <= available) return null;
+  const parts = need.parts.filter(([, b]) => b > 0).map(([what, b]) => `${what} ${formatBytes(b)}`).join(", ");
+  return (
+    `/train_cfg: this run needs about ${formatBytes(need.total)} of memory (${parts}) with the model of ${modelCfgFile} and B=${train.B}, ` +
+    `eval_batches=${train.eval_batches}, more than the ${formatBytes(available)} available on this machine; use a smaller model, B or eval_batches`
+  );
 }
 
 /** Loads and checks a phase config and its model cfg, collecting every problem. */
@@ -441,6 +475,9 @@ function checkPhaseConfig(
   }
   const sections = [{ title: namedBy ? `${title} (${namedBy.key} of ${namedBy.file})` : title, problems }, ...modelSections];
   if (model === null || sections.some((s) => s.whole !== undefined || s.problems.length > 0)) return { config: null, sections };
+
+  const memory = memoryProblem(model, train, modelCfgFile);
+  if (memory !== null) return { config: null, sections: [{ title, problems: [memory] }] };
 
   const probs = (obj[probsKey] ?? PHASE_DEFAULTS.sources) as Record<string, number>;
   const base = { file: abs, raw: obj, modelCfgFile, modelCfgRaw: model, model: model as ModelCfg, train, sources: mixtureOf(probs, cacheKind), defaulted: defaultsUsed(obj, phase) };

@@ -11,11 +11,13 @@
  * (the layout order), so index i is the i-th tensor of [decay..., no-decay...].
  */
 import { phaseOfTrainCfg } from "../config.ts";
-import { modelCfgDifferences, modelCfgProblems, type ModelCfg } from "../model/config.ts";
+import { modelCfgDifferences, modelCfgProblems, numParamsOf, type ModelCfg } from "../model/config.ts";
 import { numParams, paramLayout, TIED_LM_HEAD, type ParamSpec } from "../model/layout.ts";
 import { CheckpointError, PyDict, PyFloat, PyTuple, Tensor, pyTypeName } from "./pyvalue.ts";
 import type { PyInput, PyValue } from "./pyvalue.ts";
-import { loadTorchFile, saveTorchFile } from "./torchfile.ts";
+import { loadTorchBytes, loadTorchFile, readTorchFile, saveTorchFile } from "./torchfile.ts";
+import { decodedBytesBudget, ValueBudget } from "./budget.ts";
+import { formatBytes } from "../util/input-file.ts";
 
 /** AdamW hyper-parameters as stored in the optimizer's param_groups. */
 export interface AdamHParams {
@@ -166,17 +168,21 @@ class Reader {
     throw new CheckpointError(`${this.source}: ${where}: ${msg}`);
   }
 
-  /** A Python dict / list / scalar tree as JSON-like JS (floats and ints both become numbers). */
-  json(v: PyValue, where: string): unknown {
+  /**
+   * A Python dict / list / scalar tree as JSON-like JS (floats and ints both become numbers),
+   * within the depth and size budget of budget.ts.
+   */
+  json(v: PyValue, where: string, budget = new ValueBudget(this.source, where), depth = 0): unknown {
+    budget.visit(depth);
     if (v === null || typeof v === "string" || typeof v === "boolean" || typeof v === "number" || typeof v === "bigint") return v;
     if (v instanceof PyFloat) return v.value;
-    if (Array.isArray(v)) return v.map((x, i) => this.json(x, `${where}[${i}]`));
-    if (v instanceof PyTuple) return v.items.map((x, i) => this.json(x, `${where}[${i}]`));
+    if (Array.isArray(v)) return v.map((x, i) => this.json(x, `${where}[${i}]`, budget, depth + 1));
+    if (v instanceof PyTuple) return v.items.map((x, i) => this.json(x, `${where}[${i}]`, budget, depth + 1));
     if (v instanceof PyDict) {
       return Object.fromEntries(
         [...v.entries()].map(([k, x]) => {
-          if (typeof k !== "string") this.fail(where, `key ${String(k)} is not a string`);
-          return [k, this.json(x, `${where}.${k}`)];
+          if (typeof k !== "string") this.fail(where, `key ${String(k).slice(0, 80)} is not a string`);
+          return [k, this.json(x, `${where}.${k.slice(0, 80)}`, budget, depth + 1)];
         }),
       );
     }
@@ -212,6 +218,10 @@ class Reader {
     // float16 / bfloat16 widen exactly; anything else would change the values.
     if (v.dtype !== "float32" && v.dtype !== "float16" && v.dtype !== "bfloat16") {
       this.fail(where, `has dtype ${v.dtype}, expected float32`);
+    }
+    // budget.ts: a saved weight has its own elements (a stride-0 view would expand a small file)
+    if (v.numel > v.storage.numel) {
+      this.fail(where, `has ${v.numel} elements over a storage of ${v.storage.numel} (overlapping strides ${`(${v.stride.join(", ")})`}); expected a saved tensor with its own elements`);
     }
     return v.toFloat32();
   }
@@ -354,12 +364,52 @@ function decodeOptimizerState(r: Reader, value: PyValue | undefined, cfg: ModelC
   return { m, v, step: step ?? 0, hparams, trainDefaults };
 }
 
+/** What a checkpoint says about itself, read before any of its tensors. */
+export interface CheckpointHead {
+  modelCfg: ModelCfg;
+  trainCfg: Record<string, unknown>;
+}
+
+export interface DecodeOptions {
+  /** The size of the file the value was read from: the floats decoded must fit a small multiple of it (budget.ts). */
+  fileBytes?: number;
+  /** Called with model_cfg and train_cfg before any tensor is decoded; throws to refuse the checkpoint. */
+  accept?(head: CheckpointHead): void;
+}
+
+/** The first value of a flat buffer failing ok, named by tensor and index, or null. */
+function firstBadValue(cfg: ModelCfg, values: Float32Array, ok: (x: number) => boolean): string | null {
+  for (let i = 0; i < values.length; i++) {
+    if (ok(values[i]!)) continue;
+    const p = paramLayout(cfg).find((q) => i < q.offset + q.size)!;
+    return `[${p.name}][${i - p.offset}] is ${values[i]}`;
+  }
+  return null;
+}
+
+/** Weights and moments a run can go on from: finite, exp_avg_sq >= 0, best_val_loss finite. */
+function checkValues(r: Reader, ckpt: Checkpoint): void {
+  const finite = (x: number) => Number.isFinite(x);
+  const bad = firstBadValue(ckpt.modelCfg, ckpt.params, finite);
+  if (bad) r.fail(`model_state${bad}`, "expected finite weights (a diverged or corrupted checkpoint)");
+  if (ckpt.opt) {
+    const m = firstBadValue(ckpt.modelCfg, ckpt.opt.m, finite);
+    if (m) r.fail(`optimizer_state exp_avg${m}`, "expected finite moments");
+    const v = firstBadValue(ckpt.modelCfg, ckpt.opt.v, (x) => Number.isFinite(x) && x >= 0);
+    if (v) r.fail(`optimizer_state exp_avg_sq${v}`, "expected finite values >= 0 (squared gradients)");
+  }
+  if (ckpt.bestValLoss !== null && !(Number.isFinite(ckpt.bestValLoss) && ckpt.bestValLoss >= 0)) {
+    r.fail("best_val_loss", `is ${ckpt.bestValLoss}, expected a finite loss >= 0 or None`);
+  }
+}
+
 /**
  * The checkpoint in a torch.load result. Tensors are checked by name, size and dtype
  * against the checkpoint's own model_cfg; with expected, the model_cfg must also match
- * it on the shape keys. Errors name source and the key.
+ * it on the shape keys; options.accept sees model_cfg and train_cfg before any tensor
+ * is decoded. Weights and moments must be finite (checkValues). Errors name source and the key.
  */
-export function decodeCheckpoint(value: PyValue, source: string, expected?: ModelCfg): Checkpoint {
+export function decodeCheckpoint(value: PyValue, source: string, expected?: ModelCfg, options: DecodeOptions = {}): Checkpoint {
   const r = new Reader(source);
   if (!(value instanceof PyDict)) return r.fail("checkpoint", `is a ${pyTypeName(value)}, expected a dict with keys ${TOP_KEYS.join(", ")}`);
   const missing = ["model_cfg", "train_cfg", "model_state", "step"].filter((k) => !value.has(k));
@@ -375,23 +425,47 @@ export function decodeCheckpoint(value: PyValue, source: string, expected?: Mode
     if (diff.length > 0) r.fail("model_cfg", `differs from the expected model (checkpoint vs expected: ${diff.join(", ")})`);
   }
   const trainCfg = r.json(r.dict(value.get("train_cfg"), "train_cfg"), "train_cfg") as Record<string, unknown>;
+  options.accept?.({ modelCfg: cfg, trainCfg });
+  const withOptimizer = value.get("optimizer_state") !== null && value.get("optimizer_state") !== undefined;
+  const decodedBytes = 4 * numParamsOf(cfg) * (withOptimizer ? 3 : 1);
+  if (options.fileBytes !== undefined && decodedBytes > decodedBytesBudget(options.fileBytes)) {
+    r.fail("model_cfg", `declares a model of ${numParamsOf(cfg)} parameters (${formatBytes(decodedBytes)} of float32 with its optimizer state), more than a file of ${options.fileBytes} bytes holds; the file is not a checkpoint of that model`);
+  }
   const params = decodeModelState(r, value.get("model_state"), cfg);
   const opt = decodeOptimizerState(r, value.get("optimizer_state"), cfg);
   const step = r.int(value.get("step"), "step");
   if (step < 0) r.fail("step", `is ${step}, expected >= 0`);
   const best = value.get("best_val_loss");
   const bestValLoss = best === undefined || best === null ? null : r.float(best, "best_val_loss");
-  return { modelCfg: cfg, trainCfg, params, opt, step, bestValLoss };
+  const ckpt = { modelCfg: cfg, trainCfg, params, opt, step, bestValLoss };
+  checkValues(r, ckpt);
+  return ckpt;
 }
 
-/** Reads and checks a checkpoint file (written by train or by torch.save). */
-export function loadCheckpoint(path: string, expected?: ModelCfg): Checkpoint {
-  return decodeCheckpoint(loadTorchFile(path), path, expected);
+/** The file size a checkpoint of cfg may have: its float32 weights and moments plus room for the pickle. */
+export function maxCheckpointBytes(cfg: ModelCfg): number {
+  return 3 * 4 * numParamsOf(cfg) + (64 << 20);
+}
+
+/**
+ * Reads and checks a checkpoint file (written by train or by torch.save). With expected,
+ * a file larger than a checkpoint of that model can be is refused before it is read.
+ */
+export function loadCheckpoint(path: string, expected?: ModelCfg, options: LoadOptions = {}): Checkpoint {
+  const maxBytes = options.maxBytes ?? (expected ? maxCheckpointBytes(expected) : undefined);
+  const bytes = readTorchFile(path, maxBytes);
+  return decodeCheckpoint(loadTorchBytes(bytes, path), path, expected, { fileBytes: bytes.length, accept: options.accept });
+}
+
+export interface LoadOptions {
+  /** The largest file accepted (default: maxCheckpointBytes of expected, else the available memory). */
+  maxBytes?: number;
+  accept?: DecodeOptions["accept"];
 }
 
 /** The phase (from train_cfg) of a checkpoint file, or null when train_cfg does not tell. */
-export function phaseOfCheckpointFile(path: string): "pretrain" | "sft" | null {
-  const value = loadTorchFile(path);
+export function phaseOfCheckpointFile(path: string, expected?: ModelCfg): "pretrain" | "sft" | null {
+  const value = loadTorchFile(path, expected ? maxCheckpointBytes(expected) : undefined);
   const r = new Reader(path);
   const top = r.dict(value, "checkpoint");
   const trainCfg = top.get("train_cfg");

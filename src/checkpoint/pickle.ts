@@ -5,6 +5,7 @@
  */
 import { CheckpointError, PyDict, PyFloat, PyGlobal, PyTuple, Tensor, pyTypeName } from "./pyvalue.ts";
 import type { PyInput, PyKey, PyValue } from "./pyvalue.ts";
+import { MAX_INT_BYTES } from "./budget.ts";
 
 const OP = {
   MARK: 0x28, // (
@@ -83,13 +84,17 @@ export function encodeLong(x: bigint): Uint8Array {
   return Uint8Array.from(bytes);
 }
 
+/** Linear time: one hex string, one BigInt (shifting a growing BigInt byte by byte is quadratic). */
 export function decodeLong(bytes: Uint8Array): bigint {
   if (bytes.length === 0) return 0n;
-  let v = 0n;
-  for (let i = bytes.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(bytes[i]!);
+  let hex = "";
+  for (let i = bytes.length - 1; i >= 0; i--) hex += HEX_BYTE[bytes[i]!];
+  let v = BigInt(`0x${hex}`);
   if (bytes[bytes.length - 1]! & 0x80) v -= 1n << BigInt(8 * bytes.length);
   return v;
 }
+
+const HEX_BYTE = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
 
 /** A Python int as a JS number when exact, else a bigint. */
 function intValue(v: bigint): number | bigint {
@@ -457,6 +462,12 @@ class Unpickler {
     }
   }
 
+  /** n, the length of an integer's encoding, unless it exceeds the budget (budget.ts). */
+  private intBytes(n: number, at: number): number {
+    if (n > MAX_INT_BYTES) this.fail(`an integer of ${n} bytes or digits; the limit is ${MAX_INT_BYTES} (a checkpoint's integers need 8)`, at);
+    return n;
+  }
+
   private push(v: StackItem): void {
     this.stack.push(v);
   }
@@ -502,7 +513,7 @@ class Unpickler {
   }
   private appendItems(target: PyValue, items: PyValue[]): void {
     if (!Array.isArray(target)) this.fail(`APPEND(S) on a ${pyTypeName(target)}`);
-    target.push(...items);
+    for (const item of items) target.push(item); // not push(...items): a long batch would overflow the call stack
   }
   private global(module: string, name: string): PyGlobal {
     if (!this.hooks.allowGlobal(module, name)) {
@@ -571,13 +582,14 @@ class Unpickler {
           this.push(this.u16());
           break;
         case OP.LONG1:
-          this.push(intValue(decodeLong(this.take(this.u8()))));
+          this.push(intValue(decodeLong(this.take(this.intBytes(this.u8(), at)))));
           break;
         case OP.LONG4:
-          this.push(intValue(decodeLong(this.take(this.u32()))));
+          this.push(intValue(decodeLong(this.take(this.intBytes(this.u32(), at)))));
           break;
         case OP.INT: {
           const s = this.line();
+          this.intBytes(s.length, at);
           if (s === "00") this.push(false);
           else if (s === "01") this.push(true);
           else if (/^[+-]?\d+$/.test(s)) this.push(intValue(BigInt(s)));
@@ -586,6 +598,7 @@ class Unpickler {
         }
         case OP.LONG: {
           const s = this.line().replace(/L$/, "");
+          this.intBytes(s.length, at);
           if (!/^[+-]?\d+$/.test(s)) this.fail(`bad LONG ${JSON.stringify(s)}`, at);
           this.push(intValue(BigInt(s)));
           break;

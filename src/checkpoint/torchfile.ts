@@ -10,7 +10,8 @@
  *   <archive>/version     "3\n"
  * <archive> is the file name without its extension, as torch.save(obj, path) names it.
  */
-import { readFileSync } from "node:fs";
+import { InputFileError, readInputFile } from "../util/input-file.ts";
+import { availableMemoryBytes } from "../util/memory.ts";
 import { basename } from "node:path";
 import { pickleDump, unpickle } from "./pickle.ts";
 import { CheckpointError, DTYPES, PyDict, PyGlobal, PyTuple, Storage, Tensor, dtypeOfStorageName, pyTypeName } from "./pyvalue.ts";
@@ -157,7 +158,8 @@ export function loadTorchBytes(bytes: Uint8Array, source: string): PyValue {
       return bad(`storage ${key}: record has ${entry.size} bytes, expected ${numel} x ${itemsize} (${dtype}) = ${numel * itemsize}`);
     }
     let raw = zip.data(entry);
-    if ((raw.byteOffset % itemsize) !== 0) raw = raw.slice(); // unaligned: copy once
+    // unaligned (a re-zipped file: `zip -0` does not pad): copy once (Buffer.slice would not copy)
+    if ((raw.byteOffset % itemsize) !== 0) raw = new Uint8Array(raw);
     const storage = new Storage(dtype, DTYPES[dtype].view(raw.buffer, raw.byteOffset, numel));
     storages.set(key, storage);
     return storage;
@@ -214,15 +216,17 @@ export function loadTorchBytes(bytes: Uint8Array, source: string): PyValue {
   });
 }
 
-/** torch.load(path) for the value types above. */
-export function loadTorchFile(path: string): PyValue {
-  let bytes: Uint8Array;
+/** The bytes of a checkpoint file: a regular file of at most maxBytes (src/util/input-file.ts). */
+export function readTorchFile(path: string, maxBytes: number = availableMemoryBytes()): Uint8Array {
   try {
-    bytes = readFileSync(path);
+    return readInputFile(path, { maxBytes, expected: "a PyTorch checkpoint (.pt zip archive)" });
   } catch (e) {
-    const code = (e as { code?: string }).code;
-    const why = code === "ENOENT" ? "no such file" : code === "EISDIR" ? "is a folder" : (e as Error).message;
-    throw new CheckpointError(`${path}: cannot read: ${why}`);
+    if (e instanceof InputFileError) throw new CheckpointError(e.message);
+    throw e;
   }
-  return loadTorchBytes(bytes, path);
+}
+
+/** torch.load(path) for the value types above; maxBytes bounds the file size. */
+export function loadTorchFile(path: string, maxBytes?: number): PyValue {
+  return loadTorchBytes(readTorchFile(path, maxBytes), path);
 }

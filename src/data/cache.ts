@@ -5,7 +5,8 @@
  * special ids, and for SFT the example boundaries (start at 0, strictly increasing,
  * end at num_tokens).
  */
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync } from "node:fs";
+import { inputFileSize, MAX_JSON_FILE_BYTES, readInputFile, readInputText } from "../util/input-file.ts";
 import { basename, dirname, join } from "node:path";
 import { DataError } from "./errors.ts";
 import { type CacheMeta, DTYPE_BYTES, type Dtype, parseMeta } from "./meta.ts";
@@ -45,7 +46,7 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 /** The bytes of a file, memory-mapped when possible (read-only use), else read. */
 export function mapFile(path: string): { bytes: Uint8Array; mapped: boolean } {
-  const size = statSync(path).size;
+  const size = cacheFileSize(path);
   if (size > 0) {
     try {
       return { bytes: Bun.mmap(path, { shared: false }), mapped: true };
@@ -53,10 +54,12 @@ export function mapFile(path: string): { bytes: Uint8Array; mapped: boolean } {
       // fall through: some file systems refuse mmap
     }
   }
-  const buf = readFileSync(path);
-  // typed views need an aligned start; a pooled Buffer may not have one
-  const bytes = buf.byteOffset % 8 === 0 ? new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) : new Uint8Array(buf);
-  return { bytes, mapped: false };
+  return { bytes: readInputFile(path, { maxBytes: Number.MAX_SAFE_INTEGER, expected: "a token cache file" }), mapped: false };
+}
+
+/** The size of a cache file, which must be a regular file (src/util/input-file.ts): a FIFO or device is refused. */
+function cacheFileSize(path: string): number {
+  return inputFileSize(path, { maxBytes: Number.MAX_SAFE_INTEGER, expected: "a token cache file" });
 }
 
 function view(bytes: Uint8Array, dtype: Dtype): TokenArray {
@@ -105,9 +108,9 @@ export function openCache(binPath: string, opts: OpenCacheOptions): TokenCache {
   if (missing.length > 0) {
     throw new DataError(`cache file(s) missing: ${missing.join(", ")}; a cache is <name>.bin plus <name>.bin.meta.json (docs/cache-format.md)`, missing[0]);
   }
-  const meta = parseMeta(readFileSync(metaPath, "utf8"), metaPath, opts.kind, opts.modelV);
+  const meta = parseMeta(readInputText(metaPath, { maxBytes: MAX_JSON_FILE_BYTES, expected: "a cache meta JSON file" }), metaPath, opts.kind, opts.modelV);
   const width = DTYPE_BYTES[meta.dtype];
-  const size = statSync(binPath).size;
+  const size = cacheFileSize(binPath);
   if (size % width !== 0) {
     throw new DataError(`size ${size} bytes is not a multiple of ${width} (dtype ${meta.dtype} in ${basename(metaPath)}): the file is truncated or the dtype is wrong`, binPath);
   }
@@ -153,7 +156,7 @@ function readBoundaryFile(path: string, count: number): Float64Array {
   if (!existsSync(path)) {
     throw new DataError(`boundary file missing: expected ${count} uint64 offsets (named by the cache meta)`, path);
   }
-  const size = statSync(path).size;
+  const size = cacheFileSize(path);
   if (size !== count * 8) {
     throw new DataError(`size ${size} bytes, expected ${count * 8} (count ${count} uint64 offsets from the meta)`, path);
   }

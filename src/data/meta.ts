@@ -3,6 +3,7 @@
  * them (every problem of a meta is reported at once). Format: docs/cache-format.md.
  */
 import { DataError } from "./errors.ts";
+import { jsonDepthExceeds, MAX_JSON_DEPTH } from "../util/input-file.ts";
 import type { CacheKind } from "./paths.ts";
 
 export const CACHE_FORMAT = "train-token-cache";
@@ -47,8 +48,17 @@ function isInt(x: unknown, min = 0): x is number {
  * Parses and checks a meta.json text. `kind` is the kind the cache is opened as (from its
  * directory); `modelV` the vocabulary of the model that will read it.
  */
+/** A value for a message: its JSON, cut after 80 characters. */
+function shortJson(v: unknown): string {
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 80 ? `${s.slice(0, 80)}...` : s;
+}
+
 export function parseMeta(text: string, metaPath: string, kind: CacheKind, modelV: number): CacheMeta {
   let raw: unknown;
+  if (jsonDepthExceeds(text, MAX_JSON_DEPTH)) {
+    throw new DataError(`JSON nested deeper than ${MAX_JSON_DEPTH} levels; expected the cache meta object described in docs/cache-format.md`, metaPath);
+  }
   try {
     raw = JSON.parse(text);
   } catch (e) {
@@ -60,7 +70,7 @@ export function parseMeta(text: string, metaPath: string, kind: CacheKind, model
   const m = raw as Record<string, unknown>;
   const problems: string[] = [];
   const need = (key: string, ok: boolean, expected: string) => {
-    if (!ok) problems.push(key in m ? `"${key}" is ${JSON.stringify(m[key])}, expected ${expected}` : `"${key}" is missing, expected ${expected}`);
+    if (!ok) problems.push(key in m ? `"${key}" is ${shortJson(m[key])}, expected ${expected}` : `"${key}" is missing, expected ${expected}`);
   };
   if ("format" in m) need("format", m.format === CACHE_FORMAT, JSON.stringify(CACHE_FORMAT));
   if ("version" in m) need("version", m.version === CACHE_FORMAT_VERSION, String(CACHE_FORMAT_VERSION));

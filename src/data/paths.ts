@@ -5,7 +5,8 @@
  * An SFT cache may keep its example boundaries in a sidecar `<same path>.idx`, named
  * by its meta (docs/cache-format.md).
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
+import { jsonDepthExceeds, MAX_JSON_DEPTH, MAX_JSON_FILE_BYTES, readInputText } from "../util/input-file.ts";
 import { join } from "node:path";
 import { DataError } from "./errors.ts";
 
@@ -157,7 +158,9 @@ export function missingCacheFiles(root: string, spec: PhaseDataSpec): MissingFil
 /** The sidecar path a meta.json names, if it is readable JSON naming one (else undefined). */
 function sidecarNamedBy(metaPath: string): string | undefined {
   try {
-    const meta = JSON.parse(readFileSync(metaPath, "utf8")) as { boundaries?: unknown };
+    const text = readInputText(metaPath, { maxBytes: MAX_JSON_FILE_BYTES, expected: "a cache meta JSON file" });
+    if (jsonDepthExceeds(text, MAX_JSON_DEPTH)) return undefined;
+    const meta = JSON.parse(text) as { boundaries?: unknown };
     const b = meta.boundaries;
     if (b !== null && typeof b === "object" && !Array.isArray(b) && typeof (b as { file?: unknown }).file === "string") {
       return join(metaPath, "..", (b as { file: string }).file);

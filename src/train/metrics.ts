@@ -44,7 +44,8 @@
  * Reading alone (for the SVG or tools): readMetrics(path).
  */
 
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, writeSync } from "node:fs";
+import { closeSync, constants, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, writeSync } from "node:fs";
+import { readInputText } from "../util/input-file.ts";
 import { dirname } from "node:path";
 import { writeTextAtomic } from "../util/atomic.ts";
 import { InputError } from "../errors";
@@ -186,7 +187,23 @@ function parseText(path: string, text: string): Parsed {
 /** Read and validate a metrics file; a missing file is an empty list; a torn last line is skipped. */
 export function readMetrics(path: string): MetricsRecord[] {
   if (!existsSync(path)) return [];
-  return parseText(path, readFileSync(path, "utf8")).records;
+  return parseText(path, readMetricsText(path)).records;
+}
+
+/** Largest metrics.jsonl read (a record is about 200 bytes: millions of records). */
+const MAX_METRICS_BYTES = 1 << 30;
+
+/** metrics.jsonl as text: a regular file, not a symbolic link (src/util/input-file.ts). */
+function readMetricsText(path: string): string {
+  return readInputText(path, { maxBytes: MAX_METRICS_BYTES, expected: "the run's metrics.jsonl (a regular file written by train)", noFollow: true });
+}
+
+function isSymlink(path: string): boolean {
+  try {
+    return lstatSync(path).isSymbolicLink();
+  } catch {
+    return false;
+  }
 }
 
 function serialize(r: MetricsRecord): string {
@@ -239,8 +256,8 @@ export class MetricsLog {
     }
     let kept: MetricsRecord[] = [];
     mkdirSync(dirname(path), { recursive: true });
-    if (existsSync(path)) {
-      const p = parseText(path, readFileSync(path, "utf8"));
+    if (existsSync(path) || isSymlink(path)) {
+      const p = parseText(path, readMetricsText(path));
       const drop = new Set<MetricsPhase>(o.dropPhases ?? []);
       kept = p.records.filter(
         (r) => !drop.has(r.phase) && !(r.phase === o.phase && (o.resumeStep === null || r.step > o.resumeStep)),
@@ -350,7 +367,8 @@ export class MetricsLog {
   private write(rec: MetricsRecord | null): MetricsRecord | null {
     const recs = rec === null ? this.pending : [...this.pending, rec];
     // fsync: a checkpoint saved after this append must never survive a crash that these lines do not.
-    const fd = openSync(this.path, "a");
+    // O_NOFOLLOW: a symlink put in place of the file must not redirect the append out of checkpoints/
+    const fd = openSync(this.path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o666);
     try {
       writeSync(fd, recs.map(serialize).join(""));
       fsyncSync(fd);

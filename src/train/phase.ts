@@ -100,8 +100,10 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
   const bestPath = join(o.checkpointDir, "best.pt");
   const latestPath = join(o.checkpointDir, "latest.pt");
   const metricsPath = join(o.runDir, "metrics.jsonl");
-  let data = openPhaseData(o.config, o.repoRoot); // validates every cache first: nothing is written before
-  const start = decideStart(o);
+  // Everything is read and checked before anything is written; a signal meanwhile ends the run at once.
+  const load = <T>(read: () => T): T => (o.stop.withDefaultAction ? o.stop.withDefaultAction(read) : read());
+  let data = load(() => openPhaseData(o.config, o.repoRoot));
+  const start = load(() => decideStart(o));
   const print = (line: string) => o.out.write(`${line}\n`);
   // A resume continues with the defaults its run started with (a later version may have changed one).
   let config = o.config;
@@ -120,7 +122,17 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
 
   // What a rerun of the same command resumes from, for the messages of a failed write.
   let onDisk = start.resumedFrom === null ? null : { path: start.resumedFrom, step: start.step };
+  // Files of a newer step written before a later write of the same save failed (latest.pt is written last).
+  let newerWritten: { paths: string[]; step: number } | null = null;
   const intact = () => (onDisk === null ? "no checkpoint of this run is on disk yet" : `${show(o.repoRoot, onDisk.path)} (step ${onDisk.step}) is intact`);
+  /** What a failed write leaves and how to go on, for its message. */
+  const howToGoOn = () => {
+    const stepFile = newerWritten?.paths.find((p) => p !== bestPath);
+    if (newerWritten === null || newerWritten.paths.length === 0) return `${intact()}: fix the cause and run the same command again`;
+    const written = `${newerWritten.paths.map((p) => show(o.repoRoot, p)).join(" and ")} (step ${newerWritten.step}) ${newerWritten.paths.length > 1 ? "were" : "was"} written before it`;
+    const resume = stepFile ? `; to go on from step ${newerWritten.step} fix the cause and run the same command with --resume ${show(o.repoRoot, stepFile)}` : "";
+    return `${onDisk === null ? "" : `${intact()}; `}${written}${resume || ": fix the cause and run the same command again"}`;
+  };
 
   const model = NativeModel.open(config.model, config.train.B, o.device, o.library);
   try {
@@ -184,8 +196,14 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
       if (targets.best) files.push(bestPath);
       if (targets.periodic) files.push(join(o.checkpointDir, `step_${String(step).padStart(7, "0")}.pt`));
       if (targets.periodic || targets.latestOnly) files.push(latestPath);
-      saveCheckpoint(files, ckpt);
-      if (files.includes(latestPath)) onDisk = { path: latestPath, step };
+      const written: string[] = [];
+      newerWritten = { paths: written, step };
+      for (const file of files) {
+        saveCheckpoint(file, ckpt);
+        if (file === latestPath) onDisk = { path: latestPath, step };
+        else written.push(file);
+      }
+      newerWritten = null;
       return files.map((f) => show(o.repoRoot, f));
     };
     const svgPath = join(o.runDir, "loss.svg");
@@ -250,7 +268,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
     }
   } catch (e) {
     if (!(e instanceof FileWriteError)) throw e;
-    throw new FileWriteError(`${e.message}. Training stopped; ${intact()}: fix the cause and run the same command again`, e.path, e.code, { cause: e });
+    throw new FileWriteError(`${e.message}. Training stopped; ${howToGoOn()}`, e.path, e.code, { cause: e });
   } finally {
     model.close();
   }

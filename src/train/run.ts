@@ -107,13 +107,15 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
       return 0;
     }
     // An explicit --resume applies to the phase its checkpoint belongs to (runPhase checks).
-    const resumePhase = req.resume.kind === "path" ? phaseOfCheckpointFile(resumePathOf(env.repoRoot, req.resume.path)) : null;
+    const load = <T>(read: () => T): T => (stop.withDefaultAction ? stop.withDefaultAction(read) : read());
+    const resume = req.resume;
+    const resumePhase = resume.kind === "path" ? load(() => phaseOfCheckpointFile(resumePathOf(env.repoRoot, resume.path), configs.pretrain.model)) : null;
     const sftResume: ResumeRequest = resumePhase === "sft" ? req.resume : req.resume.kind === "none" ? { kind: "none" } : { kind: "auto" };
     // Before hours of pretraining: the SFT caches, and the SFT checkpoint a rerun resumes.
-    openPhaseData(configs.sft, env.repoRoot);
+    load(() => openPhaseData(configs.sft, env.repoRoot));
     // A pretrain run of `--phase pretrain` in checkpoints/ goes where the pipeline keeps its
     // own, to be continued (unless the command asks for another start: --resume, --no-resume).
-    openPhaseData(configs.pretrain, env.repoRoot);
+    load(() => openPhaseData(configs.pretrain, env.repoRoot));
     movePretrainRunAside({
       by: "pipeline",
       repoRoot: env.repoRoot,
@@ -124,7 +126,7 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
       startNew: req.resume.kind === "auto",
       print: (line) => out.write(`${line}\n`),
     });
-    resumeCheckpoint({ config: configs.sft, repoRoot: env.repoRoot, checkpointDir: checkpoints, resume: sftResume });
+    load(() => resumeCheckpoint({ config: configs.sft, repoRoot: env.repoRoot, checkpointDir: checkpoints, resume: sftResume }));
     let pre: PhaseOutcome | null = null;
     if (resumePhase !== "sft") {
       pre = await runPhase({

@@ -5,7 +5,7 @@
  */
 import { existsSync, readdirSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
-import { loadCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
+import { loadCheckpoint, maxCheckpointBytes, type Checkpoint, type CheckpointHead } from "../checkpoint/checkpoint.ts";
 import { INIT_FROM_NONE, loadPhaseConfig, phaseOfTrainCfg, PRETRAIN_CHECKPOINT_DIR, type PhaseConfig, type SftConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { modelCfgDifferences } from "../model/config.ts";
@@ -28,7 +28,7 @@ export function show(repoRoot: string, path: string): string {
 }
 
 /** Refuses a checkpoint of another phase or another model shape, naming what differs. */
-function checkCompatible(ckpt: Checkpoint, path: string, o: ResumeOptions, what: string): void {
+function checkCompatible(ckpt: CheckpointHead, path: string, o: ResumeOptions, what: string): void {
   const { config } = o;
   const phase = phaseOfTrainCfg(ckpt.trainCfg);
   if (phase !== config.phase) {
@@ -110,13 +110,24 @@ export function resumePathOf(repoRoot: string, path: string): string {
   return abs;
 }
 
+/**
+ * A checkpoint of this run's phase and model: the file may be no larger than a checkpoint
+ * of the config's model, and model_cfg and train_cfg are checked before any tensor is read.
+ */
+function loadCompatible(path: string, o: ResumeOptions, what: string): Checkpoint {
+  return loadCheckpoint(path, undefined, { maxBytes: maxCheckpointBytes(o.config.model), accept: (head) => checkCompatible(head, path, o, what) });
+}
+
+/** The newest step_*.pt files the hint below tries (each is read whole: a bounded number). */
+const MAX_HINT_CANDIDATES = 5;
+
 /** Where to go when latest.pt cannot be read: the newest step_*.pt that loads, else a fresh start. */
 function olderCheckpointHint(o: ResumeOptions): string {
-  const steps = readdirSync(o.checkpointDir).filter((f) => /^step_\d+\.pt$/.test(f)).sort().reverse();
+  const steps = readdirSync(o.checkpointDir).filter((f) => /^step_\d+\.pt$/.test(f)).sort().reverse().slice(0, MAX_HINT_CANDIDATES);
   for (const name of steps) {
     const path = join(o.checkpointDir, name);
     try {
-      checkCompatible(loadCheckpoint(path), path, o, "");
+      loadCompatible(path, o, "");
       return `to resume from the newest intact checkpoint pass --resume ${show(o.repoRoot, path)}, or start fresh with --no-resume`;
     } catch {
       // torn or foreign as well: try an older one
@@ -140,21 +151,28 @@ export interface ResumeOptions {
 export function resumeCheckpoint(o: ResumeOptions): { ckpt: Checkpoint; path: string } | null {
   if (o.resume.kind === "path") {
     const path = resumePathOf(o.repoRoot, o.resume.path);
-    const ckpt = loadCheckpoint(path);
-    checkCompatible(ckpt, path, o, "the --resume checkpoint");
-    return { ckpt, path };
+    return { ckpt: loadCompatible(path, o, "the --resume checkpoint"), path };
   }
   const latest = join(o.checkpointDir, "latest.pt");
   if (o.resume.kind === "none" || !existsSync(latest)) return null;
-  let ckpt: Checkpoint;
+  let incompatible: unknown = null;
   try {
-    ckpt = loadCheckpoint(latest);
+    const ckpt = loadCheckpoint(latest, undefined, {
+      maxBytes: maxCheckpointBytes(o.config.model),
+      accept: (head) => {
+        try {
+          checkCompatible(head, latest, o, "the latest checkpoint");
+        } catch (e) {
+          incompatible = e; // a whole checkpoint of another phase or shape: no hint of an older one
+          throw e;
+        }
+      },
+    });
+    return { ckpt, path: latest };
   } catch (e) {
-    if (!(e instanceof InputError)) throw e;
+    if (e === incompatible || !(e instanceof InputError)) throw e;
     throw new InputError(`${(e as Error).message}; ${olderCheckpointHint(o)}`);
   }
-  checkCompatible(ckpt, latest, o, "the latest checkpoint");
-  return { ckpt, path: latest };
 }
 
 export interface Start {
@@ -179,12 +197,15 @@ export function decideStart(o: ResumeOptions & { initFrom: string | null }): Sta
   }
   if (o.initFrom !== null) {
     if (!existsSync(o.initFrom)) throw missingInitFrom(o.repoRoot, config as SftConfig, o.checkpointDir);
-    const ckpt = loadCheckpoint(o.initFrom);
+    const initFrom = o.initFrom;
+    const ckpt = loadCheckpoint(initFrom, undefined, {
+      maxBytes: maxCheckpointBytes(config.model),
+      accept: (head) => {
+        const diff = modelCfgDifferences(head.modelCfg, config.model);
+        if (diff.length > 0) throw new InputError(`${initFrom}: its model differs from ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")})`);
+      },
+    });
     const defaultInit = config.phase === "sft" && config.initFromDefault;
-    const diff = modelCfgDifferences(ckpt.modelCfg, config.model);
-    if (diff.length > 0) {
-      throw new InputError(`${o.initFrom}: its model differs from ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")})`);
-    }
     return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}${defaultInit ? "; init_from omitted: the pretrain best" : ""}), fresh optimizer`, resumedFrom: null, trainDefaults: null };
   }
   const asked = config.phase === "sft" ? ` (init_from "${INIT_FROM_NONE}" in ${show(o.repoRoot, config.file)}: not from pretrained weights)` : "";

@@ -10,6 +10,12 @@ import type { StopSignalName } from "../errors.ts";
 
 export interface StopSignal {
   readonly requested: StopSignalName | null;
+  /**
+   * Runs fn, a long synchronous read before anything is written (a checkpoint, the caches),
+   * with the signals' default action, so that Ctrl-C or SIGTERM ends the process at once
+   * (a JavaScript handler could only run after fn returns).
+   */
+  withDefaultAction?<T>(fn: () => T): T;
 }
 
 /** struct sigaction of libc: its size, where sa_flags sits, and the SA_RESETHAND bit. */
@@ -63,6 +69,10 @@ export class StopOnSignals implements StopSignal {
   private readonly handlers = new Map<NodeJS.Signals, () => void>();
 
   constructor(private readonly notify: (message: string) => void) {
+    this.install();
+  }
+
+  private install(): void {
     for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
       // under nohup SIGHUP is ignored, and must stay so: the run goes on when the terminal closes
       if (signal === "SIGHUP" && withSigaction(signal) === 1n) continue;
@@ -79,6 +89,16 @@ export class StopOnSignals implements StopSignal {
     this.dispose();
     this.requested = signal;
     this.notify(`${signal}: finishing the current step, then saving latest.pt (send it again to stop at once)`);
+  }
+
+  withDefaultAction<T>(fn: () => T): T {
+    const armed = this.handlers.size > 0;
+    this.dispose();
+    try {
+      return fn();
+    } finally {
+      if (armed) this.install();
+    }
   }
 
   dispose(): void {
