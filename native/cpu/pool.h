@@ -31,6 +31,10 @@ void gpt_pool_run_n(gpt_pool* p, gpt_task_fn fn, void* ctx, int n);
  * decides how small loops stay on one thread: set it to 1 to split everything (tests). */
 #define GPT_POOL_GRAIN 100000
 int gpt_pool_threads_for(const gpt_pool* p, double work);
+/* A parallel loop on as many threads as `work` is worth. */
+static inline void gpt_pool_run_for(gpt_pool* p, gpt_task_fn fn, void* ctx, double work) {
+    gpt_pool_run_n(p, fn, ctx, gpt_pool_threads_for(p, work));
+}
 void gpt_pool_set_grain(gpt_pool* p, double grain);
 
 /* ---- lanes that lend their thread when done ----
