@@ -1,7 +1,9 @@
 /*
- * model.c: the CPU backend. A GPT-2 training step (forward, backward, global-norm
- * clipping, AdamW) over one parameter buffer, one gradient buffer, one activation
- * buffer and one work buffer, all allocated at create: a step allocates nothing.
+ * model.c: the CPU backend. A GPT-2 training step over one parameter buffer, one
+ * gradient buffer, one activation buffer and one work buffer, all allocated at create:
+ * a step allocates nothing. The step reads as llm.c's train_gpt2.c, in this order below:
+ * forward (to the final LayerNorm), lm_head (logits, loss, and their backward chunk by
+ * chunk), backward, then global-norm clipping and AdamW (update).
  * Memory as llm.c: what is cheap to recompute is not saved (see layer_a), buffers the
  * layers use one after the other are shared, the LM head holds one chunk of logits.
  *

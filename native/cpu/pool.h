@@ -43,7 +43,7 @@ void gpt_pool_set_grain(gpt_pool* p, double grain);
  * on it runs the loop on the lane's thread alone, or, when the loop is worth two threads
  * and the thread of a lane that is done is waiting in gpt_team_help, on both (the waiting
  * one as tid 1 of 2). Which way a loop runs depends on timing, so only loops whose
- * results do not depend on the thread count may run there (every kernel of kernels.c
+ * results do not depend on the thread count may run there (every kernel of kernels_*.c
  * splits its work so). On a shared machine one core is often slower than the other for
  * a while; the lanes then finish at different times, and the early one helps. */
 typedef struct gpt_team gpt_team;
