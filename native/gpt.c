@@ -33,7 +33,6 @@ struct gpt {
  * only); returns the total float count. cfg must be valid (check_cfg). */
 static int64_t gpt_layout(const gpt_cfg* cfg, gpt_tensor* out) {
     const int64_t V = cfg->V, T = cfg->T, C = cfg->C, F = cfg->d_ff;
-    (void)V, (void)T, (void)F;
     int64_t off = 0, i = 0;
     int32_t layer = -1;
 #define TENSOR(field, key, d0, d1)                                                                    \
