@@ -4,9 +4,9 @@
  *
  *   bun bench/ab.ts [--shape S1|S2|S3|S4] [--steps 40] [--instances 3] "A_ENV=1 B_ENV=x" "A_ENV=0"
  *
- * Each argument is a list of environment settings (read by gpt_create), where LIB=path
- * instead picks the native library file (another build of it). Both models are
- * created in this process (the variables set in the C environment just before each create),
+ * Each argument is a list of environment settings (the native options, read by
+ * nativeOptions in src/backend/native.ts), where LIB=path instead picks the native
+ * library file (another build of it). Both models are created in this process,
  * then train on the same batches with their steps alternating A, B, A, B, ... so that
  * slow phases of the machine hit both alike. Prints the median step time of each (with its
  * best and worst instance) and B/A of the medians. (At S4 an instance holds 2 GB of parameters,
@@ -17,8 +17,7 @@
  * (where its buffers landed in memory; measured: 1.029x and 0.995x for one library
  * against a copy of itself), which a single pair would report as a difference.
  */
-import { NativeModel, openLibrary } from "../src/backend/native.ts";
-import { setNativeEnv } from "../src/backend/native-env.ts";
+import { NativeModel, nativeOptions, openLibrary } from "../src/backend/native.ts";
 import { initParams } from "../src/model/layout.ts";
 import { Rng } from "../src/util/random.ts";
 import { buildNative } from "../scripts/build-native.ts";
@@ -38,9 +37,8 @@ function open(setting: string): NativeModel {
   const all = setting.split(/\s+/).filter((s) => s !== "").map((s) => s.split("=") as [string, string]);
   const lib = all.find(([k]) => k === "LIB")?.[1];
   const pairs = all.filter(([k]) => k !== "LIB");
-  for (const [k, v] of pairs) setNativeEnv(k, v ?? "");
-  const m = NativeModel.open(shape.cfg, shape.B, "cpu", lib ? openLibrary(lib) : undefined);
-  for (const [k] of pairs) setNativeEnv(k, null);
+  const options = nativeOptions({ ...process.env, ...Object.fromEntries(pairs) });
+  const m = NativeModel.open(shape.cfg, shape.B, "cpu", lib ? openLibrary(lib) : undefined, options);
   m.setParams(initParams(shape.cfg, 1));
   m.setOptState(null, null, 0);
   return m;

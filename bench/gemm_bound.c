@@ -74,7 +74,7 @@ static void add(gemm_list* l, int ta, int tb, long M, long N, long K, float beta
  * and dW += dy^T x (beta 1: the lane's gradient buffer accumulates). The forward GEMMs of
  * attention's and the MLP's projections run with beta 1 over the residual (plus bias)
  * written into their output first; so do qkv's and fc's over their bias, unless the small
- * GEMM takes them and starts its sums from the bias (kernels.c's fwd_bias_job): beta 0. */
+ * GEMM takes them and starts its sums from the bias (kernels_matmul.c's fwd_bias_job): beta 0. */
 static void build(gemm_list* l, long V, long C, long L, long F, long n, float* const* W, const float* wte) {
     const long shape[4][2] = {{3 * C, C}, {C, C}, {F, C}, {C, F}}; /* (out, in): qkv, attn proj, fc, mlp proj */
     for (long layer = 0; layer < L; layer++)

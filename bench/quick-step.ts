@@ -22,7 +22,7 @@ const threads = Number(arg("threads", "0"));
 const device = arg("device", "cpu") as "cpu" | "mps";
 const profile = process.argv.includes("--profile");
 if (profile && process.env.GPT_PROFILE !== "1") {
-  // the library reads GPT_PROFILE from the process environment at gpt_create: re-run with it set
+  // NativeModel.open reads GPT_PROFILE from the environment (nativeOptions): re-run with it set
   const p = Bun.spawnSync([process.execPath, ...process.argv.slice(1)], {
     env: { ...process.env, GPT_PROFILE: "1" },
     stdout: "inherit",

@@ -1,6 +1,7 @@
 /*
  * gpt.c: the public ABI of native/include/gpt.h. Validates every argument once, here,
- * then dispatches to the backend chosen at gpt_create (native/cpu/backend.h).
+ * lays out the parameters (native/layout.h), then dispatches to the backend chosen at
+ * gpt_create (native/backend.h).
  */
 #include <math.h>
 #include <stdarg.h>
@@ -8,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu/backend.h"
+#include "backend.h"
 #include "include/gpt.h"
 
 /* Largest accepted value of any dimension (V, T, C, L, H, d_ff, B): keeps every index
@@ -20,58 +21,47 @@
 struct gpt {
     const gpt_backend* be;
     void* impl;
-    gpt_cfg cfg;
-    int32_t B;
+    gpt_spec spec; /* what the backend was built from; spec.tensors is owned here */
     char err[GPT_ERR_LEN];
 };
 
 #define EXPORT __attribute__((visibility("default")))
 
-void gpt_errf(char* err, size_t errlen, const char* fmt, ...) {
-    if (!err || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- layout ---- */
 
-int64_t gpt_layout_count(const gpt_cfg* cfg) { return 4 + 12 * (int64_t)cfg->L; }
-
-int64_t gpt_layout(const gpt_cfg* cfg, gpt_tensor* out) {
+/* Fills out[0 .. gpt_tensor_count(cfg)) from the lists of layout.h (out NULL: counts
+ * only); returns the total float count. cfg must be valid (check_cfg). */
+static int64_t gpt_layout(const gpt_cfg* cfg, gpt_tensor* out) {
     const int64_t V = cfg->V, T = cfg->T, C = cfg->C, F = cfg->d_ff;
     int64_t off = 0, i = 0;
-#define ADD(r, c, d)                                                        \
-    do {                                                                    \
-        out[i].offset = off;                                                \
-        out[i].rows = (r);                                                  \
-        out[i].cols = (c);                                                  \
-        out[i].size = (r) * (c);                                            \
-        out[i].decay = (d);                                                 \
-        off += out[i].size;                                                 \
-        i++;                                                                \
-    } while (0)
-    ADD(V, C, 1); /* wte */
-    ADD(T, C, 1); /* wpe */
-    for (int64_t l = 0; l < cfg->L; l++) {
-        ADD(1, C, 0);     /* ln_1.weight */
-        ADD(1, C, 0);     /* ln_1.bias */
-        ADD(3 * C, C, 1); /* attn.c_attn.weight */
-        ADD(1, 3 * C, 0); /* attn.c_attn.bias */
-        ADD(C, C, 1);     /* attn.c_proj.weight */
-        ADD(1, C, 0);     /* attn.c_proj.bias */
-        ADD(1, C, 0);     /* ln_2.weight */
-        ADD(1, C, 0);     /* ln_2.bias */
-        ADD(F, C, 1);     /* mlp.c_fc.weight */
-        ADD(1, F, 0);     /* mlp.c_fc.bias */
-        ADD(C, F, 1);     /* mlp.c_proj.weight */
-        ADD(1, C, 0);     /* mlp.c_proj.bias */
+    int32_t layer = -1;
+#define TENSOR(field, key, d0, d1)                                                                    \
+    do {                                                                                              \
+        const int64_t size_ = (int64_t)(d0) * ((d1) > 0 ? (int64_t)(d1) : 1);                          \
+        if (out)                                                                                      \
+            out[i] = (gpt_tensor){.name = key, .layer = layer, .rank = (d1) > 0 ? 2 : 1,               \
+                                  .shape = {(d0), (d1) > 0 ? (d1) : 1}, .offset = off, .size = size_, \
+                                  .decay = (d1) > 0};                                                 \
+        off += size_;                                                                                 \
+        i++;                                                                                          \
+    } while (0);
+    GPT_LAYOUT_HEAD(TENSOR)
+    for (layer = 0; layer < cfg->L; layer++) {
+        GPT_LAYOUT_LAYER(TENSOR)
     }
-    ADD(1, C, 0); /* ln_f.weight */
-    ADD(1, C, 0); /* ln_f.bias */
-#undef ADD
+    layer = -1;
+    GPT_LAYOUT_TAIL(TENSOR)
+#undef TENSOR
     return off;
+}
+
+/* Floats of cfg's layout, in double: a guard before anything is laid out (each dimension
+ * is at most 2^24; their products are not). */
+static double layout_floats(const gpt_cfg* cfg) {
+    const gpt_cfg one_block = {.V = cfg->V, .T = cfg->T, .C = cfg->C, .L = 1, .H = cfg->H, .d_ff = cfg->d_ff};
+    const gpt_cfg no_block = {.V = cfg->V, .T = cfg->T, .C = cfg->C, .L = 0, .H = cfg->H, .d_ff = cfg->d_ff};
+    const double outside = (double)gpt_layout(&no_block, NULL);
+    return outside + (double)cfg->L * ((double)gpt_layout(&one_block, NULL) - outside);
 }
 
 /* ---- validation ---- */
@@ -99,9 +89,7 @@ static int check_cfg(const gpt_cfg* cfg, char* err, size_t errlen) {
                  cfg->H);
         return 1;
     }
-    /* in double: each dimension is at most 2^24, the products are not */
-    const double C = cfg->C, F = cfg->d_ff;
-    const double P = (double)cfg->V * C + (double)cfg->T * C + cfg->L * (4.0 * C * C + 2.0 * F * C + F + 9.0 * C) + 2.0 * C;
+    const double P = layout_floats(cfg);
     if (P > GPT_MAX_PARAMS) {
         gpt_errf(err, errlen, "model cfg V=%d T=%d C=%d L=%d d_ff=%d has %.3g parameters: too large (at most %.3g)",
                  cfg->V, cfg->T, cfg->C, cfg->L, cfg->d_ff, P, GPT_MAX_PARAMS);
@@ -119,19 +107,19 @@ static int check_tokens(const gpt_t* g, const int32_t* x, const int32_t* y, char
         gpt_errf(err, errlen, "target token buffer y is NULL");
         return 1;
     }
-    const int64_t n = (int64_t)g->B * g->cfg.T;
-    const int32_t V = g->cfg.V;
+    const int64_t T = g->spec.cfg.T, n = (int64_t)g->spec.B * T;
+    const int32_t V = g->spec.cfg.V;
     for (int64_t i = 0; i < n; i++) {
         if (x[i] < 0 || x[i] >= V) {
             gpt_errf(err, errlen, "input token x[%lld] (batch row %lld, position %lld) = %d is out of range: expected an id in [0, V=%d)",
-                     (long long)i, (long long)(i / g->cfg.T), (long long)(i % g->cfg.T), x[i], V);
+                     (long long)i, (long long)(i / T), (long long)(i % T), x[i], V);
             return 1;
         }
     }
     for (int64_t i = 0; i < n; i++) {
         if (y[i] != -100 && (y[i] < 0 || y[i] >= V)) {
             gpt_errf(err, errlen, "target y[%lld] (batch row %lld, position %lld) = %d is invalid: expected an id in [0, V=%d) or -100 (ignored)",
-                     (long long)i, (long long)(i / g->cfg.T), (long long)(i % g->cfg.T), y[i], V);
+                     (long long)i, (long long)(i / T), (long long)(i % T), y[i], V);
             return 1;
         }
     }
@@ -167,6 +155,23 @@ static int check_hparams(const gpt_hparams* h, char* err, size_t errlen) {
     return 0;
 }
 
+static int check_range(const char* name, int32_t v, int32_t lo, int32_t hi, const char* meaning, char* err,
+                       size_t errlen) {
+    if (v >= lo && v <= hi) return 0;
+    gpt_errf(err, errlen, "option %s=%d is invalid: expected %s", name, v, meaning);
+    return 1;
+}
+
+static int check_options(const gpt_options* o, char* err, size_t errlen) {
+    return check_range("profile", o->profile, 0, 1, "0 (off) or 1 (on)", err, errlen) ||
+           check_range("recompute", o->recompute, 0, 2, "0 (auto), 1 (always) or 2 (never)", err, errlen) ||
+           check_range("head_chunk_rows", o->head_chunk_rows, 0, GPT_MAX_DIM, "0 (auto) or a row count", err,
+                       errlen) ||
+           check_range("lanes", o->lanes, 0, 2, "0 (auto), 1 (one lane) or 2 (a lane per thread)", err, errlen) ||
+           check_range("lane_help", o->lane_help, 0, 2, "0 (on), 1 (off) or 2 (test)", err, errlen) ||
+           check_range("mps_embedding", o->mps_embedding, 0, 1, "0 (one-hot) or 1 (gather)", err, errlen);
+}
+
 static const gpt_backend* backend_for(int32_t device) {
     if (device == GPT_DEVICE_CPU) return &gpt_cpu_backend;
 #if defined(GPT_HAVE_MPS)
@@ -197,14 +202,15 @@ EXPORT int32_t gpt_device_available(int32_t device) {
 
 EXPORT int64_t gpt_num_params(const gpt_cfg* cfg) {
     if (check_cfg(cfg, NULL, 0)) return -1;
-    const int64_t V = cfg->V, T = cfg->T, C = cfg->C, L = cfg->L, F = cfg->d_ff;
-    return V * C + T * C + L * (4 * C + 3 * C * C + 3 * C + C * C + C + 2 * F * C + F + C) + 2 * C;
+    return gpt_layout(cfg, NULL);
 }
 
-EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, char* err, int32_t errlen) {
+EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, const gpt_options* opt, char* err,
+                         int32_t errlen) {
     char local[GPT_ERR_LEN];
     local[0] = '\0';
     gpt_t* g = NULL;
+    gpt_tensor* tensors = NULL;
     const gpt_backend* be = NULL;
     if (check_cfg(cfg, local, sizeof local)) goto fail;
     if (B < 1 || B > GPT_MAX_DIM) {
@@ -216,6 +222,7 @@ EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, char* er
                  (long long)B * cfg->T);
         goto fail;
     }
+    if (opt && check_options(opt, local, sizeof local)) goto fail;
     be = backend_for(device);
     if (device != GPT_DEVICE_CPU && device != GPT_DEVICE_MPS) {
         gpt_errf(local, sizeof local, "unknown device %d: expected %d (cpu) or %d (mps)", device, GPT_DEVICE_CPU,
@@ -228,18 +235,21 @@ EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, char* er
         goto fail;
     }
     g = (gpt_t*)calloc(1, sizeof *g);
-    if (!g) {
+    tensors = (gpt_tensor*)calloc((size_t)gpt_tensor_count(cfg), sizeof(gpt_tensor));
+    if (!g || !tensors) {
         gpt_errf(local, sizeof local, "out of memory");
         goto fail;
     }
     g->be = be;
-    g->cfg = *cfg;
-    g->B = B;
-    g->impl = be->create(cfg, B, local, sizeof local);
+    g->spec = (gpt_spec){.cfg = *cfg, .B = B, .tensors = tensors, .n_tensors = gpt_tensor_count(cfg)};
+    if (opt) g->spec.opt = *opt;
+    g->spec.n_params = gpt_layout(cfg, tensors);
+    g->impl = be->create(&g->spec, local, sizeof local);
     if (!g->impl) goto fail;
     if (err && errlen > 0) err[0] = '\0';
     return g;
 fail:
+    free(tensors);
     free(g);
     if (err && errlen > 0) gpt_errf(err, (size_t)errlen, "gpt_create: %s", local[0] ? local : "failed");
     return NULL;
@@ -248,6 +258,7 @@ fail:
 EXPORT void gpt_free(gpt_t* g) {
     if (!g) return;
     g->be->destroy(g->impl);
+    free((void*)g->spec.tensors);
     free(g);
 }
 

@@ -86,7 +86,7 @@ describe("gpt_create rejects bad configurations with a message", () => {
   });
   test("unknown or unavailable device", () => {
     const err = new Uint8Array(256);
-    const h = lib.gpt_create(Int32Array.of(CFG.V, CFG.T, CFG.C, CFG.L, CFG.H, CFG.d_ff), B, 7, err, err.length);
+    const h = lib.gpt_create(Int32Array.of(CFG.V, CFG.T, CFG.C, CFG.L, CFG.H, CFG.d_ff), B, 7, null, err, err.length);
     expect(h).toBeNull();
     expect(new TextDecoder().decode(err.subarray(0, err.indexOf(0)))).toContain("unknown device 7");
     if (process.platform !== "darwin") {
@@ -94,6 +94,20 @@ describe("gpt_create rejects bad configurations with a message", () => {
       expect(() => NativeModel.open(CFG, B, "mps", lib)).toThrow("not available");
     }
     expect(lib.gpt_device_available(0)).toBe(1);
+  });
+  test("options out of range are refused with the option's name", () => {
+    const err = new Uint8Array(256);
+    const cfg = Int32Array.of(CFG.V, CFG.T, CFG.C, CFG.L, CFG.H, CFG.d_ff);
+    // gpt_options: profile, recompute, head_chunk_rows, lanes, lane_help, mps_embedding
+    for (const [i, name] of [[1, "recompute"], [2, "head_chunk_rows"], [3, "lanes"], [5, "mps_embedding"]] as const) {
+      const opts = new Int32Array(6);
+      opts[i] = -1;
+      expect(lib.gpt_create(cfg, B, 0, opts, err, err.length)).toBeNull();
+      expect(new TextDecoder().decode(err.subarray(0, err.indexOf(0)))).toContain(`option ${name}=-1 is invalid`);
+    }
+    const p = lib.gpt_create(cfg, B, 0, new Int32Array(6), err, err.length); // zeroed: the defaults
+    expect(p).not.toBeNull();
+    lib.gpt_free(p);
   });
   test("gpt_num_params agrees with the TypeScript layout, -1 for a bad cfg", () => {
     expect(Number(lib.gpt_num_params(Int32Array.of(CFG.V, CFG.T, CFG.C, CFG.L, CFG.H, CFG.d_ff)))).toBe(numParams(CFG));
@@ -153,7 +167,7 @@ describe("null pointers at the raw ABI return an error, never crash", () => {
   const n = B * CFG.T;
   beforeAll(() => {
     const err = new Uint8Array(256);
-    const p = lib.gpt_create(Int32Array.of(CFG.V, CFG.T, CFG.C, CFG.L, CFG.H, CFG.d_ff), B, 0, err, err.length);
+    const p = lib.gpt_create(Int32Array.of(CFG.V, CFG.T, CFG.C, CFG.L, CFG.H, CFG.d_ff), B, 0, null, err, err.length);
     if (p === null || typeof p === "bigint") throw new Error("gpt_create failed");
     h = p;
   });
@@ -194,9 +208,9 @@ describe("null pointers at the raw ABI return an error, never crash", () => {
     expect(lib.gpt_profile_report(null, new Uint8Array(8), 8)).toBe(0);
     lib.gpt_free(null);
     const err = new Uint8Array(128);
-    expect(lib.gpt_create(null, B, 0, err, err.length)).toBeNull();
+    expect(lib.gpt_create(null, B, 0, null, err, err.length)).toBeNull();
     expect(new TextDecoder().decode(err.subarray(0, err.indexOf(0)))).toContain("model cfg is NULL");
-    expect(lib.gpt_create(null, B, 0, null, 0)).toBeNull();
+    expect(lib.gpt_create(null, B, 0, null, null, 0)).toBeNull();
   });
 });
 

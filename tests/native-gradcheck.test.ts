@@ -1,7 +1,7 @@
 /**
  * Every forward and backward kernel of the CPU backend in isolation against a reference
  * in double (central differences of it, or its chain rule for attention): compiles
- * tests/native/gradcheck.c against native/cpu/kernels.c (cc from PATH, the same BLAS as
+ * tests/native/gradcheck.c against native/cpu/kernels_*.c (cc from PATH, the same BLAS as
  * the library) and runs it with 3 threads (uneven splits) and with 1. Each line carries
  * its own tolerance (~10x the error of the correct kernel); they are parsed here, one
  * test per kernel.
@@ -32,7 +32,7 @@ function runGradcheck(threads: number): { lines: Line[]; code: number; out: stri
 }
 
 beforeAll(() => {
-  buildProgram([join(ROOT, "tests", "native", "gradcheck.c"), join(NATIVE, "cpu", "kernels.c"), join(NATIVE, "cpu", "sgemm_small.c"), join(NATIVE, "cpu", "pool.c")], BIN);
+  buildProgram([join(ROOT, "tests", "native", "gradcheck.c"), ...["matmul", "attention", "misc"].map((f) => join(NATIVE, "cpu", `kernels_${f}.c`)), join(NATIVE, "cpu", "sgemm_small.c"), join(NATIVE, "cpu", "pool.c")], BIN);
 }, 120_000);
 
 for (const threads of [3, 1]) {

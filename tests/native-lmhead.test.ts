@@ -9,7 +9,7 @@
  *    summed after) must agree with one lane whose every op is split over both threads;
  *  - a lane's ops run on its own thread or, when the other lane is done, on both: the
  *    results must be the same bit for bit.
- * GPT_HEAD_CHUNK_ROWS, GPT_RECOMPUTE, GPT_LANES and GPT_LANE_HELP are read at gpt_create: every setting
+ * GPT_HEAD_CHUNK_ROWS, GPT_RECOMPUTE, GPT_LANES and GPT_LANE_HELP are read by NativeModel.open (the native options): every setting
  * runs in its own process.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";

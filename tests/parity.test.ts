@@ -10,7 +10,6 @@ import { join } from "node:path";
 import type { ModelCfg } from "../src/model/config.ts";
 import { initParams, paramLayout } from "../src/model/layout.ts";
 import { NativeModel } from "../src/backend/native.ts";
-import { setNativeEnv } from "../src/backend/native-env.ts";
 import { PARITY_HP, randomBatches, relScalar, tensorMismatches, type ParityCase } from "./helpers/compare.ts";
 import { makeTempDir, readF32, readJson, removeDir, runPython, torchVersion, writeArray, writeJson } from "./helpers/torch.ts";
 
@@ -69,7 +68,7 @@ const prepared = new Map<string, Prepared>();
 beforeAll(() => {
   torchVersion(); // a clear error when python3 or torch is missing
   // batch-parallel lanes even at these tiny batches (see the two threads below)
-  setNativeEnv("GPT_LANES", "all");
+  process.env.GPT_LANES = "all"; // read by NativeModel.open (nativeOptions)
   for (const c of CASES) {
     const dir = makeTempDir("parity-");
     const params = initParams(c.cfg, c.seed);
@@ -88,7 +87,7 @@ beforeAll(() => {
 });
 
 afterAll(() => {
-  setNativeEnv("GPT_LANES", null);
+  delete process.env.GPT_LANES;
   for (const p of prepared.values()) removeDir(p.dir);
 });
 

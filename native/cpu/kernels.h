@@ -7,6 +7,10 @@
  * it runs on (NULL: the calling thread only). Work is split statically, reductions
  * are summed in a fixed order: results are bit-identical run to run for a fixed
  * thread count. "Overwrites" and "adds to" below say what happens to an output.
+ *
+ * Implemented by family: kernels_matmul.c (the linear layers, their fused bias,
+ * residual and GELU, the GELU alone), kernels_attention.c (attention), kernels_misc.c
+ * (embedding, LayerNorm, residual, softmax + cross-entropy, row gather, norm, AdamW).
  */
 #ifndef GPT_KERNELS_H
 #define GPT_KERNELS_H
@@ -73,6 +77,11 @@ void k_matmul_bwd_gelu_grad(gpt_pool* p, float* dinp, float* dW, float* dbias, c
 void k_matmul_bwd_add(gpt_pool* p, float* dinp, float* dW, const float* dout, const float* inp,
                       const float* W, int64_t N, int IC, int OC);
 
+/* C(M,N) = alpha op(A) op(B) + beta C, row-major (op: transposed when ta / tb), on the
+ * calling thread: one GEMM of a kernel that splits its own work (attention's heads). */
+void k_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+             const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
 /* ---- causal self-attention, H heads of hs = C/H, scale 1/sqrt(hs) ---- */
 /* Floats of scratch either attention kernel needs with nthreads threads (two T x T
  * tiles and two packed heads per thread). */
@@ -109,8 +118,6 @@ void k_softmax_ce(gpt_pool* p, float* logits, float* losses, const int32_t* y, i
 /* ---- row selection (the LM head runs on the rows with a counted target only) ---- */
 /* dst[k] = src[rows[k]] for k < n (rows of C floats). */
 void k_gather_rows(gpt_pool* p, float* dst, const float* src, const int32_t* rows, int64_t n, int C);
-/* dst (N rows) = 0, then dst[rows[k]] = src[k] for k < n; rows strictly increasing. */
-void k_scatter_rows(gpt_pool* p, float* dst, const float* src, const int32_t* rows, int64_t n, int64_t N, int C);
 
 /* ---- optimizer ---- */
 /* Floats... doubles of scratch k_sumsq needs for n values. */

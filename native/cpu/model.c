@@ -1,7 +1,9 @@
 /*
- * model.c: the CPU backend. A GPT-2 training step (forward, backward, global-norm
- * clipping, AdamW) over one parameter buffer, one gradient buffer, one activation
- * buffer and one work buffer, all allocated at create: a step allocates nothing.
+ * model.c: the CPU backend. A GPT-2 training step over one parameter buffer, one
+ * gradient buffer, one activation buffer and one work buffer, all allocated at create:
+ * a step allocates nothing. The step reads as llm.c's train_gpt2.c, in this order below:
+ * forward (to the final LayerNorm), lm_head (logits, loss, and their backward chunk by
+ * chunk), backward, then global-norm clipping and AdamW (update).
  * Memory as llm.c: what is cheap to recompute is not saved (see layer_a), buffers the
  * layers use one after the other are shared, the LM head holds one chunk of logits.
  *
@@ -30,7 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "backend.h"
+#include "../backend.h"
 #include "blas.h"
 #include "kernels.h"
 #include "pool.h"
@@ -42,14 +44,20 @@
 /* Recomputable activations are kept while all layers' copies take at most this (floats). */
 #define KEEP_FLOATS (16 << 20)
 
+/* Views of the tensors of one flat buffer (parameters or gradients), one field per
+ * tensor of native/layout.h: wte, wpe, lnfw, lnfb and each block's ln1w, ln1b, qkvw,
+ * qkvb, projw, projb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb. */
+#define VIEW_FIELD(field, name, d0, d1) float* field;
 typedef struct {
-    float *ln1w, *ln1b, *qkvw, *qkvb, *projw, *projb, *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
+    GPT_LAYOUT_LAYER(VIEW_FIELD)
 } layer_w;
 
 typedef struct {
-    float *wte, *wpe, *lnfw, *lnfb;
+    GPT_LAYOUT_HEAD(VIEW_FIELD)
+    GPT_LAYOUT_TAIL(VIEW_FIELD)
     layer_w* l; /* L of them */
 } weights;
+#undef VIEW_FIELD
 
 /* Saved activations of one block. res_out is the block's output (the next block's input).
  * What is cheap to recompute is not kept (as llm.c does): LayerNorm outputs (from the
@@ -101,6 +109,7 @@ typedef struct {
 } lane;
 
 typedef struct {
+    const gpt_spec* spec; /* cfg, B, options, layout (gpt.c's, unchanged while we live) */
     gpt_cfg cfg;
     int B;
     int64_t N, P;
@@ -152,15 +161,28 @@ static double now_sec(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Timers of lane 0 (in batch-parallel runs, what the caller thread saw) */
-#define PROF_BEGIN(prof) double prof_t0_ = (prof) ? now_sec() : 0.0
-#define PROF_END(prof, op)                                \
-    do {                                                  \
-        if (prof) {                                       \
-            double t1_ = now_sec();                       \
-            (prof)[op] += t1_ - prof_t0_;                 \
-            prof_t0_ = t1_;                               \
-        }                                                 \
+/* Lane 0's per-op clock (in batch-parallel runs, what the caller thread saw): acc NULL
+ * when profiling is off. */
+typedef struct {
+    double* acc;
+    double t;
+} timer;
+
+static timer timer_start(double* acc) { return (timer){acc, acc ? now_sec() : 0.0}; }
+
+static inline void timer_lap(timer* tm, int op) {
+    if (!tm->acc) return;
+    const double t = now_sec();
+    tm->acc[op] += t - tm->t;
+    tm->t = t;
+}
+
+/* OP(P_x, call): runs one op and charges the time since the last lap (the op, and any
+ * recomputation just before it) to counter P_x of the function's timer tm. */
+#define OP(id, ...)              \
+    do {                         \
+        __VA_ARGS__;             \
+        timer_lap(&tm, (id));    \
     } while (0)
 
 /* ---- memory ---- */
@@ -241,30 +263,19 @@ static double estimate_floats(const gpt_cfg* cfg, int B, double P) {
            4.0 * (T * T) * 256;
 }
 
-static void set_views(const cpu_model* g, float* base, weights* w) {
-    const int64_t C = g->cfg.C, F = g->cfg.d_ff;
-    float* p = base;
-    w->wte = p;
-    p += (int64_t)g->cfg.V * C;
-    w->wpe = p;
-    p += (int64_t)g->cfg.T * C;
-    for (int l = 0; l < g->cfg.L; l++) {
-        layer_w* L = &w->l[l];
-        L->ln1w = p; p += C;
-        L->ln1b = p; p += C;
-        L->qkvw = p; p += 3 * C * C;
-        L->qkvb = p; p += 3 * C;
-        L->projw = p; p += C * C;
-        L->projb = p; p += C;
-        L->ln2w = p; p += C;
-        L->ln2b = p; p += C;
-        L->fcw = p; p += F * C;
-        L->fcb = p; p += F;
-        L->fcprojw = p; p += C * F;
-        L->fcprojb = p; p += C;
+/* Points w's views into buf by the layout: llm.c's pointer table, the table being the
+ * lists of native/layout.h, walked in their order as the layout was. */
+static void set_views(const gpt_spec* spec, float* buf, weights* w) {
+    const gpt_tensor* t = spec->tensors;
+#define POINT(field, name, d0, d1) w->field = buf + (t++)->offset;
+#define POINT_LAYER(field, name, d0, d1) w->l[l].field = buf + (t++)->offset;
+    GPT_LAYOUT_HEAD(POINT)
+    for (int l = 0; l < spec->cfg.L; l++) {
+        GPT_LAYOUT_LAYER(POINT_LAYER)
     }
-    w->lnfw = p; p += C;
-    w->lnfb = p;
+    GPT_LAYOUT_TAIL(POINT)
+#undef POINT
+#undef POINT_LAYER
 }
 
 static int online_cores(void) {
@@ -283,35 +294,31 @@ static int online_cores(void) {
  * LANE_MIN_ROWS rows, each may call a single-threaded BLAS of its own (GPT_BLAS_SPLIT)
  * and the lanes' extra gradient buffers take no more memory than the activations (many
  * cores, a large model and a small batch would otherwise multiply the footprint); else
- * one lane, every op split over the pool. GPT_LANES=1 forces one lane, GPT_LANES=all
- * lanes whenever the batch splits evenly (tests at tiny shapes: both ways agree). */
+ * one lane, every op split over the pool. Option lanes GPT_LANES_ONE forces one lane,
+ * GPT_LANES_ALL lanes whenever the batch splits evenly (tests at tiny shapes: both ways agree). */
 static int lanes_for(const cpu_model* g, int nthreads) {
-    const char* e = getenv("GPT_LANES");
-    if (!GPT_BLAS_SPLIT || nthreads <= 1 || g->B % nthreads != 0 || (e && strcmp(e, "1") == 0)) return 1;
-    if (e && strcmp(e, "all") == 0) return nthreads;
+    const int32_t want = g->spec->opt.lanes;
+    if (!GPT_BLAS_SPLIT || nthreads <= 1 || g->B % nthreads != 0 || want == GPT_LANES_ONE) return 1;
+    if (want == GPT_LANES_ALL) return nthreads;
     if (g->N / nthreads < LANE_MIN_ROWS) return 1;
     if ((double)(nthreads - 1) * (double)g->P > (double)g->act_floats) return 1;
     return nthreads;
 }
 
-/* GPT_LANE_HELP=0: a lane that is done does not help the others; =test: see
- * GPT_HELP_TEST (tests/native-lmhead.test.ts). */
-static gpt_help_mode help_mode(void) {
-    const char* e = getenv("GPT_LANE_HELP");
-    if (e && strcmp(e, "0") == 0) return GPT_HELP_OFF;
-    if (e && strcmp(e, "test") == 0) return GPT_HELP_TEST;
-    return GPT_HELP_ON;
+/* Option lane_help: whether a lane that is done helps the others (see pool.h). */
+static gpt_help_mode help_mode(const cpu_model* g) {
+    const int32_t help = g->spec->opt.lane_help;
+    return help == GPT_LANE_HELP_OFF ? GPT_HELP_OFF : help == GPT_LANE_HELP_TEST ? GPT_HELP_TEST : GPT_HELP_ON;
 }
 
 /* What each lane owns, carved from one buffer (base NULL: counts only). */
 static void layout_lanes(const cpu_model* g, lane* lanes, int nl, carver* c) {
     const int64_t C = g->cfg.C, V = g->cfg.V, T = g->cfg.T;
     /* LM head rows per chunk: logits of about HEAD_CHUNK_FLOATS over all lanes, whole GEMM
-     * row tiles; GPT_HEAD_CHUNK_ROWS overrides it (tests/native-lmhead.test.ts) */
+     * row tiles; option head_chunk_rows overrides it (tests/native-lmhead.test.ts) */
     int64_t chunk = HEAD_CHUNK_FLOATS / V / nl / 64 * 64;
     if (chunk < 64) chunk = 64;
-    const char* hc = getenv("GPT_HEAD_CHUNK_ROWS");
-    if (hc && atoi(hc) > 0) chunk = atoi(hc);
+    if (g->spec->opt.head_chunk_rows > 0) chunk = g->spec->opt.head_chunk_rows;
     for (int i = 0; i < nl; i++) {
         lane* L = &lanes[i];
         L->B = g->B / nl;
@@ -352,7 +359,7 @@ static int setup_threads(cpu_model* g, int n) {
     const int64_t att_lane = k_attention_scratch(g->cfg.T, g->cfg.C, 2);
     float* att = alloc_floats(nl == 1 ? k_attention_scratch(g->cfg.T, g->cfg.C, n) : nl * att_lane);
     gpt_pool* pool = gpt_pool_create(n);
-    gpt_team* team = nl > 1 ? gpt_team_create(nl, help_mode()) : NULL;
+    gpt_team* team = nl > 1 ? gpt_team_create(nl, help_mode(g)) : NULL;
     if (!lanes || !views || !buf || !att || !pool || (nl > 1 && !team)) {
         free(lanes);
         free(views);
@@ -370,7 +377,7 @@ static int setup_threads(cpu_model* g, int n) {
         L->pool = nl == 1 ? pool : gpt_team_lane(team, i);
         L->att_scratch = att + (nl == 1 ? 0 : i * att_lane);
         L->gw.l = views + (size_t)i * (size_t)g->cfg.L;
-        set_views(g, L->grads, &L->gw);
+        set_views(g->spec, L->grads, &L->gw);
         L->prof = i == 0 && g->profile ? g->prof : NULL;
     }
     free_threads(g);
@@ -387,8 +394,10 @@ static int setup_threads(cpu_model* g, int n) {
 
 static void cpu_destroy(void* self);
 
-static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen) {
-    const int64_t P = gpt_num_params(cfg);
+static void* cpu_create(const gpt_spec* spec, char* err, size_t errlen) {
+    const gpt_cfg* cfg = &spec->cfg;
+    const int32_t B = spec->B;
+    const int64_t P = spec->n_params;
     const double floats = estimate_floats(cfg, B, (double)P);
     if (floats * sizeof(float) > (double)MAX_BYTES) {
         gpt_errf(err, errlen, "model V=%d T=%d C=%d L=%d H=%d d_ff=%d with batch B=%d needs about %.0f GiB of memory: too large",
@@ -397,40 +406,32 @@ static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen)
     }
     cpu_model* g = (cpu_model*)calloc(1, sizeof *g);
     if (!g) goto oom;
+    g->spec = spec;
     g->cfg = *cfg;
     g->B = B;
     g->N = (int64_t)B * cfg->T;
     g->P = P;
-    /* GPT_RECOMPUTE=1 / 0 forces recomputing / keeping (tests/native-lmhead.test.ts: same results) */
+    /* option recompute forces recomputing or keeping (tests/native-lmhead.test.ts: same results) */
     const double L = cfg->L, Nd = (double)g->N;
     g->keep_att = L * B * cfg->H * (double)cfg->T * cfg->T <= KEEP_FLOATS;
     g->keep_gelu = L * Nd * cfg->d_ff <= KEEP_FLOATS;
-    const char* rc = getenv("GPT_RECOMPUTE");
-    if (rc && (strcmp(rc, "0") == 0 || strcmp(rc, "1") == 0)) g->keep_att = g->keep_gelu = rc[0] == '0';
-    g->profile = getenv("GPT_PROFILE") && strcmp(getenv("GPT_PROFILE"), "1") == 0;
+    if (spec->opt.recompute != GPT_RECOMPUTE_AUTO) g->keep_att = g->keep_gelu = spec->opt.recompute == GPT_RECOMPUTE_NEVER;
+    g->profile = spec->opt.profile;
 
     g->w.l = (layer_w*)calloc((size_t)cfg->L, sizeof(layer_w));
     g->a = (layer_a*)calloc((size_t)cfg->L, sizeof(layer_a));
-    const int64_t nt = gpt_layout_count(cfg);
-    gpt_tensor* tensors = (gpt_tensor*)calloc((size_t)nt, sizeof(gpt_tensor));
-    g->segs = (k_segment*)calloc((size_t)nt, sizeof(k_segment));
-    if (!g->w.l || !g->a || !tensors || !g->segs) {
-        free(tensors);
-        goto oom;
-    }
+    g->segs = (k_segment*)calloc((size_t)spec->n_tensors, sizeof(k_segment));
+    if (!g->w.l || !g->a || !g->segs) goto oom;
     /* AdamW segments: runs of tensors with the same decay flag */
-    gpt_layout(cfg, tensors);
-    for (int64_t i = 0; i < nt; i++) {
-        if (g->nsegs > 0 && g->segs[g->nsegs - 1].decay == tensors[i].decay) {
-            g->segs[g->nsegs - 1].end = tensors[i].offset + tensors[i].size;
+    for (int64_t i = 0; i < spec->n_tensors; i++) {
+        const gpt_tensor* t = &spec->tensors[i];
+        if (g->nsegs > 0 && g->segs[g->nsegs - 1].decay == t->decay) {
+            g->segs[g->nsegs - 1].end = t->offset + t->size;
         } else {
-            g->segs[g->nsegs].begin = tensors[i].offset;
-            g->segs[g->nsegs].end = tensors[i].offset + tensors[i].size;
-            g->segs[g->nsegs].decay = tensors[i].decay;
+            g->segs[g->nsegs] = (k_segment){.begin = t->offset, .end = t->offset + t->size, .decay = t->decay};
             g->nsegs++;
         }
     }
-    free(tensors);
 
     g->params = alloc_floats(P);
     g->grads = alloc_floats(P);
@@ -449,7 +450,7 @@ static void* cpu_create(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen)
     cw.used = 0;
     layout_acts(g, &ca);
     layout_work(g, &cw);
-    set_views(g, g->params, &g->w);
+    set_views(spec, g->params, &g->w);
 
     if (setup_threads(g, online_cores()) != 0) goto oom;
     return g;
@@ -533,19 +534,17 @@ static int64_t count_targets(const cpu_model* g, const int32_t* y) {
     return n;
 }
 
-/* Forward pass of lane L; with grad, also the LM head's backward: dtmp = d loss / d lnf,
- * L->gw.wte the head's part of d loss / d wte. n > 0 counted targets in the whole batch
- * (the loss is their mean); losses[k] for the lane's counted targets kb <= k < ke. */
-static void forward(cpu_model* g, lane* L, const int32_t* x, const int32_t* y, int64_t n, int grad) {
-    const int T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff, V = g->cfg.V;
+/* Forward pass of lane L up to the final LayerNorm: g->ln_out = lnf (N,C), kept for the
+ * LM head and its backward. */
+static void forward(cpu_model* g, lane* L, const int32_t* x) {
+    const int T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff;
     const int B = L->B;
     const int64_t N = L->N, r0 = L->r0;
     gpt_pool* p = L->pool;
+    timer tm = timer_start(L->prof);
 /* rows r0.. of a (rows, width) buffer */
 #define ROWS(buf, width) ((buf) + r0 * (int64_t)(width))
-    PROF_BEGIN(L->prof);
-    k_encoder_fwd(p, ROWS(g->encoded, C), x + r0, g->w.wte, g->w.wpe, B, T, C);
-    PROF_END(L->prof, P_ENC_F);
+    OP(P_ENC_F, k_encoder_fwd(p, ROWS(g->encoded, C), x + r0, g->w.wte, g->w.wpe, B, T, C)); /* (N,C) */
     const float* res = ROWS(g->encoded, C);
     float* ln_out = ROWS(g->ln_out, C);
     for (int l = 0; l < g->cfg.L; l++) {
@@ -556,29 +555,34 @@ static void forward(cpu_model* g, lane* L, const int32_t* x, const int32_t* y, i
         float* res2 = ROWS(a->res2, C);
         float* fch = ROWS(a->fch, F);
         float* fchg = a->fchg ? ROWS(a->fchg, F) : ROWS(g->gelu, F);
-        k_layernorm_fwd(p, ln_out, ROWS(a->ln1_mean, 1), ROWS(a->ln1_rstd, 1), res, w->ln1w, w->ln1b, N, C);
-        PROF_END(L->prof, P_LN_F);
-        k_matmul_fwd(p, qkv, ln_out, w->qkvw, w->qkvb, N, C, 3 * C);
-        PROF_END(L->prof, P_QKV_F);
-        k_attention_fwd(p, atty, a->att ? a->att + (int64_t)L->b0 * H * T * T : NULL, ROWS(a->att_stats, 2 * H),
-                        L->att_scratch, qkv, B, T, C, H);
-        PROF_END(L->prof, P_ATT_F);
-        k_matmul_residual_fwd(p, res2, res, atty, w->projw, w->projb, N, C, C);
-        PROF_END(L->prof, P_PROJ_F);
-        k_layernorm_fwd(p, ln_out, ROWS(a->ln2_mean, 1), ROWS(a->ln2_rstd, 1), res2, w->ln2w, w->ln2b, N, C);
-        PROF_END(L->prof, P_LN_F);
-        /* with the GELU output kept, fch keeps gelu'(fch) instead: the backward's only use */
-        if (a->fchg) k_matmul_gelu_fwd_keep_grad(p, fch, fchg, ln_out, w->fcw, w->fcb, N, C, F);
-        else k_matmul_gelu_fwd(p, fch, fchg, ln_out, w->fcw, w->fcb, N, C, F);
-        PROF_END(L->prof, P_FC_F);
-        k_matmul_residual_fwd(p, ROWS(a->res_out, C), res2, fchg, w->fcprojw, w->fcprojb, N, F, C);
-        PROF_END(L->prof, P_FCPROJ_F);
+        float* att = a->att ? a->att + (int64_t)L->b0 * H * T * T : NULL;
+        /* ln1 (N,C) -> qkv (N,3C) -> attention (N,C) -> res2 = res + atty Wproj^T + b (N,C) */
+        OP(P_LN_F, k_layernorm_fwd(p, ln_out, ROWS(a->ln1_mean, 1), ROWS(a->ln1_rstd, 1), res, w->ln1w, w->ln1b, N, C));
+        OP(P_QKV_F, k_matmul_fwd(p, qkv, ln_out, w->qkvw, w->qkvb, N, C, 3 * C));
+        OP(P_ATT_F, k_attention_fwd(p, atty, att, ROWS(a->att_stats, 2 * H), L->att_scratch, qkv, B, T, C, H));
+        OP(P_PROJ_F, k_matmul_residual_fwd(p, res2, res, atty, w->projw, w->projb, N, C, C));
+        /* ln2 (N,C) -> fch (N,F), fchg = gelu(fch) -> res_out = res2 + fchg Wfcproj^T + b (N,C);
+         * with the GELU output kept, fch keeps gelu'(fch) instead: the backward's only use */
+        OP(P_LN_F, k_layernorm_fwd(p, ln_out, ROWS(a->ln2_mean, 1), ROWS(a->ln2_rstd, 1), res2, w->ln2w, w->ln2b, N, C));
+        if (a->fchg) OP(P_FC_F, k_matmul_gelu_fwd_keep_grad(p, fch, fchg, ln_out, w->fcw, w->fcb, N, C, F));
+        else OP(P_FC_F, k_matmul_gelu_fwd(p, fch, fchg, ln_out, w->fcw, w->fcb, N, C, F));
+        OP(P_FCPROJ_F, k_matmul_residual_fwd(p, ROWS(a->res_out, C), res2, fchg, w->fcprojw, w->fcprojb, N, F, C));
         res = ROWS(a->res_out, C);
     }
-    /* ln_out keeps lnf until the LM head's backward */
-    k_layernorm_fwd(p, ln_out, ROWS(g->lnf_mean, 1), ROWS(g->lnf_rstd, 1), res, g->w.lnfw, g->w.lnfb, N, C);
-    PROF_END(L->prof, P_LN_F);
-    /* the LM head only where a target counts: ignored rows get no logits and no gradient */
+    OP(P_LN_F, k_layernorm_fwd(p, ln_out, ROWS(g->lnf_mean, 1), ROWS(g->lnf_rstd, 1), res, g->w.lnfw, g->w.lnfb, N, C));
+}
+
+/* The tied LM head and the loss of lane L, on the rows where a target counts (ignored
+ * rows get no logits and no gradient), head_chunk rows at a time: logits (m,V) = lnf
+ * wte^T, losses[k] for the lane's counted targets kb <= k < ke (n > 0 counted in the
+ * whole batch: the loss is their mean). With grad, each chunk's backward runs right after
+ * its loss (its logits hold the chunk's d loss / d logits): dtmp = d loss / d lnf (N,C),
+ * L->gw.wte = the head's part of d loss / d wte (the embedding adds to it last). */
+static void lm_head(cpu_model* g, lane* L, const int32_t* y, int64_t n, int grad) {
+    const int C = g->cfg.C, V = g->cfg.V;
+    const int64_t N = L->N, r0 = L->r0;
+    gpt_pool* p = L->pool;
+    timer tm = timer_start(L->prof);
     const int gathered = n < g->N;
     const int32_t* head_y = gathered ? g->head_yc : y;
     if (gathered && grad) memset(ROWS(g->dtmp, C), 0, sizeof(float) * (size_t)(N * C));
@@ -590,25 +594,23 @@ static void forward(cpu_model* g, lane* L, const int32_t* x, const int32_t* y, i
             k_gather_rows(p, L->head_x, g->ln_out, g->head_rows + k0, m, C);
             in = L->head_x;
         }
-        /* logits(m,V) = lnf wte^T (the tied LM head) */
-        k_matmul_fwd(p, L->logits, in, g->w.wte, NULL, m, C, V);
-        PROF_END(L->prof, P_LMHEAD_F);
-        k_softmax_ce(p, L->logits, g->losses + k0, head_y + k0, m, V, 1.0f / (float)n, grad);
-        PROF_END(L->prof, P_CE);
+        OP(P_LMHEAD_F, k_matmul_fwd(p, L->logits, in, g->w.wte, NULL, m, C, V)); /* (m,V) */
+        OP(P_CE, k_softmax_ce(p, L->logits, g->losses + k0, head_y + k0, m, V, 1.0f / (float)n, grad));
         if (!grad) continue;
-        /* dlnf = dlogits wte into dtmp, dwte (+)= dlogits^T lnf (the embedding adds to it last) */
+        /* dlnf (m,C) = dlogits wte; dwte (V,C) (+)= dlogits^T lnf */
         float* dx = gathered ? L->head_dx : g->dtmp + k0 * C;
         if (k0 == L->kb) k_matmul_bwd(p, dx, L->gw.wte, NULL, L->logits, in, g->w.wte, NULL, m, C, V);
         else k_matmul_bwd_add(p, dx, L->gw.wte, L->logits, in, g->w.wte, m, C, V);
         if (gathered)
             for (int64_t k = 0; k < m; k++)
                 memcpy(g->dtmp + (int64_t)g->head_rows[k0 + k] * C, dx + k * C, sizeof(float) * (size_t)C);
-        PROF_END(L->prof, P_LMHEAD_B);
+        timer_lap(&tm, P_LMHEAD_B);
     }
 }
 
-/* Backward pass of lane L after its forward(grad=1) (which did the LM head's): every
- * gradient of L->grads is overwritten. */
+/* Backward pass of lane L after its lm_head(grad=1) left dtmp = d lnf: every gradient of
+ * L->grads is overwritten. LayerNorm outputs (and, when not kept, GELU outputs) are
+ * recomputed into the shared buffers right before the op that reads them. */
 static void backward(cpu_model* g, lane* L, const int32_t* x) {
     const int T = g->cfg.T, C = g->cfg.C, H = g->cfg.H, F = g->cfg.d_ff;
     const int B = L->B;
@@ -616,13 +618,12 @@ static void backward(cpu_model* g, lane* L, const int32_t* x) {
     gpt_pool* p = L->pool;
     float *dres = ROWS(g->dres, C), *dtmp = ROWS(g->dtmp, C), *dbig = ROWS(g->dbig, F > 3 * C ? F : 3 * C);
     float* ln_out = ROWS(g->ln_out, C);
-    PROF_BEGIN(L->prof);
-    /* the LM head's backward ran in forward: dtmp = d lnf */
+    timer tm = timer_start(L->prof);
     const float* res_last = g->cfg.L > 0 ? ROWS(g->a[g->cfg.L - 1].res_out, C) : ROWS(g->encoded, C);
     memset(dres, 0, sizeof(float) * (size_t)(N * C));
-    k_layernorm_bwd(p, dres, L->gw.lnfw, L->gw.lnfb, L->ln_scratch, dtmp, res_last, g->w.lnfw, ROWS(g->lnf_mean, 1),
-                    ROWS(g->lnf_rstd, 1), N, C);
-    PROF_END(L->prof, P_LN_B);
+    /* dres (N,C) = d res_last, from dtmp = d lnf */
+    OP(P_LN_B, k_layernorm_bwd(p, dres, L->gw.lnfw, L->gw.lnfb, L->ln_scratch, dtmp, res_last, g->w.lnfw,
+                               ROWS(g->lnf_mean, 1), ROWS(g->lnf_rstd, 1), N, C));
     for (int l = g->cfg.L - 1; l >= 0; l--) {
         const layer_w* w = &g->w.l[l];
         layer_w* gw = &L->gw.l[l];
@@ -631,37 +632,33 @@ static void backward(cpu_model* g, lane* L, const int32_t* x) {
         const float* res2 = ROWS(a->res2, C);
         const float* fch = ROWS(a->fch, F);
         const float* qkv = ROWS(a->qkv, 3 * C);
-        /* dres = d res_out; the MLP branch: dfch = gelu'(fch) (dres Wfcproj) */
+        const float* att = a->att ? a->att + (int64_t)L->b0 * H * T * T : NULL;
+        const float *ln1_mean = ROWS(a->ln1_mean, 1), *ln1_rstd = ROWS(a->ln1_rstd, 1);
+        const float *ln2_mean = ROWS(a->ln2_mean, 1), *ln2_rstd = ROWS(a->ln2_rstd, 1);
+        /* the MLP branch, dres = d res_out: dfch (N,F) = gelu'(fch) (dres Wfcproj) -> dln2 (N,C) -> dres += d res2 */
         if (a->fchg) {
-            k_matmul_bwd_gelu_grad(p, dbig, gw->fcprojw, gw->fcprojb, dres, ROWS(a->fchg, F), w->fcprojw, fch, N, F,
-                                   C);
+            OP(P_FCPROJ_B, k_matmul_bwd_gelu_grad(p, dbig, gw->fcprojw, gw->fcprojb, dres, ROWS(a->fchg, F), w->fcprojw,
+                                                  fch, N, F, C));
         } else {
             k_gelu_fwd(p, ROWS(g->gelu, F), fch, N * F);
-            k_matmul_bwd(p, dbig, gw->fcprojw, gw->fcprojb, dres, ROWS(g->gelu, F), w->fcprojw, fch, N, F, C);
+            OP(P_FCPROJ_B, k_matmul_bwd(p, dbig, gw->fcprojw, gw->fcprojb, dres, ROWS(g->gelu, F), w->fcprojw, fch, N,
+                                        F, C));
         }
-        PROF_END(L->prof, P_FCPROJ_B);
-        k_layernorm_apply(p, ln_out, res2, w->ln2w, w->ln2b, ROWS(a->ln2_mean, 1), ROWS(a->ln2_rstd, 1), N, C);
-        k_matmul_bwd(p, dtmp, gw->fcw, gw->fcb, dbig, ln_out, w->fcw, NULL, N, C, F);
-        PROF_END(L->prof, P_FC_B);
-        k_layernorm_bwd(p, dres, gw->ln2w, gw->ln2b, L->ln_scratch, dtmp, res2, w->ln2w, ROWS(a->ln2_mean, 1),
-                        ROWS(a->ln2_rstd, 1), N, C);
-        PROF_END(L->prof, P_LN_B);
-        /* dres = d res2; the attention branch */
-        k_matmul_bwd(p, dtmp, gw->projw, gw->projb, dres, ROWS(a->atty, C), w->projw, NULL, N, C, C);
-        PROF_END(L->prof, P_PROJ_B);
-        k_attention_bwd(p, dbig, L->att_scratch, dtmp, qkv, a->att ? a->att + (int64_t)L->b0 * H * T * T : NULL,
-                        ROWS(a->att_stats, 2 * H), B, T, C, H);
-        PROF_END(L->prof, P_ATT_B);
-        k_layernorm_apply(p, ln_out, res_in, w->ln1w, w->ln1b, ROWS(a->ln1_mean, 1), ROWS(a->ln1_rstd, 1), N, C);
-        k_matmul_bwd(p, dtmp, gw->qkvw, gw->qkvb, dbig, ln_out, w->qkvw, NULL, N, C, 3 * C);
-        PROF_END(L->prof, P_QKV_B);
-        k_layernorm_bwd(p, dres, gw->ln1w, gw->ln1b, L->ln_scratch, dtmp, res_in, w->ln1w, ROWS(a->ln1_mean, 1),
-                        ROWS(a->ln1_rstd, 1), N, C);
-        PROF_END(L->prof, P_LN_B);
+        k_layernorm_apply(p, ln_out, res2, w->ln2w, w->ln2b, ln2_mean, ln2_rstd, N, C);
+        OP(P_FC_B, k_matmul_bwd(p, dtmp, gw->fcw, gw->fcb, dbig, ln_out, w->fcw, NULL, N, C, F));
+        OP(P_LN_B, k_layernorm_bwd(p, dres, gw->ln2w, gw->ln2b, L->ln_scratch, dtmp, res2, w->ln2w, ln2_mean, ln2_rstd,
+                                   N, C));
+        /* the attention branch, dres = d res2: datty (N,C) -> dqkv (N,3C) -> dln1 (N,C) -> dres += d res_in */
+        OP(P_PROJ_B, k_matmul_bwd(p, dtmp, gw->projw, gw->projb, dres, ROWS(a->atty, C), w->projw, NULL, N, C, C));
+        OP(P_ATT_B, k_attention_bwd(p, dbig, L->att_scratch, dtmp, qkv, att, ROWS(a->att_stats, 2 * H), B, T, C, H));
+        k_layernorm_apply(p, ln_out, res_in, w->ln1w, w->ln1b, ln1_mean, ln1_rstd, N, C);
+        OP(P_QKV_B, k_matmul_bwd(p, dtmp, gw->qkvw, gw->qkvb, dbig, ln_out, w->qkvw, NULL, N, C, 3 * C));
+        OP(P_LN_B, k_layernorm_bwd(p, dres, gw->ln1w, gw->ln1b, L->ln_scratch, dtmp, res_in, w->ln1w, ln1_mean, ln1_rstd,
+                                   N, C));
     }
+    /* dres = d encoded: dwte (V,C) += its rows by token, dwpe (T,C) = its sums over the batch */
     memset(L->gw.wpe, 0, sizeof(float) * (size_t)T * C);
-    k_encoder_bwd(p, L->gw.wte, L->gw.wpe, dres, x + r0, B, T, C);
-    PROF_END(L->prof, P_ENC_B);
+    OP(P_ENC_B, k_encoder_bwd(p, L->gw.wte, L->gw.wpe, dres, x + r0, B, T, C));
 #undef ROWS
 }
 
@@ -675,7 +672,8 @@ typedef struct {
 } pass_ctx;
 
 static void lane_pass(cpu_model* g, lane* L, const pass_ctx* c) {
-    forward(g, L, c->x, c->y, c->n, c->grad);
+    forward(g, L, c->x);
+    lm_head(g, L, c->y, c->n, c->grad);
     if (c->grad) backward(g, L, c->x);
 }
 
@@ -719,10 +717,10 @@ static float run_pass(cpu_model* g, const int32_t* x, const int32_t* y, int64_t 
         gpt_pool_run(g->pool, lanes_task, &c);
     }
     if (grad && g->nlanes > 1) {
-        PROF_BEGIN(g->lanes[0].prof);
+        timer tm = timer_start(g->lanes[0].prof);
         /* grads = ((lane 0 + lane 1) + lane 2) + ...: a fixed order */
         for (int i = 1; i < g->nlanes; i++) k_residual_fwd(g->pool, g->grads, g->grads, g->lanes[i].grads, g->P);
-        PROF_END(g->lanes[0].prof, P_NORM);
+        timer_lap(&tm, P_NORM);
     }
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++) sum += g->losses[i];
@@ -752,23 +750,9 @@ static int cpu_compute_grads(void* self, const int32_t* x, const int32_t* y, flo
     return 0;
 }
 
-static int cpu_train_step(void* self, const int32_t* x, const int32_t* y, const gpt_hparams* h, gpt_step_result* out,
-                          char* err, size_t errlen) {
-    (void)err, (void)errlen;
-    cpu_model* g = (cpu_model*)self;
-    const int64_t n = count_targets(g, y);
-    memset(out, 0, sizeof *out);
-    out->n_targets = (int32_t)n;
-    if (n == 0) return 0; /* nothing to learn from: loss 0, no update (see gpt.h) */
-    const float loss = run_pass(g, x, y, n, 1);
-    double* prof = g->lanes[0].prof;
-    PROF_BEGIN(prof);
-    const double norm = sqrt(k_sumsq(g->pool, g->grads, g->P, g->sumsq_scratch));
-    PROF_END(prof, P_NORM);
-    out->loss = loss;
-    out->grad_norm = (float)norm;
-    if (!isfinite(loss) || !isfinite(norm)) return 0;
-    /* torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1 */
+/* torch.nn.utils.clip_grad_norm_ (scale by max_norm / (norm + 1e-6) when that is < 1)
+ * and torch.optim.AdamW: one update of the parameters and moments from g->grads. */
+static void update(cpu_model* g, const gpt_hparams* h, double norm) {
     float gscale = 1.0f;
     if (h->grad_clip > 0.0f) {
         const double coef = (double)h->grad_clip / (norm + 1e-6);
@@ -786,8 +770,24 @@ static int cpu_train_step(void* self, const int32_t* x, const int32_t* y, const 
     };
     k_adamw(g->pool, g->params, g->m, g->v, g->grads, g->P, g->segs, g->nsegs, &a);
     g->step = t;
+}
+
+static int cpu_train_step(void* self, const int32_t* x, const int32_t* y, const gpt_hparams* h, gpt_step_result* out,
+                          char* err, size_t errlen) {
+    (void)err, (void)errlen;
+    cpu_model* g = (cpu_model*)self;
+    const int64_t n = count_targets(g, y);
+    memset(out, 0, sizeof *out);
+    out->n_targets = (int32_t)n;
+    if (n == 0) return 0; /* nothing to learn from: loss 0, no update (see gpt.h) */
+    out->loss = run_pass(g, x, y, n, 1);
+    timer tm = timer_start(g->lanes[0].prof);
+    const double norm = sqrt(k_sumsq(g->pool, g->grads, g->P, g->sumsq_scratch));
+    timer_lap(&tm, P_NORM);
+    out->grad_norm = (float)norm;
+    if (!isfinite(out->loss) || !isfinite(norm)) return 0;
+    OP(P_ADAMW, update(g, h, norm));
     out->applied = 1;
-    PROF_END(prof, P_ADAMW);
     return 0;
 }
 

@@ -31,6 +31,10 @@ void gpt_pool_run_n(gpt_pool* p, gpt_task_fn fn, void* ctx, int n);
  * decides how small loops stay on one thread: set it to 1 to split everything (tests). */
 #define GPT_POOL_GRAIN 100000
 int gpt_pool_threads_for(const gpt_pool* p, double work);
+/* A parallel loop on as many threads as `work` is worth. */
+static inline void gpt_pool_run_for(gpt_pool* p, gpt_task_fn fn, void* ctx, double work) {
+    gpt_pool_run_n(p, fn, ctx, gpt_pool_threads_for(p, work));
+}
 void gpt_pool_set_grain(gpt_pool* p, double grain);
 
 /* ---- lanes that lend their thread when done ----
@@ -39,7 +43,7 @@ void gpt_pool_set_grain(gpt_pool* p, double grain);
  * on it runs the loop on the lane's thread alone, or, when the loop is worth two threads
  * and the thread of a lane that is done is waiting in gpt_team_help, on both (the waiting
  * one as tid 1 of 2). Which way a loop runs depends on timing, so only loops whose
- * results do not depend on the thread count may run there (every kernel of kernels.c
+ * results do not depend on the thread count may run there (every kernel of kernels_*.c
  * splits its work so). On a shared machine one core is often slower than the other for
  * a while; the lanes then finish at different times, and the early one helps. */
 typedef struct gpt_team gpt_team;

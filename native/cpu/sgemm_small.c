@@ -18,8 +18,6 @@
 #define TILE_M 6
 #define TILE_N 16
 
-static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
 int gpt_sgemm_small_fits(int ta, int64_t N, int64_t K, float beta) {
 #if defined(GPT_AVX2_CLONES)
     /* a read of the CPU model the ifunc resolvers have already filled in: no cache of our own */

@@ -20,7 +20,7 @@
  * at most SGEMM_SMALL_MAX. */
 int gpt_sgemm_small_fits(int ta, int64_t N, int64_t K, float beta);
 
-/* M, N, K >= 1 (kernels.c's sgemm_rows deals with K = 0 before it gets here). */
+/* M, N, K >= 1 (kernels_matmul.c's sgemm_rows deals with K = 0 before it gets here). */
 void gpt_sgemm_small(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                      const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 

@@ -134,4 +134,22 @@ typedef int32_t v8i __attribute__((vector_size(32)));
         se_v_[0];                              \
     })
 
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Elementwise loops split over threads on multiples of this many floats (whole cache lines). */
+#define EW_ALIGN 64
+
+/* Loads/stores of the first n < 8 lanes (tails), zero-filled. */
+#define v8_load_part(p, n)                                            \
+    ({                                                                \
+        v8f lp_v_ = v8_zero();                                        \
+        for (int64_t lp_i_ = 0; lp_i_ < (n); lp_i_++) lp_v_[lp_i_] = (p)[lp_i_]; \
+        lp_v_;                                                        \
+    })
+#define v8_store_part(p, v, n)                                        \
+    do {                                                              \
+        v8f sp_v_ = (v);                                              \
+        for (int64_t sp_i_ = 0; sp_i_ < (n); sp_i_++) (p)[sp_i_] = sp_v_[sp_i_]; \
+    } while (0)
+
 #endif

@@ -36,6 +36,10 @@
  * Every function that can fail returns 0 on success and nonzero on failure, with a
  * message from gpt_last_error(). Nothing here aborts the process on bad input.
  * No allocation happens inside gpt_train_step / gpt_eval_loss.
+ *
+ * Planned, not yet here: incremental decoding with a KV cache (a prompt pass, then one
+ * token per step, both backends) will add its functions after gpt_eval_loss, and its
+ * cache size to gpt_options.
  */
 #ifndef GPT_H
 #define GPT_H
@@ -79,15 +83,38 @@ int32_t gpt_device_available(int32_t device);
 /* Number of floats in the flat parameter buffer for cfg (or -1 if cfg is invalid). */
 int64_t gpt_num_params(const gpt_cfg* cfg);
 
-/* Create a model for batches of B rows. Parameters start at zero: set them with
- * gpt_set_params. All memory of the model is allocated here (and its worker
- * threads started). On failure returns NULL and writes a message into err
- * (err may be NULL). The CPU backend saves few activations: LayerNorm outputs are
- * always recomputed in backward, GELU outputs and attention probabilities once all
- * layers' copies would pass 64 MB, and the LM head runs over rows in chunks of about
- * 16 MB of logits (results unchanged; env GPT_RECOMPUTE=0|1 and GPT_HEAD_CHUNK_ROWS,
- * read here, override both for tests). */
-gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, char* err, int32_t errlen);
+/* Settings of one model, fixed at gpt_create. Zero in every field is the default, so a
+ * zeroed struct (or a NULL pointer) gives the defaults; new fields are only appended.
+ * None of them changes results: they trade memory, time or (gather) run-to-run bits. */
+typedef struct {
+    int32_t profile;         /* 1: gpt_profile_report gives per-op seconds (0: off) */
+    int32_t recompute;       /* CPU, GPT_RECOMPUTE_*: keep or recompute GELU outputs and
+                                attention probabilities in backward (auto: recompute once
+                                all layers' copies would pass 64 MB) */
+    int32_t head_chunk_rows; /* CPU: LM head rows per chunk of logits (0: about 16 MB) */
+    int32_t lanes;           /* CPU, GPT_LANES_*: see gpt_set_threads */
+    int32_t lane_help;       /* CPU, GPT_LANE_HELP_*: see gpt_set_threads */
+    int32_t mps_embedding;   /* MPS, GPT_EMBEDDING_*: read the token embedding with a
+                                one-hot matmul (deterministic) or a gather (less work for a
+                                large V; its gradient's sum order may vary, docs/mps.md) */
+} gpt_options;
+
+enum { GPT_RECOMPUTE_AUTO = 0, GPT_RECOMPUTE_ALWAYS = 1, GPT_RECOMPUTE_NEVER = 2 };
+enum { GPT_LANES_AUTO = 0, GPT_LANES_ONE = 1, GPT_LANES_ALL = 2 };
+/* TEST: lane 0 starts when the other lanes are done, then splits its every op over all
+ * threads (tests/native-lmhead.test.ts: helped and unhelped runs give the same bits). */
+enum { GPT_LANE_HELP_ON = 0, GPT_LANE_HELP_OFF = 1, GPT_LANE_HELP_TEST = 2 };
+enum { GPT_EMBEDDING_ONEHOT = 0, GPT_EMBEDDING_GATHER = 1 };
+
+/* Create a model for batches of B rows with options opt (NULL: the defaults).
+ * Parameters start at zero: set them with gpt_set_params. All memory of the model is
+ * allocated here (and its worker threads started). On failure returns NULL and writes
+ * a message into err (err may be NULL). The CPU backend saves few activations:
+ * LayerNorm outputs are always recomputed in backward, GELU outputs and attention
+ * probabilities as opt->recompute says, and the LM head runs over rows in chunks of
+ * opt->head_chunk_rows (results unchanged either way). */
+gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, const gpt_options* opt, char* err,
+                  int32_t errlen);
 void   gpt_free(gpt_t* g);   /* NULL is a no-op */
 /* Message of the last failed call on g ("" after a successful one); a static
  * message for g NULL. Valid until the next call on g. Calls given a NULL handle
@@ -99,9 +126,9 @@ const char* gpt_last_error(const gpt_t* g);
  * rows each), each thread runs the whole step over its own B/n rows into its own gradient
  * buffer (one more buffer of parameter size per extra thread), summed in a fixed order,
  * a thread whose rows are done helping with the others' ops in ways that keep the bits
- * (env GPT_LANE_HELP=0, read here, turns that off); otherwise every op is split over the
- * threads (env GPT_LANES=1 or all, read here, forces one way or the other where the
- * batch splits). Either way results are bit-identical run to run for a fixed n and B,
+ * (options lane_help GPT_LANE_HELP_OFF turns that off); otherwise every op is split over
+ * the threads (options lanes GPT_LANES_ONE or GPT_LANES_ALL forces one way or the other
+ * where the batch splits). Either way results are bit-identical run to run for a fixed n and B,
  * not across different n. Returns 0 on success. */
 int32_t gpt_set_threads(gpt_t* g, int32_t n);
 
@@ -123,9 +150,9 @@ int32_t gpt_eval_loss(gpt_t* g, const int32_t* x, const int32_t* y, float* loss)
 int32_t gpt_compute_grads(gpt_t* g, const int32_t* x, const int32_t* y,
                           float* loss, float* grads);
 
-/* Per-op time breakdown of the steps run since the last call (CPU backend), as
- * "name seconds\n" lines into buf (NUL-terminated), then resets the counters;
- * enabled when env GPT_PROFILE=1 at create time. Returns the number of bytes
+/* Per-op time breakdown of the steps run since the last call (per entry point on MPS),
+ * as "name seconds\n" lines into buf (NUL-terminated), then resets the counters;
+ * enabled by options profile = 1. Returns the number of bytes
  * written (0 when profiling is off or for a NULL handle or buffer). */
 int32_t gpt_profile_report(gpt_t* g, char* buf, int32_t buflen);
 

@@ -8,15 +8,17 @@
  * graph itself also selects the old values when the loss or the norm is not finite,
  * so the guard holds on either side. Tokens, targets and the step scalars go through
  * small shared buffers written by the host before each run; nothing is allocated by
- * us inside gpt_mps_train_step / gpt_mps_eval_loss (MPSGraph compiles each graph on
- * its first run and caches it; see docs/mps.md).
+ * us inside a training step or an evaluation (MPSGraph compiles each graph on its first
+ * run and caches it; see docs/mps.md).
+ *
+ * The model implements the backend table of native/backend.h (gpt_mps_backend, at the
+ * end): native/gpt.c has validated every argument before it calls here.
  */
 #import <Foundation/Foundation.h>
 #import <Metal/Metal.h>
 #import <MetalPerformanceShaders/MetalPerformanceShaders.h>
 #import <MetalPerformanceShadersGraph/MetalPerformanceShadersGraph.h>
 
-#include "gpt_mps.h"
 #import "mps_graph.h"
 
 #include <math.h>
@@ -36,30 +38,18 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void copy_message(char* dst, size_t len, const char* msg) {
-    if (dst == NULL || len == 0) return;
-    snprintf(dst, len, "%s", msg);
-}
-
-int32_t gpt_mps_available(void) {
-    @autoreleasepool {
-        id<MTLDevice> device = MTLCreateSystemDefaultDevice();
-        return device != nil && MPSSupportsMTLDevice(device) ? 1 : 0;
-    }
-}
-
 @interface GPTMPSModel : NSObject
-- (nullable instancetype)initWithCfg:(const gpt_cfg*)cfg batch:(int32_t)B error:(NSString**)error;
+- (nullable instancetype)initWithSpec:(const gpt_spec*)spec error:(NSString**)error;
 - (const char*)lastError;
 /* Formats the message of the last error; returns 1 (the status of a failed call). */
 - (int32_t)fail:(const char*)fmt, ... __attribute__((format(printf, 1, 2)));
 @end
 
 @implementation GPTMPSModel {
-    gpt_cfg _cfg;
-    int32_t _B, _K;  /* batch rows, parameter tensors */
-    int64_t _N, _P;  /* B*T, floats in the flat layout */
-    mps_param* _layout;
+    const gpt_spec* _spec; /* gpt.c's, unchanged while we live */
+    int32_t _K;            /* parameter tensors */
+    int64_t _N, _P;        /* B*T, floats in the flat layout */
+    const gpt_tensor* _layout;
 
     id<MTLDevice> _device;
     id<MTLCommandQueue> _queue;
@@ -76,7 +66,6 @@ int32_t gpt_mps_available(void) {
     id<MTLBuffer> _tokens, _targets, _mask, _hp, _loss, _norm, _applied;
     MPSGraphTensorData *_tokensData, *_targetsData, *_maskData, *_hpData, *_lossData, *_normData, *_appliedData;
 
-    MPSGPTEmbedding _embedding;
     MPSGPTGraph *_train, *_eval, *_gradGraph;
     MPSGraphTensorDataDictionary *_trainFeeds[2], *_trainResults[2];
     MPSGraphTensorDataDictionary *_evalFeeds[2], *_evalResults;
@@ -87,10 +76,6 @@ int32_t gpt_mps_available(void) {
     BOOL _profile;
     double _profSeconds[PROF_N];
     char _err[512];
-}
-
-- (void)dealloc {
-    free(_layout);
 }
 
 - (const char*)lastError {
@@ -107,28 +92,10 @@ int32_t gpt_mps_available(void) {
 
 /* ---- creation ---- */
 
-static NSString* CheckCfg(const gpt_cfg* cfg, int32_t B) {
-    if (cfg == NULL) return @"cfg is NULL";
-    const struct { const char* name; int32_t value; } dims[] = {
-        {"V", cfg->V}, {"T", cfg->T}, {"C", cfg->C}, {"L", cfg->L}, {"H", cfg->H}, {"d_ff", cfg->d_ff}, {"B", B}};
-    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
-        if (dims[i].value < 1)
-            return [NSString stringWithFormat:@"%s = %d, expected a positive integer", dims[i].name, dims[i].value];
-    if (cfg->C % cfg->H != 0)
-        return [NSString stringWithFormat:@"C = %d is not a multiple of H = %d", cfg->C, cfg->H];
-    if ((int64_t)B * cfg->T > INT32_MAX)
-        return [NSString stringWithFormat:@"B*T = %lld rows is too many (at most %d)", (long long)B * cfg->T, INT32_MAX];
-    return nil;
-}
-
 static id<MTLBuffer> NewBuffer(id<MTLDevice> device, int64_t bytes) {
     id<MTLBuffer> b = [device newBufferWithLength:(NSUInteger)bytes options:MTLResourceStorageModeShared];
     if (b != nil) memset(b.contents, 0, (size_t)bytes);
     return b;
-}
-
-static MPSShape* ShapeOf(const mps_param* p) {
-    return p->rank == 2 ? @[ @(p->shape[0]), @(p->shape[1]) ] : @[ @(p->shape[0]) ];
 }
 
 - (BOOL)allocateSet:(NSArray<id<MTLBuffer>>* __strong*)bufs
@@ -145,7 +112,7 @@ static MPSShape* ShapeOf(const mps_param* p) {
         }
         [b addObject:buf];
         [d addObject:[[MPSGraphTensorData alloc] initWithMTLBuffer:buf
-                                                              shape:ShapeOf(&_layout[i])
+                                                              shape:TensorShape(&_layout[i])
                                                            dataType:MPSDataTypeFloat32]];
     }
     *bufs = b;
@@ -187,12 +154,12 @@ static MPSShape* ShapeOf(const mps_param* p) {
 
 - (BOOL)buildGraphsWithError:(NSString**)error {
     NSString* why = nil;
-    _train = [MPSGPTGraph graphWithKind:MPSGPTGraphTrain cfg:&_cfg batch:_B layout:_layout embedding:_embedding error:&why];
+    _train = [MPSGPTGraph graphWithKind:MPSGPTGraphTrain spec:_spec error:&why];
     if (_train == nil) {
         *error = [NSString stringWithFormat:@"building the training graph failed: %@", why];
         return NO;
     }
-    _eval = [MPSGPTGraph graphWithKind:MPSGPTGraphEval cfg:&_cfg batch:_B layout:_layout embedding:_embedding error:&why];
+    _eval = [MPSGPTGraph graphWithKind:MPSGPTGraphEval spec:_spec error:&why];
     if (_eval == nil) {
         *error = [NSString stringWithFormat:@"building the evaluation graph failed: %@", why];
         return NO;
@@ -215,23 +182,15 @@ static MPSShape* ShapeOf(const mps_param* p) {
     return YES;
 }
 
-- (nullable instancetype)initWithCfg:(const gpt_cfg*)cfg batch:(int32_t)B error:(NSString**)error {
+- (nullable instancetype)initWithSpec:(const gpt_spec*)spec error:(NSString**)error {
     if ((self = [super init]) == nil) return nil;
-    NSString* bad = CheckCfg(cfg, B);
-    if (bad != nil) {
-        *error = bad;
-        return nil;
-    }
-    _cfg = *cfg;
-    _B = B;
+    const gpt_cfg* cfg = &spec->cfg;
+    const int32_t B = spec->B;
+    _spec = spec;
     _N = (int64_t)B * cfg->T;
-    _K = mps_param_count(cfg);
-    _layout = calloc((size_t)_K, sizeof(mps_param));
-    if (_layout == NULL) {
-        *error = @"out of memory";
-        return nil;
-    }
-    _P = mps_param_layout(cfg, _layout);
+    _K = (int32_t)spec->n_tensors;
+    _layout = spec->tensors;
+    _P = spec->n_params;
 
     _device = MTLCreateSystemDefaultDevice();
     if (_device == nil) {
@@ -272,25 +231,14 @@ static MPSShape* ShapeOf(const mps_param* p) {
         ![self allocateSmall:&_applied data:&_appliedData bytes:4 shape:@[ @1 ] type:MPSDataTypeFloat32 error:error])
         return nil;
 
-    /* The token embedding as a one-hot matrix product by default: its gradient is a
-     * plain matmul, the same bits every run. GPT_MPS_EMBEDDING=gather reads it with a
-     * gather instead (less work for a large V), whose gradient MPSGraph forms with a
-     * scatter-add that need not be deterministic (see docs/mps.md). */
-    const char* emb = getenv("GPT_MPS_EMBEDDING");
-    if (emb != NULL && emb[0] != '\0' && strcmp(emb, "gather") != 0 && strcmp(emb, "onehot") != 0) {
-        *error = [NSString stringWithFormat:@"GPT_MPS_EMBEDDING = \"%s\", expected \"onehot\" (default) or \"gather\"", emb];
-        return nil;
-    }
-    _embedding = emb != NULL && strcmp(emb, "gather") == 0 ? MPSGPTEmbeddingGather : MPSGPTEmbeddingOneHot;
     if (![self buildGraphsWithError:error]) return nil;
-    const char* prof = getenv("GPT_PROFILE");
-    _profile = prof != NULL && strcmp(prof, "1") == 0;
+    _profile = spec->opt.profile == 1;
     return self;
 }
 
 /* ---- parameters and optimizer state ---- */
 
-static void ToDevice(NSArray<id<MTLBuffer>>* bufs, const mps_param* layout, int32_t K, const float* src) {
+static void ToDevice(NSArray<id<MTLBuffer>>* bufs, const gpt_tensor* layout, int32_t K, const float* src) {
     for (int32_t i = 0; i < K; i++)
         if (src != NULL)
             memcpy(bufs[(NSUInteger)i].contents, src + layout[i].offset, (size_t)layout[i].size * sizeof(float));
@@ -298,7 +246,7 @@ static void ToDevice(NSArray<id<MTLBuffer>>* bufs, const mps_param* layout, int3
             memset(bufs[(NSUInteger)i].contents, 0, (size_t)layout[i].size * sizeof(float));
 }
 
-static void ToHost(NSArray<id<MTLBuffer>>* bufs, const mps_param* layout, int32_t K, float* dst) {
+static void ToHost(NSArray<id<MTLBuffer>>* bufs, const gpt_tensor* layout, int32_t K, float* dst) {
     for (int32_t i = 0; i < K; i++)
         memcpy(dst + layout[i].offset, bufs[(NSUInteger)i].contents, (size_t)layout[i].size * sizeof(float));
 }
@@ -308,7 +256,6 @@ static void ToHost(NSArray<id<MTLBuffer>>* bufs, const mps_param* layout, int32_
 }
 
 - (int32_t)setParams:(const float*)src {
-    if (src == NULL) return [self fail:"gpt_set_params: src is NULL"];
     const double t0 = now_seconds();
     ToDevice(_pBuf[_cur], _layout, _K, src);
     [self addTime:PROF_HOST since:t0];
@@ -316,17 +263,14 @@ static void ToHost(NSArray<id<MTLBuffer>>* bufs, const mps_param* layout, int32_
 }
 
 - (int32_t)getParams:(float*)dst {
-    if (dst == NULL) return [self fail:"gpt_get_params: dst is NULL"];
     const double t0 = now_seconds();
     ToHost(_pBuf[_cur], _layout, _K, dst);
     [self addTime:PROF_HOST since:t0];
     return 0;
 }
 
+/* m, v NULL: a reset (gpt.c checked that both or neither are given). */
 - (int32_t)setOptM:(const float*)m v:(const float*)v step:(int64_t)step {
-    if ((m == NULL) != (v == NULL))
-        return [self fail:"gpt_set_opt_state: m and v must both be given or both be NULL (a reset)"];
-    if (step < 0) return [self fail:"gpt_set_opt_state: step = %lld, expected >= 0", (long long)step];
     ToDevice(_mBuf[_cur], _layout, _K, m);
     ToDevice(_vBuf[_cur], _layout, _K, v);
     _step = step;
@@ -334,41 +278,29 @@ static void ToHost(NSArray<id<MTLBuffer>>* bufs, const mps_param* layout, int32_
 }
 
 - (int32_t)getOptM:(float*)m v:(float*)v step:(int64_t*)step {
-    if (m != NULL) ToHost(_mBuf[_cur], _layout, _K, m);
-    if (v != NULL) ToHost(_vBuf[_cur], _layout, _K, v);
-    if (step != NULL) *step = _step;
+    ToHost(_mBuf[_cur], _layout, _K, m);
+    ToHost(_vBuf[_cur], _layout, _K, v);
+    *step = _step;
     return 0;
 }
 
 /* ---- steps ---- */
 
-/* Copies x (and y) into the input buffers: ids checked, -100 targets turned into
- * (id 0, mask 0). *count gets the counted targets. Nonzero on bad input. */
-- (int32_t)loadTokens:(const int32_t*)x targets:(const int32_t*)y count:(int64_t*)count what:(const char*)what {
-    if (x == NULL || y == NULL) return [self fail:"%s: x and y must not be NULL", what];
-    const int32_t V = _cfg.V;
+/* Copies x and y (ids checked by gpt.c) into the input buffers, -100 targets as (id 0,
+ * mask 0); returns the number of counted targets. */
+- (int64_t)loadTokens:(const int32_t*)x targets:(const int32_t*)y {
     int32_t* tok = (int32_t*)_tokens.contents;
     int32_t* tgt = (int32_t*)_targets.contents;
     float* mask = (float*)_mask.contents;
     int64_t n = 0;
     for (int64_t i = 0; i < _N; i++) {
-        if (x[i] < 0 || x[i] >= V)
-            return [self fail:"%s: x[%lld] = %d is not a token id in [0, %d)", what, (long long)i, x[i], V];
+        const int counted = y[i] != -100;
         tok[i] = x[i];
-        if (y[i] == -100) {
-            tgt[i] = 0;
-            mask[i] = 0.0f;
-        } else if (y[i] >= 0 && y[i] < V) {
-            tgt[i] = y[i];
-            mask[i] = 1.0f;
-            n++;
-        } else {
-            return [self fail:"%s: y[%lld] = %d is neither -100 (ignored) nor a token id in [0, %d)", what,
-                              (long long)i, y[i], V];
-        }
+        tgt[i] = counted ? y[i] : 0;
+        mask[i] = counted ? 1.0f : 0.0f;
+        n += counted;
     }
-    *count = n;
-    return 0;
+    return n;
 }
 
 - (int32_t)run:(MPSGPTGraph*)G
@@ -383,24 +315,9 @@ static void ToHost(NSArray<id<MTLBuffer>>* bufs, const mps_param* layout, int32_
     return 0;
 }
 
-static NSString* CheckHparams(const gpt_hparams* h) {
-    if (!(isfinite(h->lr) && h->lr >= 0)) return [NSString stringWithFormat:@"lr = %g, expected a finite value >= 0", h->lr];
-    if (!(isfinite(h->weight_decay) && h->weight_decay >= 0))
-        return [NSString stringWithFormat:@"weight_decay = %g, expected a finite value >= 0", h->weight_decay];
-    if (!(h->beta1 >= 0 && h->beta1 < 1)) return [NSString stringWithFormat:@"beta1 = %g, expected 0 <= beta1 < 1", h->beta1];
-    if (!(h->beta2 >= 0 && h->beta2 < 1)) return [NSString stringWithFormat:@"beta2 = %g, expected 0 <= beta2 < 1", h->beta2];
-    if (!(isfinite(h->eps) && h->eps >= 0)) return [NSString stringWithFormat:@"eps = %g, expected a finite value >= 0", h->eps];
-    if (isnan(h->grad_clip)) return @"grad_clip is NaN, expected a number (<= 0 disables clipping)";
-    return nil;
-}
-
 - (int32_t)trainX:(const int32_t*)x y:(const int32_t*)y hparams:(const gpt_hparams*)h result:(gpt_step_result*)out {
-    if (h == NULL || out == NULL) return [self fail:"gpt_train_step: h and out must not be NULL"];
-    NSString* bad = CheckHparams(h);
-    if (bad != nil) return [self fail:"gpt_train_step: %s", bad.UTF8String];
     const double t0 = now_seconds();
-    int64_t count = 0;
-    if ([self loadTokens:x targets:y count:&count what:"gpt_train_step"] != 0) return 1;
+    const int64_t count = [self loadTokens:x targets:y];
     out->n_targets = (int32_t)count;
     if (count == 0) {
         /* nothing to learn from: loss 0, no update (as the CPU backend) */
@@ -442,10 +359,8 @@ static NSString* CheckHparams(const gpt_hparams* h) {
 }
 
 - (int32_t)evalX:(const int32_t*)x y:(const int32_t*)y loss:(float*)loss {
-    if (loss == NULL) return [self fail:"gpt_eval_loss: loss must not be NULL"];
     const double t0 = now_seconds();
-    int64_t count = 0;
-    if ([self loadTokens:x targets:y count:&count what:"gpt_eval_loss"] != 0) return 1;
+    const int64_t count = [self loadTokens:x targets:y];
     if (count == 0) {
         *loss = 0.0f;
         return 0;
@@ -461,8 +376,7 @@ static NSString* CheckHparams(const gpt_hparams* h) {
 - (int32_t)prepareGrads {
     if (_gradGraph != nil) return 0;
     NSString* why = nil;
-    MPSGPTGraph* G = [MPSGPTGraph graphWithKind:MPSGPTGraphGrads cfg:&_cfg batch:_B layout:_layout
-                                      embedding:_embedding error:&why];
+    MPSGPTGraph* G = [MPSGPTGraph graphWithKind:MPSGPTGraphGrads spec:_spec error:&why];
     if (G == nil) return [self fail:"gpt_compute_grads: building the gradient graph failed: %s", why.UTF8String];
     NSArray<id<MTLBuffer>>* bufs = nil;
     NSArray<MPSGraphTensorData*>* datas = nil;
@@ -482,17 +396,16 @@ static NSString* CheckHparams(const gpt_hparams* h) {
 
 - (int32_t)gradsX:(const int32_t*)x y:(const int32_t*)y loss:(float*)loss grads:(float*)grads {
     const double t0 = now_seconds();
-    int64_t count = 0;
-    if ([self loadTokens:x targets:y count:&count what:"gpt_compute_grads"] != 0) return 1;
+    const int64_t count = [self loadTokens:x targets:y];
     if (count == 0) {
-        if (loss != NULL) *loss = 0.0f;
+        *loss = 0.0f;
         if (grads != NULL) memset(grads, 0, (size_t)_P * sizeof(float));
         return 0;
     }
     if ([self prepareGrads] != 0) return 1;
     ((float*)_hp.contents)[MPS_HP_COUNT] = (float)count;
     if ([self run:_gradGraph feeds:_gradFeeds[_cur] results:_gradResults what:"gpt_compute_grads"] != 0) return 1;
-    if (loss != NULL) *loss = *(const float*)_loss.contents;
+    *loss = *(const float*)_loss.contents;
     if (grads != NULL) ToHost(_gradBuf, _layout, _K, grads);
     [self addTime:PROF_GRADS since:t0];
     return 0;
@@ -500,7 +413,6 @@ static NSString* CheckHparams(const gpt_hparams* h) {
 
 - (int32_t)profileReport:(char*)buf length:(int32_t)len {
     if (!_profile) return 0;
-    if (buf == NULL || len <= 0) return 0;
     int32_t used = 0;
     buf[0] = '\0';
     for (int i = 0; i < PROF_N; i++) {
@@ -517,101 +429,117 @@ static NSString* CheckHparams(const gpt_hparams* h) {
 
 @end
 
-/* ---- the C functions of gpt_mps.h ---- */
+/* ---- the backend table of native/backend.h ---- */
 
-static GPTMPSModel* Model(const gpt_mps* g) {
-    return (__bridge GPTMPSModel*)(void*)(uintptr_t)g;
+static GPTMPSModel* Model(void* self) {
+    return (__bridge GPTMPSModel*)self;
 }
 
-gpt_mps* gpt_mps_create(const gpt_cfg* cfg, int32_t B, char* err, int32_t errlen) {
+/* status 0 passes through; otherwise the model's message goes into err. */
+static int Status(int32_t status, void* self, char* err, size_t errlen) {
+    if (status != 0) gpt_errf(err, errlen, "%s", [Model(self) lastError]);
+    return status != 0;
+}
+
+static int mps_available(void) {
+    @autoreleasepool {
+        id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+        return device != nil && MPSSupportsMTLDevice(device) ? 1 : 0;
+    }
+}
+
+static void* mps_create(const gpt_spec* spec, char* err, size_t errlen) {
     @autoreleasepool {
         NSString* msg = nil;
         GPTMPSModel* m = nil;
         @try {
-            m = [[GPTMPSModel alloc] initWithCfg:cfg batch:B error:&msg];
+            m = [[GPTMPSModel alloc] initWithSpec:spec error:&msg];
         } @catch (NSException* e) {
             m = nil;
             msg = [NSString stringWithFormat:@"MPSGraph raised %@: %@", e.name, e.reason];
         }
         if (m == nil) {
-            NSString* full = [NSString stringWithFormat:@"gpt_create (mps): %@", msg ?: @"failed"];
-            copy_message(err, errlen > 0 ? (size_t)errlen : 0, full.UTF8String);
+            gpt_errf(err, errlen, "mps: %s", (msg ?: @"failed").UTF8String);
             return NULL;
         }
-        return (gpt_mps*)CFBridgingRetain(m);
+        return (void*)CFBridgingRetain(m);
     }
 }
 
-void gpt_mps_free(gpt_mps* g) {
-    if (g == NULL) return;
+static void mps_destroy(void* self) {
     @autoreleasepool {
-        CFBridgingRelease((CFTypeRef)g);
+        CFBridgingRelease(self);
     }
 }
 
-const char* gpt_mps_last_error(const gpt_mps* g) {
-    return g == NULL ? "no model (NULL handle)" : [Model(g) lastError];
-}
-
-int32_t gpt_mps_set_threads(gpt_mps* g, int32_t n) {
-    if (g == NULL) return 1;
-    if (n < 1) return [Model(g) fail:"gpt_set_threads: n = %d, expected >= 1", n];
+/* The GPU schedules its own work: any thread count is accepted and ignored. */
+static int mps_set_threads(void* self, int32_t n, char* err, size_t errlen) {
+    (void)self, (void)n, (void)err, (void)errlen;
     return 0;
 }
 
-int32_t gpt_mps_set_params(gpt_mps* g, const float* src) {
-    if (g == NULL) return 1;
+static int mps_set_params(void* self, const float* src, char* err, size_t errlen) {
     @autoreleasepool {
-        return [Model(g) setParams:src];
+        return Status([Model(self) setParams:src], self, err, errlen);
     }
 }
 
-int32_t gpt_mps_get_params(const gpt_mps* g, float* dst) {
-    if (g == NULL) return 1;
+static int mps_get_params(void* self, float* dst, char* err, size_t errlen) {
     @autoreleasepool {
-        return [Model(g) getParams:dst];
+        return Status([Model(self) getParams:dst], self, err, errlen);
     }
 }
 
-int32_t gpt_mps_set_opt_state(gpt_mps* g, const float* m, const float* v, int64_t step) {
-    if (g == NULL) return 1;
+static int mps_set_opt_state(void* self, const float* m, const float* v, int64_t step, char* err, size_t errlen) {
     @autoreleasepool {
-        return [Model(g) setOptM:m v:v step:step];
+        return Status([Model(self) setOptM:m v:v step:step], self, err, errlen);
     }
 }
 
-int32_t gpt_mps_get_opt_state(const gpt_mps* g, float* m, float* v, int64_t* step) {
-    if (g == NULL) return 1;
+static int mps_get_opt_state(void* self, float* m, float* v, int64_t* step, char* err, size_t errlen) {
     @autoreleasepool {
-        return [Model(g) getOptM:m v:v step:step];
+        return Status([Model(self) getOptM:m v:v step:step], self, err, errlen);
     }
 }
 
-int32_t gpt_mps_train_step(gpt_mps* g, const int32_t* x, const int32_t* y, const gpt_hparams* h,
-                           gpt_step_result* out) {
-    if (g == NULL) return 1;
+static int mps_train_step(void* self, const int32_t* x, const int32_t* y, const gpt_hparams* h,
+                          gpt_step_result* out, char* err, size_t errlen) {
     @autoreleasepool {
-        return [Model(g) trainX:x y:y hparams:h result:out];
+        return Status([Model(self) trainX:x y:y hparams:h result:out], self, err, errlen);
     }
 }
 
-int32_t gpt_mps_eval_loss(gpt_mps* g, const int32_t* x, const int32_t* y, float* loss) {
-    if (g == NULL) return 1;
+static int mps_eval_loss(void* self, const int32_t* x, const int32_t* y, float* loss, char* err, size_t errlen) {
     @autoreleasepool {
-        return [Model(g) evalX:x y:y loss:loss];
+        return Status([Model(self) evalX:x y:y loss:loss], self, err, errlen);
     }
 }
 
-int32_t gpt_mps_compute_grads(gpt_mps* g, const int32_t* x, const int32_t* y, float* loss, float* grads) {
-    if (g == NULL) return 1;
+static int mps_compute_grads(void* self, const int32_t* x, const int32_t* y, float* loss, float* grads, char* err,
+                             size_t errlen) {
     @autoreleasepool {
-        return [Model(g) gradsX:x y:y loss:loss grads:grads];
+        return Status([Model(self) gradsX:x y:y loss:loss grads:grads], self, err, errlen);
     }
 }
 
-int32_t gpt_mps_profile_report(gpt_mps* g, char* buf, int32_t buflen) {
-    if (g == NULL) return 0;
+static int32_t mps_profile_report(void* self, char* buf, int32_t buflen) {
     @autoreleasepool {
-        return [Model(g) profileReport:buf length:buflen];
+        return [Model(self) profileReport:buf length:buflen];
     }
 }
+
+const gpt_backend gpt_mps_backend = {
+    .name = "mps",
+    .available = mps_available,
+    .create = mps_create,
+    .destroy = mps_destroy,
+    .set_threads = mps_set_threads,
+    .set_params = mps_set_params,
+    .get_params = mps_get_params,
+    .set_opt_state = mps_set_opt_state,
+    .get_opt_state = mps_get_opt_state,
+    .train_step = mps_train_step,
+    .eval_loss = mps_eval_loss,
+    .compute_grads = mps_compute_grads,
+    .profile_report = mps_profile_report,
+};

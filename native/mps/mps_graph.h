@@ -12,22 +12,9 @@
 
 #import <Foundation/Foundation.h>
 #import <MetalPerformanceShadersGraph/MetalPerformanceShadersGraph.h>
-#include "../include/gpt.h"
+#include "../backend.h"
 
 NS_ASSUME_NONNULL_BEGIN
-
-/* One tensor of the flat parameter layout of gpt.h. */
-typedef struct {
-    int64_t offset, size; /* in floats */
-    int32_t rank;         /* 1 or 2 */
-    int32_t shape[2];     /* torch shape; nn.Linear weights (out, in) */
-    int32_t decay;        /* AdamW weight decay applies (2-D tensors) */
-} mps_param;
-
-/* Number of tensors in the layout of cfg (cfg already validated). */
-int32_t mps_param_count(const gpt_cfg* cfg);
-/* Fills out[mps_param_count(cfg)] in gpt.h order; returns the total float count. */
-int64_t mps_param_layout(const gpt_cfg* cfg, mps_param* out);
 
 /* The step scalars, fed every step in one float32 vector of MPS_HP_LEN (no
  * recompilation when they change). The host derives them in double precision from
@@ -52,21 +39,15 @@ typedef NS_ENUM(NSInteger, MPSGPTGraphKind) {
     MPSGPTGraphTrain,     /* loss, grad norm, applied flag, updated params/m/v */
 };
 
-/* How the token embedding is read: a one-hot (N, V) matrix times wte (its gradient
- * a matmul: deterministic), or a gather (its gradient, by MPSGraph's autodiff, a
- * scatter-add whose summation order need not be the same from run to run). */
-typedef NS_ENUM(NSInteger, MPSGPTEmbedding) {
-    MPSGPTEmbeddingOneHot = 0,
-    MPSGPTEmbeddingGather,
-};
+/* The torch shape of a layout tensor: [d0] or [d0, d1]. */
+MPSShape* TensorShape(const gpt_tensor* t);
 
 @interface MPSGPTGraph : NSObject
 
 @property(nonatomic, readonly) MPSGraph* graph;
 @property(nonatomic, readonly) MPSGPTGraphKind kind;
-@property(nonatomic, readonly) MPSGPTEmbedding embedding;
 
-/* Placeholders. params: one per layout tensor, in layout order, with its shape. */
+/* Placeholders. params: one per layout tensor (native/layout.h), in layout order, with its shape. */
 @property(nonatomic, readonly) NSArray<MPSGraphTensor*>* params;
 @property(nonatomic, readonly, nullable) NSArray<MPSGraphTensor*>* m;  /* train only */
 @property(nonatomic, readonly, nullable) NSArray<MPSGraphTensor*>* v;  /* train only */
@@ -84,13 +65,13 @@ typedef NS_ENUM(NSInteger, MPSGPTEmbedding) {
 @property(nonatomic, readonly, nullable) NSArray<MPSGraphTensor*>* mOut;       /* train only */
 @property(nonatomic, readonly, nullable) NSArray<MPSGraphTensor*>* vOut;       /* train only */
 
-/* nil with *error set when MPSGraph rejects the construction (it raises an
- * NSException, caught here). layout has mps_param_count(cfg) entries. */
+/* The graph of spec (its cfg, batch, layout and option mps_embedding: the token
+ * embedding as a one-hot (N, V) matrix times wte, its gradient a matmul, deterministic;
+ * or a gather, its gradient by MPSGraph's autodiff a scatter-add whose summation order
+ * need not be the same from run to run). nil with *error set when MPSGraph rejects the
+ * construction (it raises an NSException, caught here). */
 + (nullable instancetype)graphWithKind:(MPSGPTGraphKind)kind
-                                   cfg:(const gpt_cfg*)cfg
-                                 batch:(int32_t)B
-                                layout:(const mps_param*)layout
-                             embedding:(MPSGPTEmbedding)embedding
+                                  spec:(const gpt_spec*)spec
                                  error:(NSString* _Nullable* _Nonnull)error;
 
 @end

@@ -11,45 +11,6 @@
 
 #include <math.h>
 
-#define PARAMS_PER_LAYER 12
-
-int32_t mps_param_count(const gpt_cfg* cfg) { return 4 + PARAMS_PER_LAYER * cfg->L; }
-
-static void set_param(mps_param* p, int64_t* offset, int32_t rows, int32_t cols) {
-    p->offset = *offset;
-    p->rank = cols > 0 ? 2 : 1;
-    p->shape[0] = rows;
-    p->shape[1] = cols > 0 ? cols : 1;
-    p->size = (int64_t)rows * (cols > 0 ? cols : 1);
-    p->decay = p->rank == 2;
-    *offset += p->size;
-}
-
-int64_t mps_param_layout(const gpt_cfg* cfg, mps_param* out) {
-    const int32_t V = cfg->V, T = cfg->T, C = cfg->C, F = cfg->d_ff;
-    int64_t off = 0;
-    int k = 0;
-    set_param(&out[k++], &off, V, C);  /* wte */
-    set_param(&out[k++], &off, T, C);  /* wpe */
-    for (int32_t l = 0; l < cfg->L; l++) {
-        set_param(&out[k++], &off, C, 0);      /* ln_1.weight */
-        set_param(&out[k++], &off, C, 0);      /* ln_1.bias */
-        set_param(&out[k++], &off, 3 * C, C);  /* attn.c_attn.weight */
-        set_param(&out[k++], &off, 3 * C, 0);  /* attn.c_attn.bias */
-        set_param(&out[k++], &off, C, C);      /* attn.c_proj.weight */
-        set_param(&out[k++], &off, C, 0);      /* attn.c_proj.bias */
-        set_param(&out[k++], &off, C, 0);      /* ln_2.weight */
-        set_param(&out[k++], &off, C, 0);      /* ln_2.bias */
-        set_param(&out[k++], &off, F, C);      /* mlp.c_fc.weight */
-        set_param(&out[k++], &off, F, 0);      /* mlp.c_fc.bias */
-        set_param(&out[k++], &off, C, F);      /* mlp.c_proj.weight */
-        set_param(&out[k++], &off, C, 0);      /* mlp.c_proj.bias */
-    }
-    set_param(&out[k++], &off, C, 0);  /* ln_f.weight */
-    set_param(&out[k++], &off, C, 0);  /* ln_f.bias */
-    return off;
-}
-
 /* ---- small wrappers: one line per op in the model code below ---- */
 
 static MPSGraphTensor* Add(MPSGraph* g, MPSGraphTensor* a, MPSGraphTensor* b) {
@@ -113,6 +74,11 @@ static MPSGraphTensor* Gelu(MPSGraph* g, MPSGraphTensor* x) {
     return Mul(g, Mul(g, Const(g, 0.5), x), Add(g, Const(g, 1.0), t));
 }
 
+/* Tensor GPT_L_<field> of block l (native/layout.h). */
+static MPSGraphTensor* Param(NSArray<MPSGraphTensor*>* P, int32_t l, int k) {
+    return P[(NSUInteger)gpt_layer_tensor(l, k)];
+}
+
 /* (N, C) -> (B, H, T, hd) */
 static MPSGraphTensor* SplitHeads(MPSGraph* g, MPSGraphTensor* x, int32_t B, int32_t T, int32_t H, int32_t hd) {
     return Transpose(g, Reshape(g, x, @[ @(B), @(T), @(H), @(hd) ]), 1, 2);
@@ -131,10 +97,10 @@ static MPSGraphTensor* CausalMask(MPSGraph* g, int32_t T) {
 
 /* Causal multi-head self-attention of nanoGPT: c_attn, split q k v, softmax(q k^T /
  * sqrt(hd) + mask) v, merge heads, c_proj. x: (N, C). */
-static MPSGraphTensor* Attention(MPSGraph* g, MPSGraphTensor* x, NSArray<MPSGraphTensor*>* P, NSUInteger base,
+static MPSGraphTensor* Attention(MPSGraph* g, MPSGraphTensor* x, NSArray<MPSGraphTensor*>* P, int32_t l,
                                  MPSGraphTensor* mask, const gpt_cfg* cfg, int32_t B) {
     const int32_t T = cfg->T, C = cfg->C, H = cfg->H, hd = C / H;
-    MPSGraphTensor* qkv = Linear(g, x, P[base + 2], P[base + 3]);  /* (N, 3C) */
+    MPSGraphTensor* qkv = Linear(g, x, Param(P, l, GPT_L_qkvw), Param(P, l, GPT_L_qkvb));  /* (N, 3C) */
     MPSGraphTensor* q = SplitHeads(g, [g sliceTensor:qkv dimension:1 start:0 length:C name:nil], B, T, H, hd);
     MPSGraphTensor* k = SplitHeads(g, [g sliceTensor:qkv dimension:1 start:C length:C name:nil], B, T, H, hd);
     MPSGraphTensor* v = SplitHeads(g, [g sliceTensor:qkv dimension:1 start:2 * C length:C name:nil], B, T, H, hd);
@@ -142,7 +108,7 @@ static MPSGraphTensor* Attention(MPSGraph* g, MPSGraphTensor* x, NSArray<MPSGrap
     MPSGraphTensor* p = [g softMaxWithTensor:Add(g, s, mask) axis:3 name:nil];  /* (B, H, T, T) */
     MPSGraphTensor* y = Transpose(g, MatMul(g, p, v), 1, 2);                     /* (B, T, H, hd) */
     y = Reshape(g, y, @[ @((NSInteger)B * T), @(C) ]);
-    return Linear(g, y, P[base + 4], P[base + 5]);
+    return Linear(g, y, Param(P, l, GPT_L_projw), Param(P, l, GPT_L_projb));
 }
 
 static MPSGraphTensor* OneHot(MPSGraph* g, MPSGraphTensor* ids, int32_t depth) {  /* [N] -> (N, depth) */
@@ -163,40 +129,40 @@ static MPSGraphTensor* MaskedCrossEntropy(MPSGraph* g, MPSGraphTensor* logits, M
 /* The forward pass and the loss. */
 static MPSGraphTensor* ForwardLoss(MPSGraph* g, NSArray<MPSGraphTensor*>* P, MPSGraphTensor* tokens,
                                    MPSGraphTensor* targets, MPSGraphTensor* mask, MPSGraphTensor* count,
-                                   const gpt_cfg* cfg, int32_t B, MPSGPTEmbedding embedding) {
-    const int32_t V = cfg->V, T = cfg->T, C = cfg->C;
+                                   const gpt_spec* spec) {
+    const gpt_cfg* cfg = &spec->cfg;
+    const int32_t V = cfg->V, T = cfg->T, C = cfg->C, B = spec->B;
     const NSInteger N = (NSInteger)B * T;
-    MPSGraphTensor* wte = P[0];
-    MPSGraphTensor* tok = embedding == MPSGPTEmbeddingGather
+    MPSGraphTensor* wte = P[GPT_L_wte];
+    MPSGraphTensor* tok = spec->opt.mps_embedding == GPT_EMBEDDING_GATHER
                               ? [g gatherWithUpdatesTensor:wte indicesTensor:tokens axis:0 batchDimensions:0 name:nil]
                               : MatMul(g, OneHot(g, tokens, V), wte);
     /* (B, T, C) + wpe (T, C), broadcast over the batch */
-    MPSGraphTensor* h = Reshape(g, Add(g, Reshape(g, tok, @[ @(B), @(T), @(C) ]), P[1]), @[ @(N), @(C) ]);
+    MPSGraphTensor* h = Reshape(g, Add(g, Reshape(g, tok, @[ @(B), @(T), @(C) ]), P[GPT_L_wpe]), @[ @(N), @(C) ]);
     MPSGraphTensor* mask_tt = CausalMask(g, T);
     for (int32_t l = 0; l < cfg->L; l++) {
-        const NSUInteger base = 2 + (NSUInteger)l * PARAMS_PER_LAYER;
-        MPSGraphTensor* a = LayerNorm(g, h, P[base + 0], P[base + 1], C);
-        h = Add(g, h, Attention(g, a, P, base, mask_tt, cfg, B));
-        MPSGraphTensor* m = LayerNorm(g, h, P[base + 6], P[base + 7], C);
-        m = Gelu(g, Linear(g, m, P[base + 8], P[base + 9]));
-        h = Add(g, h, Linear(g, m, P[base + 10], P[base + 11]));
+        MPSGraphTensor* a = LayerNorm(g, h, Param(P, l, GPT_L_ln1w), Param(P, l, GPT_L_ln1b), C);
+        h = Add(g, h, Attention(g, a, P, l, mask_tt, cfg, B));
+        MPSGraphTensor* m = LayerNorm(g, h, Param(P, l, GPT_L_ln2w), Param(P, l, GPT_L_ln2b), C);
+        m = Gelu(g, Linear(g, m, Param(P, l, GPT_L_fcw), Param(P, l, GPT_L_fcb)));
+        h = Add(g, h, Linear(g, m, Param(P, l, GPT_L_fcprojw), Param(P, l, GPT_L_fcprojb)));
     }
-    const NSUInteger last = 2 + (NSUInteger)cfg->L * PARAMS_PER_LAYER;
-    h = LayerNorm(g, h, P[last], P[last + 1], C);
+    h = LayerNorm(g, h, P[(NSUInteger)gpt_tail_tensor(cfg, GPT_L_lnfw)], P[(NSUInteger)gpt_tail_tensor(cfg, GPT_L_lnfb)], C);
     MPSGraphTensor* logits = MatMul(g, h, Transpose(g, wte, 0, 1));  /* tied LM head: (N, V) */
     return MaskedCrossEntropy(g, logits, targets, mask, count, V);
 }
 
 @implementation MPSGPTGraph
 
-static MPSShape* ParamShape(const mps_param* p) {
-    return p->rank == 2 ? @[ @(p->shape[0]), @(p->shape[1]) ] : @[ @(p->shape[0]) ];
+MPSShape* TensorShape(const gpt_tensor* t) {
+    return t->rank == 2 ? @[ @(t->shape[0]), @(t->shape[1]) ] : @[ @(t->shape[0]) ];
 }
 
-static NSArray<MPSGraphTensor*>* Placeholders(MPSGraph* g, const mps_param* layout, int32_t n) {
-    NSMutableArray<MPSGraphTensor*>* out = [NSMutableArray arrayWithCapacity:(NSUInteger)n];
-    for (int32_t i = 0; i < n; i++)
-        [out addObject:[g placeholderWithShape:ParamShape(&layout[i]) dataType:MPSDataTypeFloat32 name:nil]];
+/* One placeholder per tensor of spec's layout. */
+static NSArray<MPSGraphTensor*>* Placeholders(MPSGraph* g, const gpt_spec* spec) {
+    NSMutableArray<MPSGraphTensor*>* out = [NSMutableArray arrayWithCapacity:(NSUInteger)spec->n_tensors];
+    for (int64_t i = 0; i < spec->n_tensors; i++)
+        [out addObject:[g placeholderWithShape:TensorShape(&spec->tensors[i]) dataType:MPSDataTypeFloat32 name:nil]];
     return out;
 }
 
@@ -215,7 +181,7 @@ static NSArray<MPSGraphTensor*>* Gradients(MPSGraph* g, MPSGraphTensor* loss, NS
 }
 
 /* clip_grad_norm_ and torch.optim.AdamW (single-tensor path), guarded by a finite flag. */
-- (void)buildUpdateWithGrads:(NSArray<MPSGraphTensor*>*)grads layout:(const mps_param*)layout {
+- (void)buildUpdateWithGrads:(NSArray<MPSGraphTensor*>*)grads layout:(const gpt_tensor*)layout {
     MPSGraph* g = _graph;
     const NSUInteger n = grads.count;
     /* total norm as torch 1.13: the 2-norm of the per-tensor 2-norms */
@@ -272,42 +238,33 @@ static NSArray<MPSGraphTensor*>* Gradients(MPSGraph* g, MPSGraphTensor* loss, NS
     _applied = [g selectWithPredicateTensor:finite truePredicateTensor:one falsePredicateTensor:Const(g, 0.0) name:nil];
 }
 
-- (instancetype)initWithKind:(MPSGPTGraphKind)kind
-                         cfg:(const gpt_cfg*)cfg
-                       batch:(int32_t)B
-                      layout:(const mps_param*)layout
-                   embedding:(MPSGPTEmbedding)embedding {
+- (instancetype)initWithKind:(MPSGPTGraphKind)kind spec:(const gpt_spec*)spec {
     if ((self = [super init]) == nil) return nil;
     _kind = kind;
-    _embedding = embedding;
     _graph = [MPSGraph new];
     MPSGraph* g = _graph;
-    const int32_t n = mps_param_count(cfg);
-    const NSInteger N = (NSInteger)B * cfg->T;
-    _params = Placeholders(g, layout, n);
+    const NSInteger N = (NSInteger)spec->B * spec->cfg.T;
+    _params = Placeholders(g, spec);
     _tokens = [g placeholderWithShape:@[ @(N) ] dataType:MPSDataTypeInt32 name:nil];
     _targets = [g placeholderWithShape:@[ @(N) ] dataType:MPSDataTypeInt32 name:nil];
     _targetMask = [g placeholderWithShape:@[ @(N), @1 ] dataType:MPSDataTypeFloat32 name:nil];
     _hp = [g placeholderWithShape:@[ @(MPS_HP_LEN) ] dataType:MPSDataTypeFloat32 name:nil];
-    _loss = ForwardLoss(g, _params, _tokens, _targets, _targetMask, Scalar(g, _hp, MPS_HP_COUNT), cfg, B, embedding);
+    _loss = ForwardLoss(g, _params, _tokens, _targets, _targetMask, Scalar(g, _hp, MPS_HP_COUNT), spec);
     if (kind == MPSGPTGraphGrads) {
         _grads = Gradients(g, _loss, _params);
     } else if (kind == MPSGPTGraphTrain) {
-        _m = Placeholders(g, layout, n);
-        _v = Placeholders(g, layout, n);
-        [self buildUpdateWithGrads:Gradients(g, _loss, _params) layout:layout];
+        _m = Placeholders(g, spec);
+        _v = Placeholders(g, spec);
+        [self buildUpdateWithGrads:Gradients(g, _loss, _params) layout:spec->tensors];
     }
     return self;
 }
 
 + (nullable instancetype)graphWithKind:(MPSGPTGraphKind)kind
-                                   cfg:(const gpt_cfg*)cfg
-                                 batch:(int32_t)B
-                                layout:(const mps_param*)layout
-                             embedding:(MPSGPTEmbedding)embedding
+                                  spec:(const gpt_spec*)spec
                                  error:(NSString* _Nullable* _Nonnull)error {
     @try {
-        return [[MPSGPTGraph alloc] initWithKind:kind cfg:cfg batch:B layout:layout embedding:embedding];
+        return [[MPSGPTGraph alloc] initWithKind:kind spec:spec];
     } @catch (NSException* e) {
         *error = [NSString stringWithFormat:@"%@: %@", e.name, e.reason];
         return nil;

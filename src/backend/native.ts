@@ -31,12 +31,58 @@ export class NativeError extends Error {
   override name = "NativeError";
 }
 
+/**
+ * Settings of one native model (gpt_options of native/include/gpt.h). None changes
+ * results; they trade memory, time or (MPS gather) run-to-run bits.
+ */
+export interface NativeOptions {
+  profile: boolean; // per-op seconds from profileReport()
+  recompute: "auto" | "always" | "never"; // CPU: GELU outputs and attention probabilities in backward
+  headChunkRows: number; // CPU: LM head rows per chunk of logits, 0 = about 16 MB
+  lanes: "auto" | "one" | "all"; // CPU: batch-parallel lanes (see gpt_set_threads in gpt.h)
+  laneHelp: "on" | "off" | "test"; // CPU: a lane that is done helps the others
+  mpsEmbedding: "onehot" | "gather"; // MPS: token embedding by one-hot matmul or gather
+}
+
+/**
+ * The options from environment variables, the one place they are read: GPT_PROFILE=1,
+ * GPT_RECOMPUTE=1|0 (always | never), GPT_HEAD_CHUNK_ROWS=n, GPT_LANES=1|all,
+ * GPT_LANE_HELP=0|test, GPT_MPS_EMBEDDING=onehot|gather; anything else is the default.
+ */
+export function nativeOptions(env: Record<string, string | undefined> = process.env): NativeOptions {
+  const chunk = Number.parseInt(env.GPT_HEAD_CHUNK_ROWS ?? "", 10);
+  const embedding = env.GPT_MPS_EMBEDDING ?? "";
+  if (!["", "onehot", "gather"].includes(embedding)) {
+    throw new NativeError(`GPT_MPS_EMBEDDING = "${embedding}", expected "onehot" (default) or "gather"`);
+  }
+  return {
+    profile: env.GPT_PROFILE === "1",
+    recompute: env.GPT_RECOMPUTE === "1" ? "always" : env.GPT_RECOMPUTE === "0" ? "never" : "auto",
+    headChunkRows: chunk > 0 ? chunk : 0,
+    lanes: env.GPT_LANES === "1" ? "one" : env.GPT_LANES === "all" ? "all" : "auto",
+    laneHelp: env.GPT_LANE_HELP === "0" ? "off" : env.GPT_LANE_HELP === "test" ? "test" : "on",
+    mpsEmbedding: embedding === "gather" ? "gather" : "onehot",
+  };
+}
+
+/** gpt_options in field order; each enum's values as gpt.h numbers them. */
+function optionsStruct(o: NativeOptions): Int32Array {
+  return Int32Array.of(
+    o.profile ? 1 : 0,
+    ["auto", "always", "never"].indexOf(o.recompute),
+    o.headChunkRows,
+    ["auto", "one", "all"].indexOf(o.lanes),
+    ["on", "off", "test"].indexOf(o.laneHelp),
+    ["onehot", "gather"].indexOf(o.mpsEmbedding),
+  );
+}
+
 const { ptr, i32, i64, cstring, void: none } = FFIType;
 
 const SYMBOLS = {
   gpt_device_available: { args: [i32], returns: i32 },
   gpt_num_params: { args: [ptr], returns: i64 },
-  gpt_create: { args: [ptr, i32, i32, ptr, i32], returns: ptr },
+  gpt_create: { args: [ptr, i32, i32, ptr, ptr, i32], returns: ptr },
   gpt_free: { args: [ptr], returns: none },
   gpt_last_error: { args: [ptr], returns: cstring },
   gpt_set_threads: { args: [ptr, i32], returns: i32 },
@@ -124,9 +170,16 @@ export class NativeModel {
     this.numParams = Number(lib.gpt_num_params(cfgStruct(cfg)));
   }
 
-  static open(cfg: ModelCfg, batchSize: number, device: Device = "cpu", lib: NativeLibrary = openLibrary()): NativeModel {
+  static open(
+    cfg: ModelCfg,
+    batchSize: number,
+    device: Device = "cpu",
+    lib: NativeLibrary = openLibrary(),
+    options: NativeOptions = nativeOptions(),
+  ): NativeModel {
     const err = new Uint8Array(1024);
-    const handle = lib.gpt_create(cfgStruct(cfg), batchSize, device === "mps" ? 1 : 0, err, err.length);
+    const opts = optionsStruct(options);
+    const handle = lib.gpt_create(cfgStruct(cfg), batchSize, device === "mps" ? 1 : 0, opts, err, err.length);
     if (!handle || typeof handle === "bigint") {
       const end = err.indexOf(0);
       throw new NativeError(new TextDecoder().decode(err.subarray(0, end < 0 ? err.length : end)) || "gpt_create failed");

@@ -19,7 +19,7 @@
  * "<name> <error> <tolerance> PASS|FAIL", then exits 1 if any failed.
  *
  * Build (tests/native-gradcheck.test.ts does this):
- *   cc -O2 -std=c11 -Inative/cpu tests/native/gradcheck.c native/cpu/kernels.c native/cpu/sgemm_small.c native/cpu/pool.c \
+ *   cc -O2 -std=c11 -Inative/cpu tests/native/gradcheck.c native/cpu/kernels_*.c native/cpu/sgemm_small.c native/cpu/pool.c \
  *      <libopenblas.a> -lm -lpthread
  */
 #define _POSIX_C_SOURCE 200809L

@@ -1,0 +1,80 @@
+/*
+ * backend.h: the seam between the public ABI and a backend (internal, not part of gpt.h).
+ *
+ * native/gpt.c implements every gpt_* function of gpt.h once: it validates all input
+ * (cfg, B, device, options, null pointers, token ids, hyperparameters), lays out the
+ * parameters (native/layout.h) and then calls the backend chosen at gpt_create through
+ * this table. Data flows one way: gpt.c calls a backend, a backend never calls gpt.c.
+ * A backend therefore only sees valid arguments; it reports its own failures
+ * (allocation, device errors) by writing a message into err (errlen bytes, see
+ * gpt_errf) and returning nonzero. Backends: gpt_cpu_backend (native/cpu/model.c,
+ * always built) and gpt_mps_backend (native/mps/gpt_mps.m, built on macOS with
+ * -DGPT_HAVE_MPS).
+ *
+ * Room for what comes next: incremental decoding with a KV cache (a prompt pass, then
+ * one token per step) will add its entries here, next to eval_loss, on both backends;
+ * device size limits (the MPS backend's largest buffer) are checked by the backend's
+ * create, which sees the whole spec.
+ */
+#ifndef GPT_BACKEND_H
+#define GPT_BACKEND_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "include/gpt.h"
+#include "layout.h"
+
+#define GPT_ERR_LEN 512
+
+/* What a backend builds a model from: all valid (checked by gpt.c), owned by gpt.c and
+ * unchanged until the backend's destroy. */
+typedef struct {
+    gpt_cfg cfg;
+    int32_t B;                 /* batch rows */
+    gpt_options opt;           /* the caller's options, or the defaults (all zero) */
+    const gpt_tensor* tensors; /* the parameter layout: n_tensors of them, in order */
+    int64_t n_tensors;
+    int64_t n_params;          /* floats in the flat parameter buffer */
+} gpt_spec;
+
+typedef struct gpt_backend {
+    const char* name;
+    /* 1 if the device can be used in this process. */
+    int (*available)(void);
+    /* A model of spec with zero parameters and a fresh optimizer, or NULL. */
+    void* (*create)(const gpt_spec* spec, char* err, size_t errlen);
+    void (*destroy)(void* self);
+    int (*set_threads)(void* self, int32_t n, char* err, size_t errlen);
+    int (*set_params)(void* self, const float* src, char* err, size_t errlen);
+    int (*get_params)(void* self, float* dst, char* err, size_t errlen);
+    /* m, v both NULL (then step == 0): reset the optimizer. */
+    int (*set_opt_state)(void* self, const float* m, const float* v, int64_t step, char* err, size_t errlen);
+    int (*get_opt_state)(void* self, float* m, float* v, int64_t* step, char* err, size_t errlen);
+    int (*train_step)(void* self, const int32_t* x, const int32_t* y, const gpt_hparams* h, gpt_step_result* out,
+                      char* err, size_t errlen);
+    int (*eval_loss)(void* self, const int32_t* x, const int32_t* y, float* loss, char* err, size_t errlen);
+    /* grads may be NULL. */
+    int (*compute_grads)(void* self, const int32_t* x, const int32_t* y, float* loss, float* grads, char* err,
+                         size_t errlen);
+    int32_t (*profile_report)(void* self, char* buf, int32_t buflen);
+} gpt_backend;
+
+extern const gpt_backend gpt_cpu_backend;
+#if defined(GPT_HAVE_MPS)
+extern const gpt_backend gpt_mps_backend;
+#endif
+
+/* snprintf into err (NUL-terminated, truncated to errlen; nothing when err is NULL). */
+static inline void gpt_errf(char* err, size_t errlen, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+static inline void gpt_errf(char* err, size_t errlen, const char* fmt, ...) {
+    if (!err || errlen == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+#endif
