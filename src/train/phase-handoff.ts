@@ -20,7 +20,7 @@ import { loadCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
 import { phaseOfTrainCfg, TRAIN_DEFAULTS, type SftConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { removeStaleTempFiles, writeTextAtomic, writingTo } from "../util/atomic.ts";
-import { findConfigs, missingInitFrom, runFiles, show, STEP_FILE } from "./start.ts";
+import { findConfigs, loadInitCheckpoint, missingInitFrom, runFiles, show, STEP_FILE } from "./start.ts";
 
 const MARKER = ".moving";
 
@@ -188,6 +188,8 @@ export function movePretrainRunAside(o: HandoffOptions): void {
   if (o.by === "sft" && init !== null && !existsSync(init) && !(init === join(to, "best.pt") && names.includes("best.pt"))) {
     throw missingInitFrom(o.repoRoot, o.sft, from);
   }
+  // An init_from outside the run being moved is read (and refused) before anything moves.
+  if (o.by === "sft" && init !== null && init !== join(to, "best.pt") && existsSync(init)) loadInitCheckpoint(o.sft, init);
   const occupied = existsSync(to) ? runFiles(to) : [];
   if (occupied.length > 0) {
     throw new InputError(

@@ -187,6 +187,18 @@ export interface Start {
   trainDefaults: Readonly<Record<string, unknown>> | null;
 }
 
+/** The checkpoint SFT starts from (init_from), read under the budgets of the run's model and
+ *  refused (exit 2, naming it) when its model differs from the config's. */
+export function loadInitCheckpoint(config: PhaseConfig, initFrom: string): Checkpoint {
+  return loadCheckpoint(initFrom, undefined, {
+    maxBytes: maxCheckpointBytes(config.model),
+    accept: (head) => {
+      const diff = modelCfgDifferences(head.modelCfg, config.model);
+      if (diff.length > 0) throw new InputError(`${initFrom}: its model differs from ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")})`);
+    },
+  });
+}
+
 /** Where a phase starts: a resumed checkpoint, SFT's init_from weights, or a fresh init. */
 export function decideStart(o: ResumeOptions & { initFrom: string | null }): Start {
   const { config } = o;
@@ -197,14 +209,7 @@ export function decideStart(o: ResumeOptions & { initFrom: string | null }): Sta
   }
   if (o.initFrom !== null) {
     if (!existsSync(o.initFrom)) throw missingInitFrom(o.repoRoot, config as SftConfig, o.checkpointDir);
-    const initFrom = o.initFrom;
-    const ckpt = loadCheckpoint(initFrom, undefined, {
-      maxBytes: maxCheckpointBytes(config.model),
-      accept: (head) => {
-        const diff = modelCfgDifferences(head.modelCfg, config.model);
-        if (diff.length > 0) throw new InputError(`${initFrom}: its model differs from ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")})`);
-      },
-    });
+    const ckpt = loadInitCheckpoint(config, o.initFrom);
     const defaultInit = config.phase === "sft" && config.initFromDefault;
     return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}${defaultInit ? "; init_from omitted: the pretrain best" : ""}), fresh optimizer`, resumedFrom: null, trainDefaults: null };
   }
