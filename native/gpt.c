@@ -205,6 +205,46 @@ EXPORT int64_t gpt_num_params(const gpt_cfg* cfg) {
     return gpt_layout(cfg, NULL);
 }
 
+/* cfg and B as gpt_create accepts them. */
+static int check_shape(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen) {
+    if (check_cfg(cfg, err, errlen)) return 1;
+    if (B < 1 || B > GPT_MAX_DIM) {
+        gpt_errf(err, errlen, "batch size B=%d is invalid: expected an integer in [1, %d]", B, GPT_MAX_DIM);
+        return 1;
+    }
+    if ((int64_t)B * cfg->T > 0x7fffffff) {
+        gpt_errf(err, errlen, "B*T = %lld token positions per batch is too many (at most 2^31-1)", (long long)B * cfg->T);
+        return 1;
+    }
+    return 0;
+}
+
+static int check_device(int32_t device, char* err, size_t errlen) {
+    if (device == GPT_DEVICE_CPU || device == GPT_DEVICE_MPS) return 0;
+    gpt_errf(err, errlen, "unknown device %d: expected %d (cpu) or %d (mps)", device, GPT_DEVICE_CPU, GPT_DEVICE_MPS);
+    return 1;
+}
+
+/* The backend of device when this build and machine have it, else NULL with a message. */
+static const gpt_backend* usable_backend(int32_t device, char* err, size_t errlen) {
+    if (check_device(device, err, errlen)) return NULL;
+    const gpt_backend* be = backend_for(device);
+    if (!be || !be->available()) {
+        gpt_errf(err, errlen, "device %s is not available in this build or on this machine",
+                 device == GPT_DEVICE_MPS ? "mps" : "cpu");
+        return NULL;
+    }
+    return be;
+}
+
+/* The backend's limits on every tensor of spec; nonzero with a message when one does not fit. */
+static int check_device_limits(const gpt_backend* be, const gpt_spec* spec, int32_t device, char* err,
+                               size_t errlen) {
+    gpt_limits lim = {0};
+    if (!be->limits) return 0;
+    return be->limits(&lim, err, errlen) || gpt_check_tensor_sizes(spec, device, &lim, err, errlen);
+}
+
 EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, const gpt_options* opt, char* err,
                          int32_t errlen) {
     char local[GPT_ERR_LEN];
@@ -212,28 +252,10 @@ EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, const gp
     gpt_t* g = NULL;
     gpt_tensor* tensors = NULL;
     const gpt_backend* be = NULL;
-    if (check_cfg(cfg, local, sizeof local)) goto fail;
-    if (B < 1 || B > GPT_MAX_DIM) {
-        gpt_errf(local, sizeof local, "batch size B=%d is invalid: expected an integer in [1, %d]", B, GPT_MAX_DIM);
-        goto fail;
-    }
-    if ((int64_t)B * cfg->T > 0x7fffffff) {
-        gpt_errf(local, sizeof local, "B*T = %lld token positions per batch is too many (at most 2^31-1)",
-                 (long long)B * cfg->T);
-        goto fail;
-    }
+    if (check_shape(cfg, B, local, sizeof local)) goto fail;
     if (opt && check_options(opt, local, sizeof local)) goto fail;
-    be = backend_for(device);
-    if (device != GPT_DEVICE_CPU && device != GPT_DEVICE_MPS) {
-        gpt_errf(local, sizeof local, "unknown device %d: expected %d (cpu) or %d (mps)", device, GPT_DEVICE_CPU,
-                 GPT_DEVICE_MPS);
-        goto fail;
-    }
-    if (!be || !be->available()) {
-        gpt_errf(local, sizeof local, "device %s is not available in this build or on this machine",
-                 device == GPT_DEVICE_MPS ? "mps" : "cpu");
-        goto fail;
-    }
+    be = usable_backend(device, local, sizeof local);
+    if (!be) goto fail;
     g = (gpt_t*)calloc(1, sizeof *g);
     tensors = (gpt_tensor*)calloc((size_t)gpt_tensor_count(cfg), sizeof(gpt_tensor));
     if (!g || !tensors) {
@@ -244,6 +266,7 @@ EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, const gp
     g->spec = (gpt_spec){.cfg = *cfg, .B = B, .tensors = tensors, .n_tensors = gpt_tensor_count(cfg)};
     if (opt) g->spec.opt = *opt;
     g->spec.n_params = gpt_layout(cfg, tensors);
+    if (check_device_limits(be, &g->spec, device, local, sizeof local)) goto fail;
     g->impl = be->create(&g->spec, local, sizeof local);
     if (!g->impl) goto fail;
     if (err && errlen > 0) err[0] = '\0';
@@ -253,6 +276,42 @@ fail:
     free(g);
     if (err && errlen > 0) gpt_errf(err, (size_t)errlen, "gpt_create: %s", local[0] ? local : "failed");
     return NULL;
+}
+
+EXPORT int32_t gpt_check_limits(const gpt_cfg* cfg, int32_t B, int32_t device, const gpt_limits* lim, char* err,
+                                int32_t errlen) {
+    char local[GPT_ERR_LEN];
+    local[0] = '\0';
+    int32_t status = -1;
+    gpt_tensor* tensors = NULL;
+    const gpt_backend* be = NULL;
+    if (check_shape(cfg, B, local, sizeof local)) goto done;
+    if (lim == NULL) {
+        be = usable_backend(device, local, sizeof local);
+        if (!be) goto done;
+    } else if (check_device(device, local, sizeof local)) {
+        goto done;
+    }
+    tensors = (gpt_tensor*)calloc((size_t)gpt_tensor_count(cfg), sizeof(gpt_tensor));
+    if (!tensors) {
+        gpt_errf(local, sizeof local, "out of memory");
+        goto done;
+    }
+    const gpt_spec spec = {.cfg = *cfg, .B = B, .tensors = tensors, .n_tensors = gpt_tensor_count(cfg),
+                           .n_params = gpt_layout(cfg, tensors)};
+    status = (lim ? gpt_check_tensor_sizes(&spec, device, lim, local, sizeof local)
+                  : check_device_limits(be, &spec, device, local, sizeof local))
+                 ? 1
+                 : 0;
+done:
+    free(tensors);
+    if (err && errlen > 0) {
+        if (status != 0)
+            gpt_errf(err, (size_t)errlen, "%s", local[0] ? local : "failed");
+        else
+            err[0] = '\0';
+    }
+    return status;
 }
 
 EXPORT void gpt_free(gpt_t* g) {
