@@ -15,27 +15,25 @@
 
 #include "backend.h"
 
-/* X(what, shape, when, d0, d1, d2, d3): an activation of the MPS graph, its shape in
- * the model's names, when it exists, and its dimensions (unused ones 1), in terms of
- * B, T, C, H, V, F = d_ff, N = B*T, hd = C/H and onehot (the token embedding is a
- * one-hot matmul, options mps_embedding). Keep in step with mps_graph.m. */
-#define GPT_MPS_ACTIVATIONS(X)                                                                     \
-    X("token ids, targets and target mask", "(B*T)", 1, N, 1, 1, 1)                                 \
-    X("one-hot tokens of the embedding", "(B*T, V)", onehot, N, V, 1, 1)                            \
-    X("hidden states (embeddings, residual stream, LayerNorm outputs)", "(B*T, C)", 1, N, C, 1, 1)  \
-    X("attention projection q|k|v", "(B*T, 3*C)", 1, N, 3 * C, 1, 1)                                \
-    X("attention heads q, k, v", "(B, H, T, C/H)", 1, B, H, T, hd)                                  \
-    X("attention scores and probabilities", "(B, H, T, T)", 1, B, H, T, T)                          \
-    X("causal mask", "(T, T)", 1, T, T, 1, 1)                                                       \
-    X("MLP hidden layer", "(B*T, d_ff)", 1, N, F, 1, 1)                                             \
-    X("logits", "(B*T, V)", 1, N, V, 1, 1)                                                          \
-    X("one-hot targets of the cross-entropy", "(B*T, V)", 1, N, V, 1, 1)                            \
-    X("per-row losses", "(B*T, 1)", 1, N, 1, 1, 1)
+/* X(what, shape, d0, d1, d2, d3): an activation of the MPS graph, its shape in the
+ * model's names and its dimensions (unused ones 1), in terms of B, T, C, H, V,
+ * F = d_ff, N = B*T and hd = C/H. Tensors of one shape share a row. Keep in step with
+ * mps_graph.m. */
+#define GPT_MPS_ACTIVATIONS(X)                                                                               \
+    X("token ids, targets and target mask", "(B*T)", N, 1, 1, 1)                                              \
+    X("logits (and the one-hot targets, and the one-hot tokens of the embedding)", "(B*T, V)", N, V, 1, 1)    \
+    X("hidden states (embeddings, residual stream, LayerNorm outputs)", "(B*T, C)", N, C, 1, 1)               \
+    X("attention projection q|k|v", "(B*T, 3*C)", N, 3 * C, 1, 1)                                             \
+    X("attention heads q, k, v", "(B, H, T, C/H)", B, H, T, hd)                                               \
+    X("attention scores and probabilities", "(B, H, T, T)", B, H, T, T)                                       \
+    X("causal mask", "(T, T)", T, T, 1, 1)                                                                    \
+    X("MLP hidden layer", "(B*T, d_ff)", N, F, 1, 1)                                                          \
+    X("per-row losses", "(B*T, 1)", N, 1, 1, 1)
 
 #define ELEMENT_BYTES 4
 
 typedef struct {
-    char what[160];  /* name of the tensor */
+    char what[200];  /* name of the tensor */
     char shape[160]; /* its shape in names and numbers */
     double elements; /* in double: exact below 2^53, and a product of dimensions of up to
                         2^24 each never overflows it */
@@ -66,7 +64,6 @@ static tensor_size largest_mps_tensor(const gpt_spec* spec) {
     const gpt_cfg* cfg = &spec->cfg;
     const int64_t B = spec->B, T = cfg->T, C = cfg->C, H = cfg->H, V = cfg->V, F = cfg->d_ff;
     const int64_t N = B * T, hd = C / H;
-    const int onehot = spec->opt.mps_embedding == GPT_EMBEDDING_ONEHOT;
     tensor_size best = {.elements = -1.0}, t;
     for (int64_t i = 0; i < spec->n_tensors; i++) {
         const gpt_tensor* p = &spec->tensors[i];
@@ -78,11 +75,9 @@ static tensor_size largest_mps_tensor(const gpt_spec* spec) {
         set_size(&t, what, p->rank == 2 ? "(d0, d1)" : "(d0)", p->shape[0], p->shape[1], 1, 1);
         if (t.elements > best.elements) best = t;
     }
-#define ACTIVATION(what, names, when, d0, d1, d2, d3)         \
-    if (when) {                                               \
-        set_size(&t, what, names, (d0), (d1), (d2), (d3));    \
-        if (t.elements > best.elements) best = t;             \
-    }
+#define ACTIVATION(what, names, d0, d1, d2, d3)            \
+    set_size(&t, what, names, (d0), (d1), (d2), (d3));    \
+    if (t.elements > best.elements) best = t;
     GPT_MPS_ACTIVATIONS(ACTIVATION)
 #undef ACTIVATION
     return best;
