@@ -151,6 +151,15 @@ describe("the self-test in a child process", () => {
   });
 });
 
+test("a stray TRAIN_DEVICE_SELFTEST in the environment is named, not run (exit 2)", () => {
+  const r = Bun.spawnSync([process.execPath, join(import.meta.dir, "..", "src", "cli.ts"), "--version"], {
+    env: { ...process.env, TRAIN_DEVICE_SELFTEST: "1" },
+  });
+  expect(r.exitCode).toBe(2);
+  expect(r.stderr.toString()).toContain('TRAIN_DEVICE_SELFTEST is set to "1": it is for the device self-test');
+  expect(r.stdout.toString()).toBe("");
+});
+
 test("a run on auto whose Metal device fails its self-test trains on the cpu and says why", async () => {
   const repo = makeTinyRepo();
   const out = captureStream();

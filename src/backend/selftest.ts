@@ -78,7 +78,15 @@ export const SELFTEST_ENV = "TRAIN_DEVICE_SELFTEST";
 
 /** The child's side: runs the self-test the environment asks for, prints its result as one JSON line. */
 export function selfTestChild(embeddedLibrary?: string): number {
-  const { device, library } = JSON.parse(process.env[SELFTEST_ENV]!) as { device: Device; library?: string };
+  let request: { device: Device; library?: string };
+  try {
+    request = JSON.parse(process.env[SELFTEST_ENV]!);
+    if (request.device !== "mps" && request.device !== "cpu") throw new Error();
+  } catch {
+    console.error(`train: ${SELFTEST_ENV} is set to ${JSON.stringify(process.env[SELFTEST_ENV])}: it is for the device self-test's child process ({"device": "mps"}); unset it to run train`);
+    return 2;
+  }
+  const { device, library } = request;
   const result = deviceSelfTest(device, openLibrary(library ?? embeddedLibrary));
   process.stdout.write(`${JSON.stringify(result)}\n`);
   return 0;
