@@ -237,12 +237,10 @@ static const gpt_backend* usable_backend(int32_t device, char* err, size_t errle
     return be;
 }
 
-/* The backend's limits on every tensor of spec; nonzero with a message when one does not fit. */
-static int check_device_limits(const gpt_backend* be, const gpt_spec* spec, int32_t device, char* err,
-                               size_t errlen) {
-    gpt_limits lim = {0};
-    if (!be->limits) return 0;
-    return be->limits(&lim, err, errlen) || gpt_check_tensor_sizes(spec, device, &lim, err, errlen);
+/* The limits of be's device (all 0, none, for a backend without them). */
+static int device_limits(const gpt_backend* be, gpt_limits* out, char* err, size_t errlen) {
+    *out = (gpt_limits){0};
+    return be->limits ? be->limits(out, err, errlen) : 0;
 }
 
 EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, const gpt_options* opt, char* err,
@@ -266,7 +264,9 @@ EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, const gp
     g->spec = (gpt_spec){.cfg = *cfg, .B = B, .tensors = tensors, .n_tensors = gpt_tensor_count(cfg)};
     if (opt) g->spec.opt = *opt;
     g->spec.n_params = gpt_layout(cfg, tensors);
-    if (check_device_limits(be, &g->spec, device, local, sizeof local)) goto fail;
+    gpt_limits lim;
+    if (device_limits(be, &lim, local, sizeof local) || gpt_check_tensor_sizes(&g->spec, device, &lim, local, sizeof local))
+        goto fail;
     g->impl = be->create(&g->spec, local, sizeof local);
     if (!g->impl) goto fail;
     if (err && errlen > 0) err[0] = '\0';
@@ -283,28 +283,25 @@ EXPORT int32_t gpt_check_limits(const gpt_cfg* cfg, int32_t B, int32_t device, c
     char local[GPT_ERR_LEN];
     local[0] = '\0';
     int32_t status = -1;
-    gpt_tensor* tensors = NULL;
-    const gpt_backend* be = NULL;
-    if (check_shape(cfg, B, local, sizeof local)) goto done;
+    gpt_limits own;
+    gpt_spec spec = {0};
+    if (check_shape(cfg, B, local, sizeof local) || check_device(device, local, sizeof local)) goto done;
     if (lim == NULL) {
-        be = usable_backend(device, local, sizeof local);
-        if (!be) goto done;
-    } else if (check_device(device, local, sizeof local)) {
-        goto done;
+        const gpt_backend* be = usable_backend(device, local, sizeof local);
+        if (!be || device_limits(be, &own, local, sizeof local)) goto done;
+        lim = &own;
     }
-    tensors = (gpt_tensor*)calloc((size_t)gpt_tensor_count(cfg), sizeof(gpt_tensor));
+    spec = (gpt_spec){.cfg = *cfg, .B = B, .n_tensors = gpt_tensor_count(cfg)};
+    gpt_tensor* tensors = (gpt_tensor*)calloc((size_t)spec.n_tensors, sizeof(gpt_tensor));
     if (!tensors) {
         gpt_errf(local, sizeof local, "out of memory");
         goto done;
     }
-    const gpt_spec spec = {.cfg = *cfg, .B = B, .tensors = tensors, .n_tensors = gpt_tensor_count(cfg),
-                           .n_params = gpt_layout(cfg, tensors)};
-    status = (lim ? gpt_check_tensor_sizes(&spec, device, lim, local, sizeof local)
-                  : check_device_limits(be, &spec, device, local, sizeof local))
-                 ? 1
-                 : 0;
+    spec.tensors = tensors;
+    spec.n_params = gpt_layout(cfg, tensors);
+    status = gpt_check_tensor_sizes(&spec, device, lim, local, sizeof local) ? 1 : 0;
 done:
-    free(tensors);
+    free((void*)spec.tensors);
     if (err && errlen > 0) {
         if (status != 0)
             gpt_errf(err, (size_t)errlen, "%s", local[0] ? local : "failed");

@@ -28,7 +28,8 @@
  * applies no update for it (applied 0, n_targets 0, t unchanged).
  *
  * Limits: each of V, T, C, L, H, d_ff and B is in [1, 2^24], C % H == 0, B*T < 2^31,
- * at most 2^40 parameters; larger models are refused with a message, not attempted.
+ * at most 2^40 parameters; larger models are refused with a message, not attempted. On
+ * MPS every tensor of the model must also fit the device's limits (gpt_check_limits).
  *
  * Determinism (CPU backend): for a fixed thread count, results are bit-identical run
  * to run (static work split, reductions summed in a fixed order).
