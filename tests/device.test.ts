@@ -121,9 +121,8 @@ describe("the self-test in a child process", () => {
     expect(r.passed).toBe(true);
   });
 
-  test("the child's failure is the result", async () => {
+  test.skipIf(process.platform === "darwin")("the child's failure is the result (skipped on macOS: a Mac's GPU may pass)", async () => {
     const r = await runSelfTestInChild("mps", { timeoutMs: 60_000 });
-    if (process.platform === "darwin") return; // a Mac may pass
     expect(r.passed).toBe(false);
     expect(r.detail).toContain("mps is not available");
   });
