@@ -12,9 +12,9 @@
  * -DGPT_HAVE_MPS).
  *
  * Room for what comes next: incremental decoding with a KV cache (a prompt pass, then
- * one token per step) will add its entries here, next to eval_loss, on both backends;
- * device size limits (the MPS backend's largest buffer) are checked by the backend's
- * create, which sees the whole spec.
+ * one token per step) will add its entries here, next to eval_loss, on both backends.
+ * Device size limits: a backend reports its device's (limits), gpt.c checks every tensor
+ * of the model against them before the backend's create (native/limits.c).
  */
 #ifndef GPT_BACKEND_H
 #define GPT_BACKEND_H
@@ -44,6 +44,9 @@ typedef struct gpt_backend {
     const char* name;
     /* 1 if the device can be used in this process. */
     int (*available)(void);
+    /* The device's tensor size limits (gpt_limits of gpt.h), or NULL: none. Called only
+     * when available() is 1; nonzero with a message in err when the device cannot say. */
+    int (*limits)(gpt_limits* out, char* err, size_t errlen);
     /* A model of spec with zero parameters and a fresh optimizer, or NULL. */
     void* (*create)(const gpt_spec* spec, char* err, size_t errlen);
     void (*destroy)(void* self);
@@ -61,6 +64,11 @@ typedef struct gpt_backend {
                          size_t errlen);
     int32_t (*profile_report)(void* self, char* buf, int32_t buflen);
 } gpt_backend;
+
+/* native/limits.c: 0 when every tensor a model of spec makes on device fits lim (the
+ * parameter layout and the activations of the graph: its table is there); else 1 with a
+ * message naming the largest tensor, its shape and size, and the limit. */
+int gpt_check_tensor_sizes(const gpt_spec* spec, int32_t device, const gpt_limits* lim, char* err, size_t errlen);
 
 extern const gpt_backend gpt_cpu_backend;
 #if defined(GPT_HAVE_MPS)

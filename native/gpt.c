@@ -205,6 +205,44 @@ EXPORT int64_t gpt_num_params(const gpt_cfg* cfg) {
     return gpt_layout(cfg, NULL);
 }
 
+/* cfg and B as gpt_create accepts them. */
+static int check_shape(const gpt_cfg* cfg, int32_t B, char* err, size_t errlen) {
+    if (check_cfg(cfg, err, errlen)) return 1;
+    if (B < 1 || B > GPT_MAX_DIM) {
+        gpt_errf(err, errlen, "batch size B=%d is invalid: expected an integer in [1, %d]", B, GPT_MAX_DIM);
+        return 1;
+    }
+    if ((int64_t)B * cfg->T > 0x7fffffff) {
+        gpt_errf(err, errlen, "B*T = %lld token positions per batch is too many (at most 2^31-1)", (long long)B * cfg->T);
+        return 1;
+    }
+    return 0;
+}
+
+static int check_device(int32_t device, char* err, size_t errlen) {
+    if (device == GPT_DEVICE_CPU || device == GPT_DEVICE_MPS) return 0;
+    gpt_errf(err, errlen, "unknown device %d: expected %d (cpu) or %d (mps)", device, GPT_DEVICE_CPU, GPT_DEVICE_MPS);
+    return 1;
+}
+
+/* The backend of device when this build and machine have it, else NULL with a message. */
+static const gpt_backend* usable_backend(int32_t device, char* err, size_t errlen) {
+    if (check_device(device, err, errlen)) return NULL;
+    const gpt_backend* be = backend_for(device);
+    if (!be || !be->available()) {
+        gpt_errf(err, errlen, "device %s is not available in this build or on this machine",
+                 device == GPT_DEVICE_MPS ? "mps" : "cpu");
+        return NULL;
+    }
+    return be;
+}
+
+/* The limits of be's device (all 0, none, for a backend without them). */
+static int device_limits(const gpt_backend* be, gpt_limits* out, char* err, size_t errlen) {
+    *out = (gpt_limits){0};
+    return be->limits ? be->limits(out, err, errlen) : 0;
+}
+
 EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, const gpt_options* opt, char* err,
                          int32_t errlen) {
     char local[GPT_ERR_LEN];
@@ -212,28 +250,10 @@ EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, const gp
     gpt_t* g = NULL;
     gpt_tensor* tensors = NULL;
     const gpt_backend* be = NULL;
-    if (check_cfg(cfg, local, sizeof local)) goto fail;
-    if (B < 1 || B > GPT_MAX_DIM) {
-        gpt_errf(local, sizeof local, "batch size B=%d is invalid: expected an integer in [1, %d]", B, GPT_MAX_DIM);
-        goto fail;
-    }
-    if ((int64_t)B * cfg->T > 0x7fffffff) {
-        gpt_errf(local, sizeof local, "B*T = %lld token positions per batch is too many (at most 2^31-1)",
-                 (long long)B * cfg->T);
-        goto fail;
-    }
+    if (check_shape(cfg, B, local, sizeof local)) goto fail;
     if (opt && check_options(opt, local, sizeof local)) goto fail;
-    be = backend_for(device);
-    if (device != GPT_DEVICE_CPU && device != GPT_DEVICE_MPS) {
-        gpt_errf(local, sizeof local, "unknown device %d: expected %d (cpu) or %d (mps)", device, GPT_DEVICE_CPU,
-                 GPT_DEVICE_MPS);
-        goto fail;
-    }
-    if (!be || !be->available()) {
-        gpt_errf(local, sizeof local, "device %s is not available in this build or on this machine",
-                 device == GPT_DEVICE_MPS ? "mps" : "cpu");
-        goto fail;
-    }
+    be = usable_backend(device, local, sizeof local);
+    if (!be) goto fail;
     g = (gpt_t*)calloc(1, sizeof *g);
     tensors = (gpt_tensor*)calloc((size_t)gpt_tensor_count(cfg), sizeof(gpt_tensor));
     if (!g || !tensors) {
@@ -244,6 +264,9 @@ EXPORT gpt_t* gpt_create(const gpt_cfg* cfg, int32_t B, int32_t device, const gp
     g->spec = (gpt_spec){.cfg = *cfg, .B = B, .tensors = tensors, .n_tensors = gpt_tensor_count(cfg)};
     if (opt) g->spec.opt = *opt;
     g->spec.n_params = gpt_layout(cfg, tensors);
+    gpt_limits lim;
+    if (device_limits(be, &lim, local, sizeof local) || gpt_check_tensor_sizes(&g->spec, device, &lim, local, sizeof local))
+        goto fail;
     g->impl = be->create(&g->spec, local, sizeof local);
     if (!g->impl) goto fail;
     if (err && errlen > 0) err[0] = '\0';
@@ -253,6 +276,39 @@ fail:
     free(g);
     if (err && errlen > 0) gpt_errf(err, (size_t)errlen, "gpt_create: %s", local[0] ? local : "failed");
     return NULL;
+}
+
+EXPORT int32_t gpt_check_limits(const gpt_cfg* cfg, int32_t B, int32_t device, const gpt_limits* lim, char* err,
+                                int32_t errlen) {
+    char local[GPT_ERR_LEN];
+    local[0] = '\0';
+    int32_t status = -1;
+    gpt_limits own;
+    gpt_spec spec = {0};
+    if (check_shape(cfg, B, local, sizeof local) || check_device(device, local, sizeof local)) goto done;
+    if (lim == NULL) {
+        const gpt_backend* be = usable_backend(device, local, sizeof local);
+        if (!be || device_limits(be, &own, local, sizeof local)) goto done;
+        lim = &own;
+    }
+    spec = (gpt_spec){.cfg = *cfg, .B = B, .n_tensors = gpt_tensor_count(cfg)};
+    gpt_tensor* tensors = (gpt_tensor*)calloc((size_t)spec.n_tensors, sizeof(gpt_tensor));
+    if (!tensors) {
+        gpt_errf(local, sizeof local, "out of memory");
+        goto done;
+    }
+    spec.tensors = tensors;
+    spec.n_params = gpt_layout(cfg, tensors);
+    status = gpt_check_tensor_sizes(&spec, device, lim, local, sizeof local) ? 1 : 0;
+done:
+    free((void*)spec.tensors);
+    if (err && errlen > 0) {
+        if (status != 0)
+            gpt_errf(err, (size_t)errlen, "%s", local[0] ? local : "failed");
+        else
+            err[0] = '\0';
+    }
+    return status;
 }
 
 EXPORT void gpt_free(gpt_t* g) {

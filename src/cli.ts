@@ -14,13 +14,14 @@ import { stripVTControlCharacters } from "node:util";
 import { defaultLibraryPath } from "./backend/native.ts";
 import { exitCodeOf, InputError } from "./errors.ts";
 import { prepareDataCommand } from "./prepare/command.ts";
+import { SELFTEST_ENV, selfTestChild } from "./backend/selftest.ts";
 import { runTraining, type RunRequest } from "./train/run.ts";
 import { checkoutBuildInfo, versionLine, type BuildInfo } from "./version.ts";
 
 const trainArgs = {
   phase: { type: "string", description: "pretrain | sft | pipeline", valueHint: "phase", required: true },
   config: { type: "string", description: "path to the phase's JSON config", valueHint: "path", required: true },
-  device: { type: "string", description: "mps | cpu (default: mps where a Metal device exists, else cpu)", valueHint: "device" },
+  device: { type: "string", description: "mps | cpu (default: mps where the Metal device passes a self-test, else cpu)", valueHint: "device" },
   resume: {
     type: "string",
     description: "resume from this checkpoint (default: checkpoints/latest.pt of the phase if present)",
@@ -188,6 +189,8 @@ export interface MainOptions {
 
 /** Runs the command line `argv` (without the program name); returns the exit code. */
 export async function main(argv: string[], options: MainOptions = {}): Promise<number> {
+  // A child started by the device self-test (src/backend/selftest.ts), not a command line.
+  if (process.env[SELFTEST_ENV] !== undefined) return selfTestChild(options.embeddedLibrary);
   const end = argv.indexOf("--");
   const flags = end < 0 ? argv : argv.slice(0, end);
   const help = flags.includes("--help") || flags.includes("-h");

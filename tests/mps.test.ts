@@ -9,7 +9,8 @@
  */
 import { describe, expect, test } from "bun:test";
 import { initParams, paramLayout } from "../src/model/layout.ts";
-import { deviceAvailable, NativeError, NativeModel } from "../src/backend/native.ts";
+import { deviceAvailable, NativeError, NativeModel, tensorLimitProblem } from "../src/backend/native.ts";
+import { deviceSelfTest, runSelfTestInChild } from "../src/backend/selftest.ts";
 import { PARITY_HP, randomBatches, relScalar, tensorMismatches, type ParityCase } from "./helpers/compare.ts";
 
 const MPS = process.platform === "darwin" && deviceAvailable("mps");
@@ -233,6 +234,24 @@ describe(`mps backend${SKIP_NOTE}`, () => {
     } finally {
       m.close();
     }
+  });
+});
+
+describe(`mps self-test and size guard${SKIP_NOTE}`, () => {
+  test.skipIf(!MPS)("the self-test passes on this Mac's GPU, in this process and in a child process", async () => {
+    const here = deviceSelfTest("mps");
+    expect(here.detail).toContain("vs cpu");
+    expect(here.passed).toBe(true);
+    const child = await runSelfTestInChild("mps");
+    expect(child.passed).toBe(true);
+  });
+
+  test.skipIf(!MPS)("a model too large for the device is refused before anything is allocated", () => {
+    const cfg = { V: 50257, T: 1024, C: 64, L: 1, H: 1, d_ff: 64 }; // logits of B=64: 13 GB
+    const problem = tensorLimitProblem(cfg, 64, "mps");
+    expect(problem).toStartWith("the logits");
+    expect(() => NativeModel.open(cfg, 64, "mps")).toThrow(/gpt_create: the logits .* one tensor may hold on mps/);
+    expect(tensorLimitProblem(cfg, 1, "mps")).toBeNull();
   });
 });
 

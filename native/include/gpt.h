@@ -28,7 +28,8 @@
  * applies no update for it (applied 0, n_targets 0, t unchanged).
  *
  * Limits: each of V, T, C, L, H, d_ff and B is in [1, 2^24], C % H == 0, B*T < 2^31,
- * at most 2^40 parameters; larger models are refused with a message, not attempted.
+ * at most 2^40 parameters; larger models are refused with a message, not attempted. On
+ * MPS every tensor of the model must also fit the device's limits (gpt_check_limits).
  *
  * Determinism (CPU backend): for a fixed thread count, results are bit-identical run
  * to run (static work split, reductions summed in a fixed order).
@@ -155,6 +156,25 @@ int32_t gpt_compute_grads(gpt_t* g, const int32_t* x, const int32_t* y,
  * enabled by options profile = 1. Returns the number of bytes
  * written (0 when profiling is off or for a NULL handle or buffer). */
 int32_t gpt_profile_report(gpt_t* g, char* buf, int32_t buflen);
+
+/* Size limits of a device's tensors; 0 in a field: no such limit. */
+typedef struct {
+    int64_t max_tensor_elements; /* elements of one tensor */
+    int64_t max_tensor_bytes;    /* bytes of one tensor */
+    int64_t max_buffer_bytes;    /* bytes of one device buffer */
+} gpt_limits;
+
+/* Checks, allocating nothing on the device, that every tensor a model of (cfg, B) makes
+ * on device fits: its parameters, gradients and AdamW moments, its inputs, and every
+ * activation of the step, forward and backward. lim NULL: the limits of this machine's
+ * device (MPS: an MPSNDArray holds at most 2^31 - 1 elements and 2^32 bytes, a Metal
+ * buffer MTLDevice.maxBufferLength bytes; past them Metal aborts the process); lim given:
+ * those, on any machine. The CPU backend has no such limits. Returns 0 when everything
+ * fits; 1 when a tensor does not, with a message in err naming the largest tensor, its
+ * shape, its size and the limit; -1 for an invalid cfg, B or device, or lim NULL and the
+ * device not available. gpt_create makes the same check. */
+int32_t gpt_check_limits(const gpt_cfg* cfg, int32_t B, int32_t device, const gpt_limits* lim, char* err,
+                         int32_t errlen);
 
 #ifdef __cplusplus
 }

@@ -201,14 +201,13 @@ static id<MTLBuffer> NewBuffer(id<MTLDevice> device, int64_t bytes) {
         *error = [NSString stringWithFormat:@"Metal device %@ is not supported by Metal Performance Shaders", _device.name];
         return nil;
     }
-    /* The largest tensors MPSGraph will make: logits (N, V) and attention scores (B, H, T, T). */
-    const uint64_t maxBuf = (uint64_t)_device.maxBufferLength;
-    const uint64_t logits = (uint64_t)_N * (uint64_t)cfg->V * sizeof(float);
-    const uint64_t scores = (uint64_t)B * (uint64_t)cfg->H * (uint64_t)cfg->T * (uint64_t)cfg->T * sizeof(float);
-    if (logits > maxBuf || scores > maxBuf) {
-        *error = [NSString stringWithFormat:@"B = %d is too large for %@: the logits (%llu bytes) or attention scores "
-                                            @"(%llu bytes) exceed its largest buffer (%llu bytes)",
-                                            B, _device.name, logits, scores, maxBuf];
+    /* A virtual machine's paravirtual device passes the checks above and then fails or
+     * aborts in its first allocations (as PyTorch found, which skips such devices the same
+     * way); every Apple silicon and Metal-capable Intel GPU is of the Mac2 family. */
+    if (![_device supportsFamily:MTLGPUFamilyMac2]) {
+        *error = [NSString stringWithFormat:@"Metal device %@ is not of the Mac2 GPU family (a virtual machine's "
+                                            @"paravirtual device?): MPSGraph needs a real GPU",
+                                            _device.name];
         return nil;
     }
     _queue = [_device newCommandQueue];
@@ -448,6 +447,23 @@ static int mps_available(void) {
     }
 }
 
+/* An MPSNDArray, which MPSGraph makes for every tensor, aborts the process beyond 2^31
+ * elements ("product of dimension sizes > 2**31") or 2^32 bytes ("total bytes of
+ * NDArray > 2**32"); a Metal buffer cannot exceed maxBufferLength. */
+static int mps_limits(gpt_limits* out, char* err, size_t errlen) {
+    @autoreleasepool {
+        id<MTLDevice> device = MTLCreateSystemDefaultDevice();
+        if (device == nil) {
+            gpt_errf(err, errlen, "mps: no Metal device: MTLCreateSystemDefaultDevice() returned nil");
+            return 1;
+        }
+        out->max_tensor_elements = INT32_MAX;
+        out->max_tensor_bytes = (int64_t)1 << 32;
+        out->max_buffer_bytes = (int64_t)device.maxBufferLength;
+        return 0;
+    }
+}
+
 static void* mps_create(const gpt_spec* spec, char* err, size_t errlen) {
     @autoreleasepool {
         NSString* msg = nil;
@@ -531,6 +547,7 @@ static int32_t mps_profile_report(void* self, char* buf, int32_t buflen) {
 const gpt_backend gpt_mps_backend = {
     .name = "mps",
     .available = mps_available,
+    .limits = mps_limits,
     .create = mps_create,
     .destroy = mps_destroy,
     .set_threads = mps_set_threads,

@@ -115,14 +115,23 @@ static MPSGraphTensor* OneHot(MPSGraph* g, MPSGraphTensor* ids, int32_t depth) {
     return [g oneHotWithIndicesTensor:ids depth:(NSUInteger)depth axis:1 dataType:MPSDataTypeFloat32 name:nil];
 }
 
-/* Mean cross-entropy over the counted targets, shape [1]. logits (N, V). The
- * log-sum-exp is shifted by the row maximum, as torch's log_softmax. */
+/* Mean cross-entropy over the counted targets, shape [1]. logits (N, V).
+ *
+ * MPSGraph's fused softmax cross-entropy, reduced over the class axis only (one loss per
+ * row), computes -sum_v onehot * log softmax(logits) with its own max shift and has its
+ * own gradient (softmax - onehot) for automatic differentiation. A hand-built
+ * log-sum-exp shifted by reductionMaximum would put the maximum on the autodiff path:
+ * its gradient is zero in exact arithmetic (the shift cancels), but it depends on
+ * MPSGraph differentiating a max reduction, ties included (docs/mps.md, "Loss").
+ * The per-row result is reshaped to (N, 1) whether MPSGraph keeps the reduced axis or not. */
 static MPSGraphTensor* MaskedCrossEntropy(MPSGraph* g, MPSGraphTensor* logits, MPSGraphTensor* targets,
-                                          MPSGraphTensor* mask, MPSGraphTensor* count, int32_t V) {
-    MPSGraphTensor* z = Sub(g, logits, [g reductionMaximumWithTensor:logits axis:1 name:nil]);
-    MPSGraphTensor* lse = [g logarithmWithTensor:RowSum(g, [g exponentWithTensor:z name:nil]) name:nil];
-    MPSGraphTensor* picked = RowSum(g, Mul(g, z, OneHot(g, targets, V)));  /* z at the target */
-    MPSGraphTensor* rows = Mul(g, Sub(g, lse, picked), mask);              /* (N, 1) */
+                                          MPSGraphTensor* mask, MPSGraphTensor* count, int32_t V, NSInteger N) {
+    MPSGraphTensor* ce = [g softMaxCrossEntropyWithSourceTensor:logits
+                                                   labelsTensor:OneHot(g, targets, V)
+                                                           axis:1
+                                                  reductionType:MPSGraphLossReductionTypeAxis
+                                                           name:nil];
+    MPSGraphTensor* rows = Mul(g, Reshape(g, ce, @[ @(N), @1 ]), mask); /* (N, 1) */
     return Div(g, Total(g, rows, 2), count);
 }
 
@@ -149,7 +158,7 @@ static MPSGraphTensor* ForwardLoss(MPSGraph* g, NSArray<MPSGraphTensor*>* P, MPS
     }
     h = LayerNorm(g, h, P[(NSUInteger)gpt_tail_tensor(cfg, GPT_L_lnfw)], P[(NSUInteger)gpt_tail_tensor(cfg, GPT_L_lnfb)], C);
     MPSGraphTensor* logits = MatMul(g, h, Transpose(g, wte, 0, 1));  /* tied LM head: (N, V) */
-    return MaskedCrossEntropy(g, logits, targets, mask, count, V);
+    return MaskedCrossEntropy(g, logits, targets, mask, count, V, N);
 }
 
 @implementation MPSGPTGraph

@@ -94,6 +94,7 @@ const SYMBOLS = {
   gpt_eval_loss: { args: [ptr, ptr, ptr, ptr], returns: i32 },
   gpt_compute_grads: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
   gpt_profile_report: { args: [ptr, ptr, i32], returns: i32 },
+  gpt_check_limits: { args: [ptr, i32, i32, ptr, ptr, i32], returns: i32 },
 } as const;
 
 export type NativeLibrary = ReturnType<typeof dlopen<typeof SYMBOLS>>["symbols"];
@@ -147,6 +148,36 @@ export function deviceAvailable(device: Device, lib: NativeLibrary = openLibrary
 
 function cfgStruct(cfg: ModelCfg): Int32Array {
   return Int32Array.of(cfg.V, cfg.T, cfg.C, cfg.L, cfg.H, cfg.d_ff);
+}
+
+/** A device's tensor size limits (gpt_limits of gpt.h); 0: no such limit. */
+export interface DeviceLimits {
+  maxTensorElements: number;
+  maxTensorBytes: number;
+  maxBufferBytes: number;
+}
+
+/**
+ * null when every tensor a model of (cfg, B) makes on `device` fits the device's limits
+ * (`limits`, or this machine's device's own), else the library's message naming the
+ * largest tensor, its shape and size, and the limit (gpt_check_limits of gpt.h).
+ * Throws NativeError for an invalid cfg or B, or a device this machine lacks.
+ */
+export function tensorLimitProblem(
+  cfg: ModelCfg,
+  batchSize: number,
+  device: Device,
+  lib: NativeLibrary = openLibrary(),
+  limits?: DeviceLimits,
+): string | null {
+  const err = new Uint8Array(1024);
+  const lim = limits && BigInt64Array.from([limits.maxTensorElements, limits.maxTensorBytes, limits.maxBufferBytes].map(BigInt));
+  const status = lib.gpt_check_limits(cfgStruct(cfg), batchSize, device === "mps" ? 1 : 0, lim ?? null, err, err.length);
+  const end = err.indexOf(0);
+  const message = new TextDecoder().decode(err.subarray(0, end < 0 ? err.length : end));
+  if (status === 0) return null;
+  if (status === 1) return message;
+  throw new NativeError(message || "gpt_check_limits failed");
 }
 
 export class NativeModel {

@@ -9,11 +9,12 @@
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { defaultLibraryPath, deviceAvailable, openLibrary, type Device } from "../backend/native.ts";
+import { defaultLibraryPath, deviceAvailable, openLibrary, tensorLimitProblem } from "../backend/native.ts";
+import { runSelfTestInChild } from "../backend/selftest.ts";
 import { phaseOfCheckpointFile } from "../checkpoint/checkpoint.ts";
 import { CHECKPOINT_DIR, loadPhaseConfig, loadPipelineConfig, PRETRAIN_CHECKPOINT_DIR } from "../config.ts";
-import { InputError } from "../errors.ts";
 import { checkoutBuildInfo, versionLine } from "../version.ts";
+import { chooseDevice, type DeviceProbe } from "./device.ts";
 import { openPhaseData } from "./phase-data.ts";
 import { movePretrainRunAside } from "./phase-handoff.ts";
 import { runPhase, type PhaseOutcome } from "./phase.ts";
@@ -24,7 +25,7 @@ import { StopOnSignals, type StopSignal } from "./stop.ts";
 export interface RunRequest {
   phase: "pretrain" | "sft" | "pipeline";
   configPath: string;
-  device: Device | "auto";
+  device: "mps" | "cpu" | "auto";
   resume: ResumeRequest;
 }
 
@@ -37,6 +38,8 @@ export interface RunEnvironment {
   stop?: StopSignal;
   /** The version line of this build (default: the checkout's, src/version.ts). */
   version?: string;
+  /** What decides --device auto (default: this machine's; src/train/device.ts). */
+  deviceProbe?: DeviceProbe;
 }
 
 /** `out`, with `line` written before the first thing written to it. */
@@ -69,13 +72,21 @@ export async function runTraining(req: RunRequest, env: RunEnvironment): Promise
       : { single: loadPhaseConfig(req.configPath, req.phase, env.repoRoot) };
 
   const library = openLibrary(env.libraryPath);
-  const mpsAvailable = deviceAvailable("mps", library);
-  if (req.device === "mps" && !mpsAvailable) {
-    throw new InputError(`--device mps: no Metal device ${process.platform === "darwin" ? "was found" : `on ${process.platform} (mps needs an Apple GPU)`}; use --device cpu`);
-  }
-  const device: Device = req.device === "auto" ? (mpsAvailable ? "mps" : "cpu") : req.device;
+  const probe: DeviceProbe = env.deviceProbe ?? {
+    mpsAvailable: deviceAvailable("mps", library),
+    platform: process.platform,
+    selfTest: () => runSelfTestInChild("mps", { libraryPath: env.libraryPath }),
+    limitProblem: (model, B) => tensorLimitProblem(model, B, "mps", library),
+  };
+  const phases = "single" in configs ? [configs.single] : [configs.pretrain, configs.sft];
+  const { device, note } = await chooseDevice(
+    req.device,
+    phases.map((c) => ({ file: c.file, model: c.model, B: c.train.B })),
+    probe,
+  );
   const build = env.version ?? versionLine(checkoutBuildInfo(env.libraryPath ?? defaultLibraryPath()));
   const out = startingWith(env.out, build);
+  if (note !== null) out.write(`${note}\n`);
   const signals = env.stop ? null : new StopOnSignals((m) => out.write(`\n${m}\n`));
   const stop: StopSignal = env.stop ?? signals!;
   const common = { repoRoot: env.repoRoot, runDir: checkpoints, device, library, out, stop, build };
