@@ -55,7 +55,13 @@ typedef struct gpt_backend {
     int (*get_params)(void* self, float* dst, char* err, size_t errlen);
     /* m, v both NULL (then step == 0): reset the optimizer. */
     int (*set_opt_state)(void* self, const float* m, const float* v, int64_t step, char* err, size_t errlen);
+    /* get: m, v both NULL reads only the step. */
     int (*get_opt_state)(void* self, float* m, float* v, int64_t* step, char* err, size_t errlen);
+    /* count floats from offset of buffer `which` (GPT_STATE_*), range checked by gpt.c:
+     * read copies them to dst, write copies src over them. */
+    int (*read_state)(void* self, int32_t which, int64_t offset, int64_t count, float* dst, char* err, size_t errlen);
+    int (*write_state)(void* self, int32_t which, int64_t offset, int64_t count, const float* src, char* err,
+                       size_t errlen);
     int (*train_step)(void* self, const int32_t* x, const int32_t* y, const gpt_hparams* h, gpt_step_result* out,
                       char* err, size_t errlen);
     int (*eval_loss)(void* self, const int32_t* x, const int32_t* y, float* loss, char* err, size_t errlen);

@@ -341,21 +341,40 @@ EXPORT int32_t gpt_get_params(const gpt_t* cg, float* dst) {
 
 EXPORT int32_t gpt_set_opt_state(gpt_t* g, const float* m, const float* v, int64_t step) {
     HANDLE(g);
-    if (!m && !v) {
-        if (step != 0) FAIL(g, "gpt_set_opt_state: m and v are NULL (a reset) but step is %lld, expected 0", (long long)step);
-    } else if (!m || !v) {
-        FAIL(g, "gpt_set_opt_state: %s is NULL: give both moments, or both NULL with step 0 to reset", m ? "v" : "m");
-    } else if (step < 0) {
-        FAIL(g, "gpt_set_opt_state: step %lld is invalid: expected >= 0", (long long)step);
-    }
+    if (!m != !v) FAIL(g, "gpt_set_opt_state: %s is NULL: give both moments, or both NULL to zero them", m ? "v" : "m");
+    if (step < 0) FAIL(g, "gpt_set_opt_state: step %lld is invalid: expected >= 0", (long long)step);
     return g->be->set_opt_state(g->impl, m, v, step, g->err, sizeof g->err) ? 1 : 0;
 }
 
 EXPORT int32_t gpt_get_opt_state(const gpt_t* cg, float* m, float* v, int64_t* step) {
     gpt_t* g = (gpt_t*)cg;
     HANDLE(g);
-    if (!m || !v || !step) FAIL(g, "gpt_get_opt_state: %s buffer is NULL", !m ? "m" : !v ? "v" : "step");
+    if (!step || !m != !v) FAIL(g, "gpt_get_opt_state: %s buffer is NULL", !step ? "step" : !m ? "m" : "v");
     return g->be->get_opt_state(g->impl, m, v, step, g->err, sizeof g->err) ? 1 : 0;
+}
+
+/* The checks gpt_read_state and gpt_write_state share: a known buffer, a range inside it. */
+static int check_state_range(gpt_t* g, const char* fn, int32_t which, int64_t offset, int64_t count, const void* buf) {
+    if (which != GPT_STATE_PARAMS && which != GPT_STATE_M && which != GPT_STATE_V)
+        FAIL(g, "%s: buffer %d is unknown: expected GPT_STATE_PARAMS, GPT_STATE_M or GPT_STATE_V", fn, which);
+    if (offset < 0 || count < 0 || offset > g->spec.n_params - count)
+        FAIL(g, "%s: range [%lld, %lld + %lld) is outside the %lld floats of the buffer", fn, (long long)offset,
+             (long long)offset, (long long)count, (long long)g->spec.n_params);
+    if (!buf) FAIL(g, "%s: buffer is NULL", fn);
+    return 0;
+}
+
+EXPORT int32_t gpt_read_state(const gpt_t* cg, int32_t which, int64_t offset, int64_t count, float* dst) {
+    gpt_t* g = (gpt_t*)cg; /* the message buffer is the only thing written */
+    HANDLE(g);
+    if (check_state_range(g, "gpt_read_state", which, offset, count, dst)) return 1;
+    return g->be->read_state(g->impl, which, offset, count, dst, g->err, sizeof g->err) ? 1 : 0;
+}
+
+EXPORT int32_t gpt_write_state(gpt_t* g, int32_t which, int64_t offset, int64_t count, const float* src) {
+    HANDLE(g);
+    if (check_state_range(g, "gpt_write_state", which, offset, count, src)) return 1;
+    return g->be->write_state(g->impl, which, offset, count, src, g->err, sizeof g->err) ? 1 : 0;
 }
 
 EXPORT int32_t gpt_train_step(gpt_t* g, const int32_t* x, const int32_t* y, const gpt_hparams* h,

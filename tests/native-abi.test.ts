@@ -160,6 +160,33 @@ describe("bad token ids and hyperparameters come back as errors", () => {
     expect(r.applied).toBe(true);
     expect(Number.isFinite(r.loss)).toBe(true);
   });
+  test("ranged state I/O (checkpoints in bounded memory) reads and writes exactly the whole-buffer calls' values", () => {
+    const { x, y } = tokens(5);
+    model.trainStep(x, y, HP); // moments and weights all nonzero
+    const P = model.numParams;
+    const params = model.getParams();
+    const opt = model.getOptState();
+    // odd chunk sizes cross every tensor boundary
+    for (const [which, whole] of [["params", params], ["m", opt.m], ["v", opt.v]] as const) {
+      const back = new Float32Array(P);
+      for (let at = 0; at < P; at += 1237) model.readState(which, at, back.subarray(at, Math.min(P, at + 1237)));
+      expect(back).toEqual(whole);
+    }
+    expect(model.optStep()).toBe(opt.step);
+    // write back a changed state range by range: the whole-buffer getters see it, the step stays
+    const shifted = (a: Float32Array) => a.map((q) => q * 0.5 + 1);
+    model.resetOptState(opt.step);
+    expect(model.getOptState().m.every((q) => q === 0)).toBe(true);
+    for (const [which, whole] of [["params", params], ["m", opt.m], ["v", opt.v]] as const) {
+      const next = shifted(whole);
+      for (let at = 0; at < P; at += 999) model.writeState(which, at, next.subarray(at, Math.min(P, at + 999)));
+    }
+    expect(model.getParams()).toEqual(shifted(params));
+    expect(model.getOptState()).toEqual({ m: shifted(opt.m), v: shifted(opt.v), step: opt.step });
+    // ranges outside the buffer and unknown buffers are refused, nothing copied
+    expect(errorOf(() => model.readState("params", P - 3, new Float32Array(4)))).toContain(`range [${P - 3}, ${P - 3} + 4) is outside the ${P} floats`);
+    expect(errorOf(() => model.writeState("m", -1, new Float32Array(1)))).toContain("is outside");
+  });
 });
 
 describe("null pointers at the raw ABI return an error, never crash", () => {
@@ -197,8 +224,14 @@ describe("null pointers at the raw ABI return an error, never crash", () => {
     expect(lib.gpt_get_opt_state(h, null, null, null)).not.toBe(0);
     expect(lib.gpt_set_opt_state(h, new Float32Array(numParams(CFG)), null, 3)).not.toBe(0);
     expect(last()).toContain("v is NULL");
-    expect(lib.gpt_set_opt_state(h, null, null, 3)).not.toBe(0);
-    expect(last()).toContain("expected 0");
+    expect(lib.gpt_set_opt_state(h, null, null, -1)).not.toBe(0);
+    expect(last()).toContain("step -1 is invalid");
+    expect(lib.gpt_read_state(h, 0, 0, 1, null)).not.toBe(0);
+    expect(last()).toContain("gpt_read_state: buffer is NULL");
+    expect(lib.gpt_write_state(h, 0, 0, 1, null)).not.toBe(0);
+    expect(last()).toContain("gpt_write_state: buffer is NULL");
+    expect(lib.gpt_write_state(h, 3, 0, 1, new Float32Array(1))).not.toBe(0);
+    expect(last()).toContain("buffer 3 is unknown");
     expect(lib.gpt_compute_grads(h, x, y, f, null)).toBe(0); // grads NULL is allowed: loss only
   });
   test("null handle and null cfg", () => {

@@ -520,9 +520,29 @@ static int cpu_set_opt_state(void* self, const float* m, const float* v, int64_t
 static int cpu_get_opt_state(void* self, float* m, float* v, int64_t* step, char* err, size_t errlen) {
     (void)err, (void)errlen;
     cpu_model* g = (cpu_model*)self;
-    memcpy(m, g->m, sizeof(float) * (size_t)g->P);
-    memcpy(v, g->v, sizeof(float) * (size_t)g->P);
+    if (m) {
+        memcpy(m, g->m, sizeof(float) * (size_t)g->P);
+        memcpy(v, g->v, sizeof(float) * (size_t)g->P);
+    }
     *step = g->step;
+    return 0;
+}
+
+static float* cpu_state(cpu_model* g, int32_t which) {
+    return which == GPT_STATE_PARAMS ? g->params : which == GPT_STATE_M ? g->m : g->v;
+}
+
+static int cpu_read_state(void* self, int32_t which, int64_t offset, int64_t count, float* dst, char* err,
+                          size_t errlen) {
+    (void)err, (void)errlen;
+    memcpy(dst, cpu_state((cpu_model*)self, which) + offset, sizeof(float) * (size_t)count);
+    return 0;
+}
+
+static int cpu_write_state(void* self, int32_t which, int64_t offset, int64_t count, const float* src, char* err,
+                           size_t errlen) {
+    (void)err, (void)errlen;
+    memcpy(cpu_state((cpu_model*)self, which) + offset, src, sizeof(float) * (size_t)count);
     return 0;
 }
 
@@ -815,6 +835,8 @@ const gpt_backend gpt_cpu_backend = {
     .get_params = cpu_get_params,
     .set_opt_state = cpu_set_opt_state,
     .get_opt_state = cpu_get_opt_state,
+    .read_state = cpu_read_state,
+    .write_state = cpu_write_state,
     .train_step = cpu_train_step,
     .eval_loss = cpu_eval_loss,
     .compute_grads = cpu_compute_grads,

@@ -136,9 +136,19 @@ int32_t gpt_set_threads(gpt_t* g, int32_t n);
 int32_t gpt_set_params(gpt_t* g, const float* src);
 int32_t gpt_get_params(const gpt_t* g, float* dst);
 /* AdamW state: first and second moments (flat layout) and the step count t
- * (number of updates applied so far). m and v NULL with step 0 resets it. */
+ * (number of updates applied so far). Setting with m and v both NULL zeroes the moments
+ * (step 0: a fresh optimizer; or moments written next with gpt_write_state); getting
+ * with m and v both NULL reads only the step. */
 int32_t gpt_set_opt_state(gpt_t* g, const float* m, const float* v, int64_t step);
 int32_t gpt_get_opt_state(const gpt_t* g, float* m, float* v, int64_t* step);
+
+/* Checkpoint I/O in bounded memory: count floats from element offset of one flat buffer
+ * (the parameters or an AdamW moment, in the layout above), copied to dst or from src.
+ * A GB-sized state streams through a small buffer of the caller's; the values are those
+ * gpt_get_params / gpt_get_opt_state give. Writing m or v leaves the step count alone. */
+enum { GPT_STATE_PARAMS = 0, GPT_STATE_M = 1, GPT_STATE_V = 2 };
+int32_t gpt_read_state(const gpt_t* g, int32_t which, int64_t offset, int64_t count, float* dst);
+int32_t gpt_write_state(gpt_t* g, int32_t which, int64_t offset, int64_t count, const float* src);
 
 /* forward + backward + global-norm clip + AdamW update, all natively. */
 int32_t gpt_train_step(gpt_t* g, const int32_t* x, const int32_t* y,

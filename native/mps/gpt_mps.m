@@ -277,9 +277,26 @@ static void ToHost(NSArray<id<MTLBuffer>>* bufs, const gpt_tensor* layout, int32
 }
 
 - (int32_t)getOptM:(float*)m v:(float*)v step:(int64_t*)step {
-    ToHost(_mBuf[_cur], _layout, _K, m);
-    ToHost(_vBuf[_cur], _layout, _K, v);
+    if (m != NULL) {
+        ToHost(_mBuf[_cur], _layout, _K, m);
+        ToHost(_vBuf[_cur], _layout, _K, v);
+    }
     *step = _step;
+    return 0;
+}
+
+/* Floats [offset, offset + count) of the flat layout (which: GPT_STATE_*) to dst, or from
+ * src when dst is NULL, across the per-tensor buffers the range overlaps. */
+- (int32_t)copyState:(int32_t)which offset:(int64_t)offset count:(int64_t)count to:(float*)dst from:(const float*)src {
+    NSArray<id<MTLBuffer>>* bufs = which == GPT_STATE_PARAMS ? _pBuf[_cur] : which == GPT_STATE_M ? _mBuf[_cur] : _vBuf[_cur];
+    const int64_t end = offset + count;
+    for (int32_t i = 0; i < _K; i++) {
+        const int64_t a = MAX(offset, _layout[i].offset), b = MIN(end, _layout[i].offset + _layout[i].size);
+        if (a >= b) continue;
+        float* dev = (float*)bufs[(NSUInteger)i].contents + (a - _layout[i].offset);
+        if (dst != NULL) memcpy(dst + (a - offset), dev, (size_t)(b - a) * sizeof(float));
+        else memcpy(dev, src + (a - offset), (size_t)(b - a) * sizeof(float));
+    }
     return 0;
 }
 
@@ -518,6 +535,20 @@ static int mps_get_opt_state(void* self, float* m, float* v, int64_t* step, char
     }
 }
 
+static int mps_read_state(void* self, int32_t which, int64_t offset, int64_t count, float* dst, char* err,
+                          size_t errlen) {
+    @autoreleasepool {
+        return Status([Model(self) copyState:which offset:offset count:count to:dst from:NULL], self, err, errlen);
+    }
+}
+
+static int mps_write_state(void* self, int32_t which, int64_t offset, int64_t count, const float* src, char* err,
+                           size_t errlen) {
+    @autoreleasepool {
+        return Status([Model(self) copyState:which offset:offset count:count to:NULL from:src], self, err, errlen);
+    }
+}
+
 static int mps_train_step(void* self, const int32_t* x, const int32_t* y, const gpt_hparams* h,
                           gpt_step_result* out, char* err, size_t errlen) {
     @autoreleasepool {
@@ -555,6 +586,8 @@ const gpt_backend gpt_mps_backend = {
     .get_params = mps_get_params,
     .set_opt_state = mps_set_opt_state,
     .get_opt_state = mps_get_opt_state,
+    .read_state = mps_read_state,
+    .write_state = mps_write_state,
     .train_step = mps_train_step,
     .eval_loss = mps_eval_loss,
     .compute_grads = mps_compute_grads,

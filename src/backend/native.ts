@@ -90,6 +90,8 @@ const SYMBOLS = {
   gpt_get_params: { args: [ptr, ptr], returns: i32 },
   gpt_set_opt_state: { args: [ptr, ptr, ptr, i64], returns: i32 },
   gpt_get_opt_state: { args: [ptr, ptr, ptr, ptr], returns: i32 },
+  gpt_read_state: { args: [ptr, i32, i64, i64, ptr], returns: i32 },
+  gpt_write_state: { args: [ptr, i32, i64, i64, ptr], returns: i32 },
   gpt_train_step: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
   gpt_eval_loss: { args: [ptr, ptr, ptr, ptr], returns: i32 },
   gpt_compute_grads: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
@@ -180,6 +182,10 @@ export function tensorLimitProblem(
   throw new NativeError(message || "gpt_check_limits failed");
 }
 
+/** The model's flat float32 buffers (GPT_STATE_* of gpt.h): the parameters and AdamW's two moments. */
+export type StateBuffer = "params" | "m" | "v";
+const STATE_BUFFER_IDS: Record<StateBuffer, number> = { params: 0, m: 1, v: 2 };
+
 export class NativeModel {
   readonly numParams: number;
   private handle: Pointer | null;
@@ -262,6 +268,28 @@ export class NativeModel {
     const step = new BigInt64Array(1);
     this.check(this.lib.gpt_get_opt_state(this.h, m, v, step));
     return { m, v, step: Number(step[0]) };
+  }
+
+  /** The optimizer's step count alone (no copy of the moments). */
+  optStep(): number {
+    const step = new BigInt64Array(1);
+    this.check(this.lib.gpt_get_opt_state(this.h, null, null, step));
+    return Number(step[0]);
+  }
+
+  /** Zero moments at step `step` (a fresh optimizer at 0; or moments written next with writeState). */
+  resetOptState(step: number): void {
+    this.check(this.lib.gpt_set_opt_state(this.h, null, null, step));
+  }
+
+  /** Copies dst.length floats of one buffer from element offset into dst (checkpoint I/O in bounded memory). */
+  readState(which: StateBuffer, offset: number, dst: Float32Array): void {
+    this.check(this.lib.gpt_read_state(this.h, STATE_BUFFER_IDS[which], offset, dst.length, dst));
+  }
+
+  /** Copies src over src.length floats of one buffer from element offset. */
+  writeState(which: StateBuffer, offset: number, src: Float32Array): void {
+    this.check(this.lib.gpt_write_state(this.h, STATE_BUFFER_IDS[which], offset, src.length, src));
   }
 
   trainStep(x: Int32Array, y: Int32Array, h: HParams): StepResult {
