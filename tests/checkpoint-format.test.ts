@@ -414,7 +414,7 @@ describe("truncated and corrupt files are refused with a message naming the file
   test("structural problems: no data.pkl, no storage record, short storage, no version, bad version, compressed record", () => {
     expect(refusal(rebuilt((r) => r.filter((x) => !x.name.endsWith("data.pkl"))))).toContain("no good/data.pkl record");
     expect(refusal(rebuilt((r) => r.filter((x) => x.name !== "good/data/1")))).toContain("storage 1 has no record good/data/1");
-    expect(refusal(rebuilt((r) => r.map((x) => (x.name === "good/data/2" ? { ...x, data: x.data.subarray(4) } : x))))).toMatch(
+    expect(refusal(rebuilt((r) => r.map((x) => (x.name === "good/data/2" ? { ...x, data: (x.data as Uint8Array).subarray(4) } : x))))).toMatch(
       /storage 2: record has \d+ bytes, expected \d+ x 4 \(float32\)/,
     );
     expect(refusal(rebuilt((r) => r.filter((x) => !x.name.endsWith("version"))))).toContain("no good/version record");

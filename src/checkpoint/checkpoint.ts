@@ -13,9 +13,10 @@
 import { phaseOfTrainCfg } from "../config.ts";
 import { modelCfgDifferences, modelCfgProblems, numParamsOf, type ModelCfg } from "../model/config.ts";
 import { numParams, paramLayout, TIED_LM_HEAD, type ParamSpec } from "../model/layout.ts";
-import { CheckpointError, PyDict, PyFloat, PyTuple, Tensor, pyTypeName } from "./pyvalue.ts";
+import { CheckpointError, PyDict, PyFloat, PyTuple, Storage, Tensor, pyTypeName } from "./pyvalue.ts";
 import type { PyInput, PyValue } from "./pyvalue.ts";
-import { loadTorchBytes, loadTorchFile, readTorchFile, saveTorchFile } from "./torchfile.ts";
+import { archiveNameFor, loadTorchBytes, loadTorchFile, readTorchFile, torchSaveChunks } from "./torchfile.ts";
+import { writeFileAtomic } from "../util/atomic.ts";
 import { decodedBytesBudget, ValueBudget } from "./budget.ts";
 import { formatBytes } from "../util/input-file.ts";
 
@@ -41,6 +42,25 @@ export interface OptState {
    */
   trainDefaults?: Readonly<Record<string, unknown>> | null;
 }
+
+/**
+ * A flat float32 buffer of the layout read in ranges, never whole: a native model's
+ * parameters or moments being saved (NativeModel.readState). read may throw to refuse
+ * the values (a diverged model): the write is then abandoned, the old file kept.
+ */
+export interface FlatSource {
+  readonly length: number;
+  read(offset: number, dst: Float32Array): void;
+}
+
+/** What saveCheckpoint writes: a Checkpoint whose flat buffers may be FlatSources (streamed, not copied). */
+export interface CheckpointToSave extends Omit<Checkpoint, "params" | "opt"> {
+  params: Float32Array | FlatSource;
+  opt: (Omit<OptState, "m" | "v"> & { m: Float32Array | FlatSource; v: Float32Array | FlatSource }) | null;
+}
+
+/** Floats per chunk when a FlatSource is streamed into a file (4 MiB: large writes, small memory). */
+const STREAM_CHUNK_FLOATS = 1 << 20;
 
 export interface Checkpoint {
   /** Written as model_cfg with all of the object's own keys (a verbatim config may have more
@@ -90,14 +110,39 @@ function toPy(v: unknown, where: string): PyInput {
   throw new TypeError(`${where}: cannot store a ${typeof v} in a checkpoint`);
 }
 
-function checkFlat(name: string, a: Float32Array, n: number): void {
-  if (!(a instanceof Float32Array) || a.length !== n) {
+function checkFlat(name: string, a: Float32Array | FlatSource, n: number): void {
+  if (!(a instanceof Float32Array || typeof (a as FlatSource)?.read === "function") || a.length !== n) {
     throw new RangeError(`checkpoint ${name}: expected ${n} float32 values for this model, got ${a?.length}`);
   }
 }
 
-/** The checkpoint dict (tensors view the given buffers: nothing is copied). */
-export function encodeCheckpoint(ckpt: Checkpoint): PyDict {
+/**
+ * Tensors of one flat buffer: views of an array, or storages that stream the source's
+ * ranges through one scratch buffer (shared by all tensors of a save: the writer takes
+ * one chunk at a time).
+ */
+function tensorMaker(flat: Float32Array | FlatSource, scratch: () => Float32Array): (p: ParamSpec) => Tensor {
+  if (flat instanceof Float32Array) return (p) => Tensor.of(flat.subarray(p.offset, p.offset + p.size), p.shape);
+  return (p) =>
+    new Tensor(
+      new Storage("float32", {
+        numel: p.size,
+        *chunks(from: number, to: number) {
+          const buf = scratch();
+          if (from % 4 !== 0 || to % 4 !== 0) throw new RangeError(`float32 storage read at bytes [${from}, ${to})`);
+          for (let at = from / 4; at < to / 4; at += buf.length) {
+            const part = buf.subarray(0, Math.min(buf.length, to / 4 - at));
+            flat.read(p.offset + at, part);
+            yield new Uint8Array(part.buffer, 0, part.byteLength);
+          }
+        },
+      }),
+      p.shape,
+    );
+}
+
+/** The checkpoint dict (tensors view the given buffers or stream from the sources: nothing is copied whole). */
+export function encodeCheckpoint(ckpt: CheckpointToSave): PyDict {
   const problems = modelCfgProblems({ ...ckpt.modelCfg });
   if (problems.length > 0) throw new RangeError(`checkpoint model_cfg: ${problems.join("; ")}`);
   const cfg = ckpt.modelCfg;
@@ -107,8 +152,11 @@ export function encodeCheckpoint(ckpt: Checkpoint): PyDict {
   if (!Number.isSafeInteger(ckpt.step) || ckpt.step < 0) throw new RangeError(`checkpoint step ${ckpt.step}: expected an integer >= 0`);
   if (ckpt.bestValLoss !== null && typeof ckpt.bestValLoss !== "number") throw new TypeError("checkpoint bestValLoss: expected a number or null");
 
+  let buffer: Float32Array | null = null;
+  const scratch = () => (buffer ??= new Float32Array(Math.min(STREAM_CHUNK_FLOATS, n)));
   const modelState = new PyDict(true);
-  for (const p of layout) modelState.set(p.name, Tensor.of(ckpt.params.subarray(p.offset, p.offset + p.size), p.shape));
+  const param = tensorMaker(ckpt.params, scratch);
+  for (const p of layout) modelState.set(p.name, param(p));
   // nanoGPT's state_dict lists lm_head.weight last; it is the same parameter as wte.
   const wte = modelState.get(TIED_LM_HEAD.tiedTo) as Tensor;
   modelState.set(TIED_LM_HEAD.name, new Tensor(wte.storage, wte.shape));
@@ -123,11 +171,12 @@ export function encodeCheckpoint(ckpt: Checkpoint): PyDict {
     const state = new PyDict();
     // torch creates the per-parameter state at the first update: none before it.
     if (step > 0) {
+      const [expAvg, expAvgSq] = [tensorMaker(m, scratch), tensorMaker(v, scratch)];
       order.forEach((p, i) => {
         state.set(i, new PyDict(false, [
           ["step", Tensor.of(Float32Array.of(step), [])],
-          ["exp_avg", Tensor.of(m.subarray(p.offset, p.offset + p.size), p.shape)],
-          ["exp_avg_sq", Tensor.of(v.subarray(p.offset, p.offset + p.size), p.shape)],
+          ["exp_avg", expAvg(p)],
+          ["exp_avg_sq", expAvgSq(p)],
         ]));
       });
     }
@@ -153,10 +202,25 @@ export function encodeCheckpoint(ckpt: Checkpoint): PyDict {
   ]);
 }
 
-/** Writes the checkpoint to each path (atomically, each a complete torch file). */
-export function saveCheckpoint(paths: string | readonly string[], ckpt: Checkpoint): void {
+export interface SaveOptions {
+  /**
+   * Called once, when the first file's bytes are all written and before it replaces the old
+   * file; throwing an AbandonedWrite (src/util/atomic.ts) leaves every path as it was.
+   */
+  beforeCommit?(): void;
+}
+
+/** Writes the checkpoint to each path (atomically, each a complete torch file, streamed). */
+export function saveCheckpoint(paths: string | readonly string[], ckpt: CheckpointToSave, options: SaveOptions = {}): void {
   const dict = encodeCheckpoint(ckpt);
-  for (const path of typeof paths === "string" ? [paths] : paths) saveTorchFile(path, dict);
+  let check = options.beforeCommit;
+  for (const path of typeof paths === "string" ? [paths] : paths) {
+    writeFileAtomic(path, (function* () {
+      yield* torchSaveChunks(dict, { archiveName: archiveNameFor(path) });
+      check?.();
+      check = undefined;
+    })());
+  }
 }
 
 // ---------------------------------------------------------------------------------

@@ -76,19 +76,64 @@ function arrayMatchesDType(data: StorageArray, dtype: DType): boolean {
   }
 }
 
-/** One torch storage: a typed array of elements. Tensors sharing it share memory. */
+/**
+ * Where the bytes of a storage not held in memory come from: a native buffer being saved,
+ * a record of a checkpoint file being read. Files of GB size stream through these in chunks.
+ */
+export interface StorageSource {
+  readonly numel: number;
+  /**
+   * The raw little-endian bytes [from, to) in order, in chunks of a multiple of the item size;
+   * each chunk is valid only until the next one is taken (sources reuse one buffer).
+   */
+  chunks(from: number, to: number): Iterable<Uint8Array>;
+}
+
+/** One torch storage: a typed array of elements, or a source streaming them. Tensors sharing it share memory. */
 export class Storage {
-  constructor(readonly dtype: DType, readonly data: StorageArray) {
-    if (!arrayMatchesDType(data, dtype)) {
-      throw new TypeError(`storage of dtype ${dtype} cannot hold a ${data.constructor.name}`);
+  private array: StorageArray | null;
+  private readonly source: StorageSource | null;
+  readonly numel: number;
+
+  constructor(readonly dtype: DType, data: StorageArray | StorageSource) {
+    if (ArrayBuffer.isView(data)) {
+      if (!arrayMatchesDType(data, dtype)) {
+        throw new TypeError(`storage of dtype ${dtype} cannot hold a ${data.constructor.name}`);
+      }
+      this.array = data;
+      this.source = null;
+      this.numel = data.length;
+    } else {
+      this.array = null;
+      this.source = data;
+      this.numel = data.numel;
     }
   }
-  get numel(): number {
-    return this.data.length;
+  get byteLength(): number {
+    return this.numel * DTYPES[this.dtype].itemsize;
   }
-  /** The raw little-endian bytes (a view, no copy). */
+  /** The elements; a streamed storage is read into memory here, once. */
+  get data(): StorageArray {
+    if (this.array === null) {
+      const bytes = new Uint8Array(this.byteLength);
+      let at = 0;
+      for (const chunk of this.source!.chunks(0, bytes.length)) {
+        bytes.set(chunk, at);
+        at += chunk.length;
+      }
+      this.array = DTYPES[this.dtype].view(bytes.buffer, 0, this.numel);
+    }
+    return this.array;
+  }
+  /** Bytes [from, to) in chunks (each valid until the next is taken), without reading the rest into memory. */
+  chunks(from = 0, to = this.byteLength): Iterable<Uint8Array> {
+    if (this.array === null) return this.source!.chunks(from, to);
+    return [this.bytes().subarray(from, to)];
+  }
+  /** The raw little-endian bytes (a view, no copy; a streamed storage is read into memory first). */
   bytes(): Uint8Array {
-    return new Uint8Array(this.data.buffer, this.data.byteOffset, this.data.byteLength);
+    const data = this.data;
+    return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   }
 }
 

@@ -66,7 +66,7 @@ export function* torchSaveChunks(obj: PyInput, options: TorchSaveOptions = {}): 
   const storages = [...keys].sort((a, b) => (a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
   function* records(): Generator<ZipRecord> {
     yield { name: `${prefix}/data.pkl`, data: pkl };
-    for (const [storage, key] of storages) yield { name: `${prefix}/data/${key}`, data: storage.bytes() };
+    for (const [storage, key] of storages) yield { name: `${prefix}/data/${key}`, data: storage };
     yield { name: `${prefix}/version`, data: new TextEncoder().encode(FORMAT_VERSION) };
   }
   yield* zipStoredChunks(records(), options);

@@ -25,9 +25,16 @@ const U32_MAX = 0xffffffff;
 const U16_MAX = 0xffff;
 const ZIP64_EXTRA_ID = 0x0001;
 
+/** Record bytes that are streamed, not held: chunks in order, byteLength in all (a Storage is one). */
+export interface ZipStream {
+  readonly byteLength: number;
+  /** Each chunk is valid only until the next is taken (sources reuse one buffer). */
+  chunks(): Iterable<Uint8Array>;
+}
+
 export interface ZipRecord {
   name: string; // full name inside the archive, e.g. "best/data/0"
-  data: Uint8Array;
+  data: Uint8Array | ZipStream;
 }
 
 export interface ZipWriteOptions {
@@ -96,7 +103,8 @@ interface CentralEntry {
 const textEncoder = new TextEncoder();
 
 /**
- * The archive as a stream of chunks; record data is passed through as is (no copy).
+ * The archive as a stream of chunks; record data is passed through as is (no copy), its
+ * CRC-32 computed as it goes (it is written after the data, in the data descriptor).
  * Offsets are counted as the chunks go, so the whole file is never held at once.
  */
 export function* zipStoredChunks(records: Iterable<ZipRecord>, options: ZipWriteOptions = {}): Generator<Uint8Array> {
@@ -111,7 +119,7 @@ export function* zipStoredChunks(records: Iterable<ZipRecord>, options: ZipWrite
     names.add(rec.name);
     const name = textEncoder.encode(rec.name);
     if (name.length > U16_MAX) throw new Error(`zip record name too long: ${rec.name}`);
-    const size = rec.data.length;
+    const size = rec.data.byteLength;
     // miniz (so torch) writes empty records without a data descriptor.
     const flags = size > 0 ? FLAG_UTF8 | FLAG_DESCRIPTOR : FLAG_UTF8;
     const sizeBig = size >= big;
@@ -140,8 +148,16 @@ export function* zipStoredChunks(records: Iterable<ZipRecord>, options: ZipWrite
       .fill(0x5a, pad) // 'Z'
       .done();
     yield header;
-    if (size > 0) yield rec.data;
-    const crc = crc32(rec.data) >>> 0;
+    let crc = 0;
+    let written = 0;
+    for (const chunk of rec.data instanceof Uint8Array ? [rec.data] : rec.data.chunks()) {
+      if (chunk.length === 0) continue;
+      crc = crc32(chunk, crc); // before the yield: the chunk's buffer may be refilled after it
+      written += chunk.length;
+      yield chunk;
+    }
+    if (written !== size) throw new Error(`internal: record ${rec.name} streamed ${written} of ${size} bytes`);
+    crc >>>= 0;
     const descriptor = size === 0
       ? new Uint8Array(0)
       : z64.length > 0

@@ -5,9 +5,9 @@
  */
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { NativeModel, type Device, type NativeLibrary } from "../backend/native.ts";
-import { FileWriteError, removeStaleTempFiles, writingTo } from "../util/atomic.ts";
-import { saveCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
+import { NativeModel, type Device, type NativeLibrary, type StateBuffer } from "../backend/native.ts";
+import { AbandonedWrite, FileWriteError, removeStaleTempFiles, writingTo } from "../util/atomic.ts";
+import { saveCheckpoint, type CheckpointToSave, type FlatSource } from "../checkpoint/checkpoint.ts";
 import { withRecordedDefaults, type PhaseConfig } from "../config.ts";
 import type { ModelCfg } from "../model/config.ts";
 import { paramLayout } from "../model/layout.ts";
@@ -52,37 +52,39 @@ export interface PhaseOutcome {
   firstValLoss: number | null;
 }
 
-/** The first NaN / infinity of a flat buffer, named by its tensor and index, or null. */
-function firstNonFinite(cfg: ModelCfg, what: string, values: Float32Array): string | null {
-  for (let i = 0; i < values.length; i++) {
-    if (Number.isFinite(values[i]!)) continue;
-    const p = paramLayout(cfg).find((q) => i < q.offset + q.size)!;
-    return `${what} ${p.name}[${i - p.offset}] is ${values[i]}`;
-  }
-  return null;
+function diverged(step: number, why: string, intact: string): AbandonedWrite {
+  return new AbandonedWrite(
+    new DivergedError(`training diverged at step ${step}: ${why}; no checkpoint was written at this step, ${intact}. Lower base_lr (or grad_clip) in the config and resume.`),
+  );
 }
 
 /**
  * A checkpoint is written only for sound weights: every value finite, and a finite loss
  * (this step's val loss, or the loss of one val batch). Else the run stops (exit 1) and
- * the files written before stay as they are.
+ * the files written before stay as they are. The values are checked as they stream from
+ * the model into the first file (weights first, then the moments); the loss when they
+ * are all written, before the file replaces the old one.
  */
-function assertSound(config: PhaseConfig, data: OpenedPhaseData, model: NativeModel, ckpt: Checkpoint, valLoss: number | null, intact: string): void {
-  const m = config.model;
-  let why =
-    firstNonFinite(m, "weight", ckpt.params) ??
-    (ckpt.opt && (firstNonFinite(m, "optimizer exp_avg", ckpt.opt.m) ?? firstNonFinite(m, "optimizer exp_avg_sq", ckpt.opt.v)));
-  if (!why) {
-    const batch = data.evalBatches[0]!;
-    const loss = valLoss ?? model.evalLoss(batch.x, batch.y);
-    if (!Number.isFinite(loss)) why = `${valLoss === null ? "the loss of the weights on a val batch" : "the val loss"} is ${loss}`;
-  }
-  if (why) {
-    throw new DivergedError(
-      `training diverged at step ${ckpt.step}: ${why}; no checkpoint was written at this step, ${intact}. ` +
-        `Lower base_lr (or grad_clip) in the config and resume.`,
-    );
-  }
+function soundState(model: NativeModel, cfg: ModelCfg, step: number, intact: () => string): { params: FlatSource; m: FlatSource; v: FlatSource } {
+  const layout = paramLayout(cfg);
+  const source = (which: StateBuffer, what: string): FlatSource => ({
+    length: model.numParams,
+    read(offset, dst) {
+      model.readState(which, offset, dst);
+      for (let i = 0; i < dst.length; i++) {
+        if (Number.isFinite(dst[i]!)) continue;
+        const p = layout.find((q) => offset + i < q.offset + q.size)!;
+        throw diverged(step, `${what} ${p.name}[${offset + i - p.offset}] is ${dst[i]}`, intact());
+      }
+    },
+  });
+  return { params: source("params", "weight"), m: source("m", "optimizer exp_avg"), v: source("v", "optimizer exp_avg_sq") };
+}
+
+function assertFiniteLoss(data: OpenedPhaseData, model: NativeModel, step: number, valLoss: number | null, intact: string): void {
+  const batch = data.evalBatches[0]!;
+  const loss = valLoss ?? model.evalLoss(batch.x, batch.y);
+  if (!Number.isFinite(loss)) throw diverged(step, `${valLoss === null ? "the loss of the weights on a val batch" : "the val loss"} is ${loss}`, intact);
 }
 
 /** The data a phase reads, for its start line: "mixture wiki 0.784 + ... (default), val wiki". */
@@ -182,24 +184,27 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
 
     const save = (step: number, bestValLoss: number | null, targets: SaveTargets, valLoss: number | null): string[] => {
       flushMetrics(); // the records of the steps up to this one are on disk before their checkpoint
-      const ckpt: Checkpoint = {
+      // streamed from the model's buffers, never copied whole (checkpoints of GPT-2 size are 1.5 GB)
+      const state = soundState(model, config.model, step, intact);
+      const ckpt: CheckpointToSave = {
         modelCfg: config.modelCfgRaw,
         trainCfg: config.raw,
-        params: model.getParams(),
+        params: state.params,
         // param_groups' lr is the lr of the last step taken, as torch's scheduler leaves it
-        opt: { ...model.getOptState(), hparams: hparamsOf(config.train, learningRate(Math.max(0, step - 1), config.train)), trainDefaults: config.defaulted },
+        opt: { m: state.m, v: state.v, step: model.optStep(), hparams: hparamsOf(config.train, learningRate(Math.max(0, step - 1), config.train)), trainDefaults: config.defaulted },
         step,
         bestValLoss,
       };
-      assertSound(config, data, model, ckpt, valLoss, intact());
       const files: string[] = [];
       if (targets.best) files.push(bestPath);
       if (targets.periodic) files.push(join(o.checkpointDir, `step_${String(step).padStart(7, "0")}.pt`));
       if (targets.periodic || targets.latestOnly) files.push(latestPath);
       const written: string[] = [];
       newerWritten = { paths: written, step };
+      let sound: (() => void) | undefined = () => assertFiniteLoss(data, model, step, valLoss, intact());
       for (const file of files) {
-        saveCheckpoint(file, ckpt);
+        saveCheckpoint(file, ckpt, { beforeCommit: sound });
+        sound = undefined; // the first file saw every value and the loss
         if (file === latestPath) onDisk = { path: latestPath, step };
         else written.push(file);
       }

@@ -175,12 +175,28 @@ export class AtomicFile {
   }
 }
 
-/** Writes chunks to path atomically (AtomicFile). Throws FileWriteError naming path and cause. */
+/**
+ * Thrown by a producer of chunks that refuses what it was about to write (a diverged
+ * model's weights, seen while they stream): writeFileAtomic drops the temp file and
+ * throws `reason` as it is, not as a failed write.
+ */
+export class AbandonedWrite extends Error {
+  override name = "AbandonedWrite";
+  constructor(readonly reason: Error) {
+    super(reason.message, { cause: reason });
+  }
+}
+
+/** Writes chunks to path atomically (AtomicFile). Throws FileWriteError naming path and cause (or an AbandonedWrite's reason). */
 export function writeFileAtomic(path: string, chunks: Iterable<Uint8Array>, io: FileIo = nodeIo): void {
   const file = AtomicFile.create(path, io);
   try {
     for (const chunk of chunks) file.write(chunk);
   } catch (e) {
+    if (e instanceof AbandonedWrite) {
+      file.abort();
+      throw e.reason;
+    }
     throw e instanceof FileWriteError ? e : file.failure(e); // e.g. a generator of chunks that failed
   }
   file.commit();

@@ -1,0 +1,101 @@
+/**
+ * Checkpoints that stream (issue 22: GPT-2 small with its moments is 1.5 GB): saving reads
+ * the native model's buffers in ranges (gpt_read_state) straight into the file, loading
+ * reads the file's records in chunks straight into the model (gpt_write_state), neither
+ * holding the whole state or the whole file. The bytes are those of the whole-buffer
+ * writer; what loads is what the whole-buffer reader gives. A model whose token embedding
+ * is larger than one chunk (4 MiB) makes every tensor path cross chunk boundaries.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { NativeModel } from "../src/backend/native.ts";
+import { saveCheckpoint, type Checkpoint, type FlatSource } from "../src/checkpoint/checkpoint.ts";
+import type { ModelCfg } from "../src/model/config.ts";
+import { initParams } from "../src/model/layout.ts";
+import { AbandonedWrite } from "../src/util/atomic.ts";
+
+// wte is 4099 x 264 = 1.08M floats: two chunks of the 1M-float stream buffer
+const CFG: ModelCfg = { V: 4099, T: 16, C: 264, L: 1, H: 4, d_ff: 96 };
+const B = 2;
+const HP = { lr: 1e-3, weightDecay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, gradClip: 1 };
+
+let root = "";
+let model: NativeModel;
+beforeAll(() => {
+  root = fs.mkdtempSync(join(tmpdir(), "ckpt-stream-"));
+  model = NativeModel.open(CFG, B, "cpu");
+  model.setParams(initParams(CFG, 5));
+  model.setOptState(null, null, 0);
+  const x = Int32Array.from({ length: B * CFG.T }, (_, i) => (i * 37) % CFG.V);
+  const y = Int32Array.from({ length: B * CFG.T }, (_, i) => (i * 53 + 1) % CFG.V);
+  for (let s = 0; s < 2; s++) expect(model.trainStep(x, y, HP).applied).toBe(true);
+});
+afterAll(() => {
+  model.close();
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+const HPARAMS = { lr: 1e-3, weightDecay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8 };
+
+/** The model's state as whole arrays: what the writer was given before it streamed. */
+function wholeCheckpoint(): Checkpoint {
+  return { modelCfg: CFG, trainCfg: { phase: "pretrain" }, params: model.getParams(), opt: { ...model.getOptState(), hparams: HPARAMS }, step: 2, bestValLoss: 3.5 };
+}
+
+/** One of the model's buffers read in ranges, counting the floats read at once. */
+function rangeSource(which: "params" | "m" | "v", largest: { floats: number }): FlatSource {
+  return {
+    length: model.numParams,
+    read(offset, dst) {
+      largest.floats = Math.max(largest.floats, dst.length);
+      model.readState(which, offset, dst);
+    },
+  };
+}
+
+describe("saving streams from the native buffers", () => {
+  test("the file is byte-identical to the whole-array writer's, read through one 4 MiB buffer", () => {
+    const whole = join(root, "whole.pt");
+    const streamed = join(root, "streamed.pt");
+    // the same name inside both archives: write both as "latest.pt" in two folders
+    fs.mkdirSync(join(root, "a"));
+    fs.mkdirSync(join(root, "b"));
+    saveCheckpoint(join(root, "a", "latest.pt"), wholeCheckpoint());
+    const largest = { floats: 0 };
+    const ckpt = wholeCheckpoint();
+    saveCheckpoint(join(root, "b", "latest.pt"), {
+      ...ckpt,
+      params: rangeSource("params", largest),
+      opt: { ...ckpt.opt!, m: rangeSource("m", largest), v: rangeSource("v", largest), step: model.optStep() },
+    });
+    fs.renameSync(join(root, "a", "latest.pt"), whole);
+    fs.renameSync(join(root, "b", "latest.pt"), streamed);
+    const a = fs.readFileSync(whole);
+    const b = fs.readFileSync(streamed);
+    expect(a.length).toBeGreaterThan(3 * 4 * model.numParams);
+    expect(b.equals(a)).toBe(true);
+    expect(largest.floats).toBe(1 << 20); // never the whole buffer, never more than one chunk
+  });
+
+  test("a source that refuses its values (AbandonedWrite) leaves the old file and no temp file", () => {
+    const dir = join(root, "refuse");
+    fs.mkdirSync(dir);
+    const path = join(dir, "latest.pt");
+    saveCheckpoint(path, wholeCheckpoint());
+    const before = fs.readFileSync(path);
+    const ckpt = wholeCheckpoint();
+    let reads = 0;
+    const refusing: FlatSource = {
+      length: model.numParams,
+      read(offset, dst) {
+        model.readState("v", offset, dst);
+        if (++reads === 3) throw new AbandonedWrite(new RangeError("value refused"));
+      },
+    };
+    expect(() => saveCheckpoint(path, { ...ckpt, opt: { ...ckpt.opt!, v: refusing } })).toThrow(new RangeError("value refused"));
+    expect(fs.readFileSync(path).equals(before)).toBe(true);
+    expect(fs.readdirSync(dir)).toEqual(["latest.pt"]);
+  });
+});
