@@ -13,9 +13,10 @@
 import { phaseOfTrainCfg } from "../config.ts";
 import { modelCfgDifferences, modelCfgProblems, numParamsOf, type ModelCfg } from "../model/config.ts";
 import { numParams, paramLayout, TIED_LM_HEAD, type ParamSpec } from "../model/layout.ts";
-import { CheckpointError, PyDict, PyFloat, PyTuple, Storage, Tensor, pyTypeName } from "./pyvalue.ts";
+import { CheckpointError, PyDict, PyFloat, PyTuple, Storage, Tensor, pyTypeName, widen16 } from "./pyvalue.ts";
 import type { PyInput, PyValue } from "./pyvalue.ts";
-import { archiveNameFor, loadTorchBytes, loadTorchFile, readTorchFile, torchSaveChunks } from "./torchfile.ts";
+import { archiveNameFor, torchSaveChunks, withTorchFile } from "./torchfile.ts";
+import { availableMemoryBytes } from "../util/memory.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { decodedBytesBudget, ValueBudget } from "./budget.ts";
 import { formatBytes } from "../util/input-file.ts";
@@ -272,8 +273,8 @@ class Reader {
     return this.fail(where, `is a ${pyTypeName(v)}, expected a float`);
   }
 
-  /** A float tensor of the given shape, as float32 values in row-major order. */
-  tensor(v: PyValue | undefined, shape: readonly number[], where: string): Float32Array {
+  /** v as a float tensor of the given shape (float32, or float16 / bfloat16 that widen exactly), with its own elements. */
+  checkTensor(v: PyValue | undefined, shape: readonly number[], where: string): Tensor {
     const want = `(${shape.join(", ")}${shape.length === 1 ? "," : ""})`;
     if (!(v instanceof Tensor)) return this.fail(where, `is a ${pyTypeName(v)}, expected a float32 tensor of size ${want}`);
     if (v.shape.length !== shape.length || v.shape.some((d, i) => d !== shape[i])) {
@@ -287,16 +288,108 @@ class Reader {
     if (v.numel > v.storage.numel) {
       this.fail(where, `has ${v.numel} elements over a storage of ${v.storage.numel} (overlapping strides ${`(${v.stride.join(", ")})`}); expected a saved tensor with its own elements`);
     }
-    return v.toFloat32();
+    return v;
+  }
+
+  /**
+   * The values of a float tensor of the given shape in row-major order, passed to
+   * use(offset, values) in chunks (values are valid only during the call): a contiguous
+   * tensor streams from its storage (a file's record, read in 4 MiB chunks), any other
+   * layout is read whole first. The first value failing check.ok is reported by check.fail
+   * after the stream ends, so a corrupt record is named by its CRC-32 mismatch first.
+   */
+  streamTensor(v: PyValue | undefined, shape: readonly number[], where: string, use: (offset: number, values: Float32Array) => void, check?: ValueCheck): void {
+    const t = this.checkTensor(v, shape, where);
+    let bad: { index: number; value: number } | null = null;
+    const visit = (offset: number, values: Float32Array) => {
+      if (check && bad === null) {
+        for (let i = 0; i < values.length; i++) {
+          if (!check.ok(values[i]!)) {
+            bad = { index: offset + i, value: values[i]! };
+            break;
+          }
+        }
+      }
+      use(offset, values);
+    };
+    if (t.isContiguous()) {
+      const itemsize = t.dtype === "float32" ? 4 : 2;
+      let wide: Float32Array | null = null;
+      let offset = 0;
+      for (const chunk of t.storage.chunks(t.storageOffset * itemsize, (t.storageOffset + t.numel) * itemsize)) {
+        const n = chunk.length / itemsize;
+        if (t.dtype === "float32") visit(offset, new Float32Array(chunk.buffer, chunk.byteOffset, n));
+        else {
+          if (wide === null || wide.length < n) wide = new Float32Array(n);
+          const values = wide.subarray(0, n);
+          widen16(t.dtype as "float16" | "bfloat16", new Uint16Array(chunk.buffer, chunk.byteOffset, n), values);
+          visit(offset, values);
+        }
+        offset += n;
+      }
+    } else {
+      visit(0, t.toFloat32());
+    }
+    if (bad !== null) check!.fail((bad as { index: number; value: number }).index, (bad as { index: number; value: number }).value);
   }
 }
 
+/** What every value of a tensor must be, and the error naming the first that is not. */
+interface ValueCheck {
+  ok(x: number): boolean;
+  fail(index: number, x: number): never;
+}
+
+/** The flat buffers of the layout that a checkpoint holds (a native model's GPT_STATE_* buffers). */
+export type FlatBuffer = "params" | "m" | "v";
+
+/**
+ * Where a checkpoint's floats are decoded to, range by range: a NativeModel (its buffers,
+ * through gpt_write_state) or whole arrays (loadCheckpoint).
+ */
+export interface StateSink {
+  writeState(which: FlatBuffer, offset: number, src: Float32Array): void;
+  readState(which: FlatBuffer, offset: number, dst: Float32Array): void;
+  /** Zero moments at step `step`; the moments are written after it. */
+  resetOptState(step: number): void;
+}
+
+/** Whole arrays as a StateSink (their memory is touched only where written). */
+class ArraySink implements StateSink {
+  readonly params: Float32Array;
+  readonly m: Float32Array;
+  readonly v: Float32Array;
+  step = 0;
+  constructor(n: number) {
+    this.params = new Float32Array(n);
+    this.m = new Float32Array(n);
+    this.v = new Float32Array(n);
+  }
+  writeState(which: FlatBuffer, offset: number, src: Float32Array): void {
+    this[which].set(src, offset);
+  }
+  readState(which: FlatBuffer, offset: number, dst: Float32Array): void {
+    dst.set(this[which].subarray(offset, offset + dst.length));
+  }
+  resetOptState(step: number): void {
+    this.m.fill(0);
+    this.v.fill(0);
+    this.step = step;
+  }
+}
+
+/** The check that names a tensor's first bad value as the flat buffers' checks always did: `${what}[name][i] is x: ${expected}`. */
+function valueCheck(r: Reader, what: string, name: string, ok: (x: number) => boolean, expected: string): ValueCheck {
+  return { ok, fail: (i, x) => r.fail(`${what}[${name}][${i}] is ${x}`, expected) };
+}
+
+const isFinite = (x: number) => Number.isFinite(x);
+
 const IGNORED_BUFFER = /^transformer\.h\.\d+\.attn\.(bias|masked_bias)$/; // nanoGPT's causal-mask buffers
 
-function decodeModelState(r: Reader, value: PyValue | undefined, cfg: ModelCfg): Float32Array {
+function decodeModelState(r: Reader, value: PyValue | undefined, cfg: ModelCfg, sink: StateSink): void {
   const sd = r.dict(value, "model_state");
   const layout = paramLayout(cfg);
-  const flat = new Float32Array(numParams(cfg));
   const keys = [...sd.keys()];
   // torch.compile and DDP wrap the names; nanoGPT strips "_orig_mod." the same way.
   let prefix = "";
@@ -310,21 +403,30 @@ function decodeModelState(r: Reader, value: PyValue | undefined, cfg: ModelCfg):
   for (const p of layout) {
     const t = get(p.name);
     if (t === undefined) r.fail("model_state", `has no tensor ${p.name} (expected size (${p.shape.join(", ")}) for this model_cfg)`);
-    flat.set(r.tensor(t, p.shape, `model_state[${p.name}]`), p.offset);
+    r.streamTensor(t, p.shape, `model_state[${p.name}]`, (off, values) => sink.writeState("params", p.offset + off, values),
+      valueCheck(r, "model_state", p.name, isFinite, "expected finite weights (a diverged or corrupted checkpoint)"));
   }
   const head = get(TIED_LM_HEAD.name);
   if (head !== undefined) {
     const wte = get(TIED_LM_HEAD.tiedTo) as Tensor;
+    const embedding = layout.find((p) => p.name === TIED_LM_HEAD.tiedTo)!;
     const where = `model_state[${TIED_LM_HEAD.name}]`;
-    const values = r.tensor(head, [cfg.V, cfg.C], where);
-    const shared = head instanceof Tensor && head.storage === wte.storage && head.storageOffset === wte.storageOffset &&
-      head.stride.every((s, i) => s === wte.stride[i]);
+    const t = r.checkTensor(head, [cfg.V, cfg.C], where);
+    const shared = t.storage === wte.storage && t.storageOffset === wte.storageOffset && t.stride.every((s, i) => s === wte.stride[i]);
     if (!shared) {
-      const emb = flat.subarray(0, cfg.V * cfg.C);
-      // Compare bit patterns: equal values (NaN included) mean the same tied weight.
-      const a = new Uint32Array(values.buffer, values.byteOffset, values.length);
-      const b = new Uint32Array(emb.buffer, emb.byteOffset, emb.length);
-      if (!a.every((x, i) => x === b[i])) {
+      // Compare bit patterns with the embedding just decoded: equal values (NaN included) mean the same tied weight.
+      let emb: Float32Array | null = null;
+      let differs = false;
+      r.streamTensor(t, [cfg.V, cfg.C], where, (off, values) => {
+        if (differs) return;
+        if (emb === null || emb.length < values.length) emb = new Float32Array(values.length);
+        const e = emb.subarray(0, values.length);
+        sink.readState("params", embedding.offset + off, e);
+        const a = new Uint32Array(values.buffer, values.byteOffset, values.length);
+        const b = new Uint32Array(e.buffer, e.byteOffset, e.length);
+        differs = !a.every((x, i) => x === b[i]);
+      });
+      if (differs) {
         r.fail(where, `differs from ${TIED_LM_HEAD.tiedTo}; this model ties the LM head to the token embedding (untied heads are not supported)`);
       }
     }
@@ -337,10 +439,13 @@ function decodeModelState(r: Reader, value: PyValue | undefined, cfg: ModelCfg):
     const shown = unexpected.slice(0, 5).join(", ") + (unexpected.length > 5 ? `, ... (${unexpected.length} in all)` : "");
     r.fail("model_state", `has tensors this model does not have: ${shown}`);
   }
-  return flat;
 }
 
-function decodeOptimizerState(r: Reader, value: PyValue | undefined, cfg: ModelCfg): OptState | null {
+/**
+ * The optimizer's hyper-parameters and step, checked, and stream(sink): its moments
+ * decoded into sink (written after resetOptState(step)).
+ */
+function decodeOptimizerState(r: Reader, value: PyValue | undefined, cfg: ModelCfg): { meta: OptMeta; stream(sink: StateSink): void } | null {
   if (value === null || value === undefined) return null;
   const opt = r.dict(value, "optimizer_state");
   const state = r.dict(opt.get("state"), "optimizer_state['state']");
@@ -348,7 +453,6 @@ function decodeOptimizerState(r: Reader, value: PyValue | undefined, cfg: ModelC
   if (!Array.isArray(groups) || groups.length === 0) r.fail("optimizer_state['param_groups']", `is a ${pyTypeName(groups)}, expected a list of groups`);
 
   const layout = paramLayout(cfg);
-  const n = numParams(cfg);
   const nDecay = layout.filter((p) => p.decay).length;
   const lists = groups.map((g, i) => {
     const params = r.dict(g, `optimizer_state['param_groups'][${i}]`).get("params");
@@ -406,26 +510,37 @@ function decodeOptimizerState(r: Reader, value: PyValue | undefined, cfg: ModelC
   if (defaults !== null && (typeof defaults !== "object" || Array.isArray(defaults))) r.fail(where, "expected a dict of the config values taken from defaults");
   const trainDefaults = defaults as Record<string, unknown> | null;
 
-  const m = new Float32Array(n);
-  const v = new Float32Array(n);
-  if (state.size === 0) return { m, v, step: 0, hparams, trainDefaults };
+  const meta = (step: number): OptMeta => ({ step, hparams, trainDefaults });
+  if (state.size === 0) return { meta: meta(0), stream: (sink) => sink.resetOptState(0) };
   for (const k of state.keys()) {
     if (typeof k !== "number" || !specOf.has(k)) r.fail("optimizer_state['state']", `has an entry for parameter ${String(k)}, which no group lists`);
   }
+  // The step first (one count for all tensors): the moments are then written under it.
   let step: number | null = null;
+  const entries: Array<[PyDict, ParamSpec, string]> = [];
   for (const [idx, p] of specOf) {
     const where = `optimizer_state['state'][${idx}] (${p.name})`;
     const entry = state.get(idx);
     if (entry === undefined) r.fail("optimizer_state['state']", `has no entry for parameter ${idx} (${p.name}) while others have one`);
     const s = r.dict(entry, where);
-    m.set(r.tensor(s.get("exp_avg"), p.shape, `${where}['exp_avg']`), p.offset);
-    v.set(r.tensor(s.get("exp_avg_sq"), p.shape, `${where}['exp_avg_sq']`), p.offset);
     const st = r.float(s.get("step"), `${where}['step']`);
     if (!Number.isSafeInteger(st) || st < 0) r.fail(`${where}['step']`, `is ${st}, expected a whole number >= 0`);
     if (step !== null && st !== step) r.fail("optimizer_state['state']", `parameters are at different steps (${step} and ${st}); train keeps one step count`);
     step = st;
+    entries.push([s, p, where]);
   }
-  return { m, v, step: step ?? 0, hparams, trainDefaults };
+  return {
+    meta: meta(step ?? 0),
+    stream(sink) {
+      sink.resetOptState(step ?? 0);
+      for (const [s, p, where] of entries) {
+        r.streamTensor(s.get("exp_avg"), p.shape, `${where}['exp_avg']`, (off, values) => sink.writeState("m", p.offset + off, values),
+          valueCheck(r, "optimizer_state exp_avg", p.name, isFinite, "expected finite moments"));
+        r.streamTensor(s.get("exp_avg_sq"), p.shape, `${where}['exp_avg_sq']`, (off, values) => sink.writeState("v", p.offset + off, values),
+          valueCheck(r, "optimizer_state exp_avg_sq", p.name, (x) => Number.isFinite(x) && x >= 0, "expected finite values >= 0 (squared gradients)"));
+      }
+    },
+  };
 }
 
 /** What a checkpoint says about itself, read before any of its tensors. */
@@ -441,39 +556,30 @@ export interface DecodeOptions {
   accept?(head: CheckpointHead): void;
 }
 
-/** The first value of a flat buffer failing ok, named by tensor and index, or null. */
-function firstBadValue(cfg: ModelCfg, values: Float32Array, ok: (x: number) => boolean): string | null {
-  for (let i = 0; i < values.length; i++) {
-    if (ok(values[i]!)) continue;
-    const p = paramLayout(cfg).find((q) => i < q.offset + q.size)!;
-    return `[${p.name}][${i - p.offset}] is ${values[i]}`;
-  }
-  return null;
-}
+/** AdamW's state without its moments (those went to a StateSink). */
+export type OptMeta = Omit<OptState, "m" | "v">;
 
-/** Weights and moments a run can go on from: finite, exp_avg_sq >= 0, best_val_loss finite. */
-function checkValues(r: Reader, ckpt: Checkpoint): void {
-  const finite = (x: number) => Number.isFinite(x);
-  const bad = firstBadValue(ckpt.modelCfg, ckpt.params, finite);
-  if (bad) r.fail(`model_state${bad}`, "expected finite weights (a diverged or corrupted checkpoint)");
-  if (ckpt.opt) {
-    const m = firstBadValue(ckpt.modelCfg, ckpt.opt.m, finite);
-    if (m) r.fail(`optimizer_state exp_avg${m}`, "expected finite moments");
-    const v = firstBadValue(ckpt.modelCfg, ckpt.opt.v, (x) => Number.isFinite(x) && x >= 0);
-    if (v) r.fail(`optimizer_state exp_avg_sq${v}`, "expected finite values >= 0 (squared gradients)");
-  }
-  if (ckpt.bestValLoss !== null && !(Number.isFinite(ckpt.bestValLoss) && ckpt.bestValLoss >= 0)) {
-    r.fail("best_val_loss", `is ${ckpt.bestValLoss}, expected a finite loss >= 0 or None`);
-  }
+/** A checkpoint whose weights and moments were decoded into a StateSink (a native model's buffers). */
+export interface LoadedCheckpoint extends Omit<Checkpoint, "params" | "opt"> {
+  opt: OptMeta | null;
 }
 
 /**
- * The checkpoint in a torch.load result. Tensors are checked by name, size and dtype
- * against the checkpoint's own model_cfg; with expected, the model_cfg must also match
- * it on the shape keys; options.accept sees model_cfg and train_cfg before any tensor
- * is decoded. Weights and moments must be finite (checkValues). Errors name source and the key.
+ * The checkpoint in a torch.load result, its floats decoded into the sink that sinkFor gives
+ * for its model_cfg (moments only when withOptimizer). Tensors are checked by name, size
+ * and dtype against the checkpoint's own model_cfg; with expected, the model_cfg must also
+ * match it on the shape keys; options.accept sees model_cfg and train_cfg before any
+ * tensor is decoded. Weights and moments must be finite, checked as they stream. Errors
+ * name source and the key; after one, the sink holds part of the checkpoint.
  */
-export function decodeCheckpoint(value: PyValue, source: string, expected?: ModelCfg, options: DecodeOptions = {}): Checkpoint {
+function decodeCheckpoint(
+  value: PyValue,
+  source: string,
+  expected: ModelCfg | undefined,
+  options: DecodeOptions,
+  sinkFor: (head: LoadedCheckpoint, r: Reader) => StateSink,
+  withOptimizer = true,
+): LoadedCheckpoint {
   const r = new Reader(source);
   if (!(value instanceof PyDict)) return r.fail("checkpoint", `is a ${pyTypeName(value)}, expected a dict with keys ${TOP_KEYS.join(", ")}`);
   const missing = ["model_cfg", "train_cfg", "model_state", "step"].filter((k) => !value.has(k));
@@ -490,35 +596,30 @@ export function decodeCheckpoint(value: PyValue, source: string, expected?: Mode
   }
   const trainCfg = r.json(r.dict(value.get("train_cfg"), "train_cfg"), "train_cfg") as Record<string, unknown>;
   options.accept?.({ modelCfg: cfg, trainCfg });
-  const withOptimizer = value.get("optimizer_state") !== null && value.get("optimizer_state") !== undefined;
-  const decodedBytes = 4 * numParamsOf(cfg) * (withOptimizer ? 3 : 1);
+  const hasOptimizer = value.get("optimizer_state") !== null && value.get("optimizer_state") !== undefined;
+  const decodedBytes = 4 * numParamsOf(cfg) * (hasOptimizer ? 3 : 1);
   if (options.fileBytes !== undefined && decodedBytes > decodedBytesBudget(options.fileBytes)) {
     r.fail("model_cfg", `declares a model of ${numParamsOf(cfg)} parameters (${formatBytes(decodedBytes)} of float32 with its optimizer state), more than a file of ${options.fileBytes} bytes holds; the file is not a checkpoint of that model`);
   }
-  const params = decodeModelState(r, value.get("model_state"), cfg);
-  const opt = decodeOptimizerState(r, value.get("optimizer_state"), cfg);
+  // Everything but the tensors first: the sink may depend on it (a resume's recorded defaults).
+  const optimizer = decodeOptimizerState(r, value.get("optimizer_state"), cfg);
   const step = r.int(value.get("step"), "step");
   if (step < 0) r.fail("step", `is ${step}, expected >= 0`);
   const best = value.get("best_val_loss");
   const bestValLoss = best === undefined || best === null ? null : r.float(best, "best_val_loss");
-  const ckpt = { modelCfg: cfg, trainCfg, params, opt, step, bestValLoss };
-  checkValues(r, ckpt);
-  return ckpt;
+  if (bestValLoss !== null && !(Number.isFinite(bestValLoss) && bestValLoss >= 0)) {
+    r.fail("best_val_loss", `is ${bestValLoss}, expected a finite loss >= 0 or None`);
+  }
+  const head: LoadedCheckpoint = { modelCfg: cfg, trainCfg, opt: withOptimizer ? (optimizer?.meta ?? null) : null, step, bestValLoss };
+  const sink = sinkFor(head, r);
+  decodeModelState(r, value.get("model_state"), cfg, sink);
+  if (withOptimizer) optimizer?.stream(sink);
+  return head;
 }
 
 /** The file size a checkpoint of cfg may have: its float32 weights and moments plus room for the pickle. */
 export function maxCheckpointBytes(cfg: ModelCfg): number {
   return 3 * 4 * numParamsOf(cfg) + (64 << 20);
-}
-
-/**
- * Reads and checks a checkpoint file (written by train or by torch.save). With expected,
- * a file larger than a checkpoint of that model can be is refused before it is read.
- */
-export function loadCheckpoint(path: string, expected?: ModelCfg, options: LoadOptions = {}): Checkpoint {
-  const maxBytes = options.maxBytes ?? (expected ? maxCheckpointBytes(expected) : undefined);
-  const bytes = readTorchFile(path, maxBytes);
-  return decodeCheckpoint(loadTorchBytes(bytes, path), path, expected, { fileBytes: bytes.length, accept: options.accept });
 }
 
 export interface LoadOptions {
@@ -527,12 +628,57 @@ export interface LoadOptions {
   accept?: DecodeOptions["accept"];
 }
 
-/** The phase (from train_cfg) of a checkpoint file, or null when train_cfg does not tell. */
+/**
+ * Reads and checks a checkpoint file (written by train or by torch.save) into whole arrays,
+ * streaming it (the file is never held whole). With expected, a file larger than a
+ * checkpoint of that model can be is refused before it is read.
+ */
+export function loadCheckpoint(path: string, expected?: ModelCfg, options: LoadOptions = {}): Checkpoint {
+  const maxBytes = options.maxBytes ?? (expected ? maxCheckpointBytes(expected) : availableMemoryBytes());
+  let arrays: ArraySink | null = null;
+  const loaded = withTorchFile(path, maxBytes, true, (value, fileBytes) =>
+    decodeCheckpoint(value, path, expected, { fileBytes, accept: options.accept }, (head) => (arrays = new ArraySink(numParams(head.modelCfg)))),
+  );
+  const a = arrays as unknown as ArraySink;
+  return { ...loaded, params: a.params, opt: loaded.opt && { ...loaded.opt, m: a.m, v: a.v } };
+}
+
+/** A model to load a checkpoint into: its shape and its flat buffers (NativeModel). */
+export interface LoadTarget extends StateSink {
+  readonly cfg: ModelCfg;
+}
+
+export interface LoadIntoOptions extends LoadOptions {
+  /** false: only the weights are read (the model's moments are left as they are; opt is null). */
+  optimizer?: boolean;
+}
+
+/**
+ * Reads and checks a checkpoint file straight into a model's buffers: its records stream
+ * from the file in 4 MiB chunks, so neither the file nor the state is ever held whole
+ * (issue 22: 1.5 GB at GPT-2 small). target may be a function that gets (opens) the model
+ * once everything but the tensors is read and checked. The checkpoint's model must be the
+ * model's shape (checked after options.accept). On failure the model holds part of the checkpoint.
+ */
+export function loadCheckpointInto(target: LoadTarget | ((head: LoadedCheckpoint) => LoadTarget), path: string, options: LoadIntoOptions = {}): LoadedCheckpoint {
+  const maxBytes = options.maxBytes ?? (typeof target === "function" ? availableMemoryBytes() : maxCheckpointBytes(target.cfg));
+  return withTorchFile(path, maxBytes, true, (value, fileBytes) =>
+    decodeCheckpoint(value, path, undefined, { fileBytes, accept: options.accept }, (head, r) => {
+      const model = typeof target === "function" ? target(head) : target;
+      const diff = modelCfgDifferences(head.modelCfg, model.cfg);
+      if (diff.length > 0) r.fail("model_cfg", `differs from the model it is loaded into (checkpoint vs model: ${diff.join(", ")})`);
+      return model;
+    }, options.optimizer !== false),
+  );
+}
+
+/** The phase (from train_cfg) of a checkpoint file, or null when train_cfg does not tell (reads data.pkl only). */
 export function phaseOfCheckpointFile(path: string, expected?: ModelCfg): "pretrain" | "sft" | null {
-  const value = loadTorchFile(path, expected ? maxCheckpointBytes(expected) : undefined);
-  const r = new Reader(path);
-  const top = r.dict(value, "checkpoint");
-  const trainCfg = top.get("train_cfg");
-  if (trainCfg === undefined) return null;
-  return phaseOfTrainCfg(r.json(trainCfg, "train_cfg"));
+  return withTorchFile(path, expected ? maxCheckpointBytes(expected) : availableMemoryBytes(), false, (value) => {
+    const r = new Reader(path);
+    const top = r.dict(value, "checkpoint");
+    const trainCfg = top.get("train_cfg");
+    if (trainCfg === undefined) return null;
+    return phaseOfTrainCfg(r.json(trainCfg, "train_cfg"));
+  });
 }

@@ -231,11 +231,10 @@ export class Tensor {
       case "float32":
         return data as Float32Array;
       case "float16":
-        return Float32Array.from(data as Uint16Array, halfToFloat);
       case "bfloat16": {
-        const bits = new Uint32Array(data.length);
-        for (let i = 0; i < data.length; i++) bits[i] = (data as Uint16Array)[i]! << 16;
-        return new Float32Array(bits.buffer);
+        const out = new Float32Array(data.length);
+        widen16(this.dtype, data as Uint16Array, out);
+        return out;
       }
       case "int64":
         return Float32Array.from(data as BigInt64Array, (x) => Number(x));
@@ -257,6 +256,16 @@ function defaultDType(data: StorageArray): DType {
   if (data instanceof Int8Array) return "int8";
   if (data instanceof Uint8Array) return "uint8";
   throw new TypeError("a Uint16Array is ambiguous: give dtype float16 or bfloat16");
+}
+
+/** float16 / bfloat16 bit patterns widened (exactly) into out[0, bits.length). */
+export function widen16(dtype: "float16" | "bfloat16", bits: Uint16Array, out: Float32Array): void {
+  if (dtype === "float16") {
+    for (let i = 0; i < bits.length; i++) out[i] = halfToFloat(bits[i]!);
+  } else {
+    const u = new Uint32Array(out.buffer, out.byteOffset, bits.length);
+    for (let i = 0; i < bits.length; i++) u[i] = bits[i]! << 16;
+  }
 }
 
 function halfToFloat(h: number): number {

@@ -10,7 +10,7 @@
  *   <archive>/version     "3\n"
  * <archive> is the file name without its extension, as torch.save(obj, path) names it.
  */
-import { InputFileError, readInputFile } from "../util/input-file.ts";
+import { InputFileError, readInputFile, withInputFile } from "../util/input-file.ts";
 import { availableMemoryBytes } from "../util/memory.ts";
 import { basename } from "node:path";
 import { pickleDump, unpickle } from "./pickle.ts";
@@ -102,7 +102,32 @@ function intTuple(v: PyValue, what: string): number[] {
  * copies where alignment allows). source names the file in error messages.
  */
 export function loadTorchBytes(bytes: Uint8Array, source: string): PyValue {
-  const zip = ZipArchive.open(bytes, source);
+  return loadTorchArchive(ZipArchive.open(bytes, source), source, false);
+}
+
+/**
+ * torch.load of the file at path without reading it whole: the archive's directory and
+ * data.pkl are read, and each storage streams its record from the open file in chunks
+ * (Storage.chunks; Storage.data reads one record into memory). use(value, fileBytes) runs
+ * while the file is open; afterwards, with verifyAll, the CRC-32 of every record use did
+ * not read whole is checked. The file must be a regular file of at most maxBytes
+ * (src/util/input-file.ts).
+ */
+export function withTorchFile<T>(path: string, maxBytes: number, verifyAll: boolean, use: (value: PyValue, fileBytes: number) => T): T {
+  try {
+    return withInputFile(path, { maxBytes, expected: "a PyTorch checkpoint (.pt zip archive)" }, (fd, size) => {
+      const zip = ZipArchive.openFile(fd, size, path);
+      const result = use(loadTorchArchive(zip, path, true), size);
+      if (verifyAll) zip.verifyUnread();
+      return result;
+    });
+  } catch (e) {
+    if (e instanceof InputFileError) throw new CheckpointError(e.message);
+    throw e;
+  }
+}
+
+function loadTorchArchive(zip: ZipArchive, source: string, streamed: boolean): PyValue {
   const first = zip.entries[0];
   if (!first) throw new CheckpointError(`${source}: the zip archive has no records`);
   const slash = first.name.indexOf("/");
@@ -157,10 +182,15 @@ export function loadTorchBytes(bytes: Uint8Array, source: string): PyValue {
     if (entry.size !== numel * itemsize) {
       return bad(`storage ${key}: record has ${entry.size} bytes, expected ${numel} x ${itemsize} (${dtype}) = ${numel * itemsize}`);
     }
-    let raw = zip.data(entry);
-    // unaligned (a re-zipped file: `zip -0` does not pad): copy once (Buffer.slice would not copy)
-    if ((raw.byteOffset % itemsize) !== 0) raw = new Uint8Array(raw);
-    const storage = new Storage(dtype, DTYPES[dtype].view(raw.buffer, raw.byteOffset, numel));
+    let storage: Storage;
+    if (streamed) {
+      storage = new Storage(dtype, { numel, chunks: (from, to) => zip.chunks(entry, from, to) });
+    } else {
+      let raw = zip.data(entry);
+      // unaligned (a re-zipped file: `zip -0` does not pad): copy once (Buffer.slice would not copy)
+      if ((raw.byteOffset % itemsize) !== 0) raw = new Uint8Array(raw);
+      storage = new Storage(dtype, DTYPES[dtype].view(raw.buffer, raw.byteOffset, numel));
+    }
     storages.set(key, storage);
     return storage;
   };

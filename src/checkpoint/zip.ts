@@ -5,6 +5,7 @@
  * the data in a data descriptor, and the archive always ends with a ZIP64
  * end-of-central-directory record, its locator and the classic one.
  */
+import { readSync } from "node:fs";
 import { crc32 } from "node:zlib";
 import { CheckpointError } from "./pyvalue.ts";
 
@@ -242,12 +243,63 @@ function readU64(view: DataView, at: number, what: string, fail: (m: string) => 
   return Number(v);
 }
 
-/** A parsed archive over a byte buffer; record data are views into it. */
+/** The bytes of an archive: in memory, or an open file read at offsets. */
+interface ArchiveBytes {
+  readonly size: number;
+  /** length bytes from offset (fewer at the end of a file that shrank): a view or a fresh buffer. */
+  read(offset: number, length: number): Uint8Array;
+  /** Fills dst from offset; returns how many bytes were read (fewer only at the end). */
+  readInto(offset: number, dst: Uint8Array): number;
+}
+
+function memoryBytes(bytes: Uint8Array): ArchiveBytes {
+  return {
+    size: bytes.length,
+    read: (offset, length) => bytes.subarray(offset, offset + length),
+    readInto(offset, dst) {
+      const part = bytes.subarray(offset, offset + dst.length);
+      dst.set(part);
+      return part.length;
+    },
+  };
+}
+
+function fileBytes(fd: number, size: number): ArchiveBytes {
+  const readInto = (offset: number, dst: Uint8Array): number => {
+    let at = 0;
+    while (at < dst.length) {
+      const n = readSync(fd, dst, at, dst.length - at, offset + at);
+      if (n === 0) break; // the file shrank since fstat: the record checks say truncated
+      at += n;
+    }
+    return at;
+  };
+  return {
+    size,
+    read(offset, length) {
+      const out = new Uint8Array(Math.max(0, Math.min(length, size - offset)));
+      return out.subarray(0, readInto(offset, out));
+    },
+    readInto,
+  };
+}
+
+/** Bytes per read when a record streams from a file (4 MiB: large reads, small memory). */
+const STREAM_CHUNK_BYTES = 1 << 22;
+
+/**
+ * A parsed archive. Over a byte buffer (open) every record's CRC-32 is checked at once and
+ * record data are views into the buffer; over an open file (openFile) only the central
+ * directory and the local headers are read at first, and a record's CRC-32 is checked as
+ * its bytes are read (data, chunks) or by verifyUnread.
+ */
 export class ZipArchive {
   private readonly byName = new Map<string, ZipEntry>();
   readonly entries: ZipEntry[] = [];
+  private readonly verified = new Set<ZipEntry>();
+  private chunkBuffer: Uint8Array | null = null;
 
-  private constructor(readonly bytes: Uint8Array, private readonly source: string) {}
+  private constructor(private readonly src: ArchiveBytes, private readonly source: string) {}
 
   private fail(msg: string): never {
     throw new CheckpointError(`${this.source}: ${msg}`);
@@ -255,7 +307,15 @@ export class ZipArchive {
 
   /** Parses the central directory and checks every record (local header, bounds, CRC-32). */
   static open(bytes: Uint8Array, source: string): ZipArchive {
-    const zip = new ZipArchive(bytes, source);
+    const zip = new ZipArchive(memoryBytes(bytes), source);
+    zip.parse();
+    zip.verifyUnread();
+    return zip;
+  }
+
+  /** Parses the central directory and local headers of an open file of `size` bytes (read at offsets, never whole). */
+  static openFile(fd: number, size: number, source: string): ZipArchive {
+    const zip = new ZipArchive(fileBytes(fd, size), source);
     zip.parse();
     return zip;
   }
@@ -264,60 +324,110 @@ export class ZipArchive {
     return this.byName.get(name);
   }
 
+  /** The record's bytes, CRC-checked (over a buffer: a view into it). */
   data(entry: ZipEntry): Uint8Array {
-    return this.bytes.subarray(entry.dataOffset, entry.dataOffset + entry.size);
+    const bytes = this.src.read(entry.dataOffset, entry.size);
+    if (bytes.length !== entry.size) this.fail(`record ${entry.name}: truncated (the file shrank while it was read)`);
+    if (!this.verified.has(entry)) this.checkCrc(entry, crc32(bytes) >>> 0);
+    return bytes;
+  }
+
+  /**
+   * The record's bytes [from, to) in chunks of at most 4 MiB, each valid only until the next
+   * is taken (one buffer is reused). Reading the whole record checks its CRC-32 after its
+   * last chunk.
+   */
+  *chunks(entry: ZipEntry, from = 0, to = entry.size): Generator<Uint8Array> {
+    if (from < 0 || to > entry.size || from > to) throw new RangeError(`record ${entry.name}: bytes [${from}, ${to}) of ${entry.size}`);
+    const whole = from === 0 && to === entry.size && !this.verified.has(entry);
+    const buf = (this.chunkBuffer ??= new Uint8Array(STREAM_CHUNK_BYTES));
+    let crc = 0;
+    for (let at = from; at < to; ) {
+      const want = Math.min(buf.length, to - at);
+      const n = this.src.readInto(entry.dataOffset + at, buf.subarray(0, want));
+      if (n !== want) this.fail(`record ${entry.name}: truncated (the file shrank while it was read)`);
+      const chunk = buf.subarray(0, n);
+      if (whole) crc = crc32(chunk, crc);
+      at += n;
+      yield chunk;
+    }
+    if (whole) this.checkCrc(entry, crc >>> 0);
+  }
+
+  /** Checks the CRC-32 of every record not yet read whole. */
+  verifyUnread(): void {
+    for (const entry of this.entries) {
+      if (this.verified.has(entry)) continue;
+      if (entry.size <= STREAM_CHUNK_BYTES) this.data(entry);
+      else for (const _ of this.chunks(entry));
+    }
+  }
+
+  private checkCrc(entry: ZipEntry, actual: number): void {
+    if (actual !== entry.crc32) {
+      this.fail(`record ${entry.name}: CRC-32 mismatch (stored ${hex(entry.crc32)}, computed ${hex(actual)}); the file is corrupt`);
+    }
+    this.verified.add(entry);
   }
 
   private parse(): void {
-    const b = this.bytes;
-    const len = b.length;
+    const len = this.src.size;
     if (len === 0) this.fail("file is empty (expected a PyTorch zip archive)");
-    const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
-    if (len >= 2 && b[0] === 0x80 && b[1] <= 5) {
+    const head = this.src.read(0, 4);
+    if (head.length >= 2 && head[0] === 0x80 && head[1]! <= 5) {
       this.fail("legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with torch.save in torch >= 1.6");
     }
-    if (len < 4 || view.getUint32(0, true) !== SIG_LOCAL) {
+    if (len < 4 || new DataView(head.buffer, head.byteOffset, 4).getUint32(0, true) !== SIG_LOCAL) {
       this.fail("not a zip archive (PyTorch checkpoints since 1.6 are zip files starting with PK\\x03\\x04)");
     }
     // End of central directory: the last 22 bytes, unless an archive comment follows it.
-    let eocd = -1;
-    for (let p = len - EOCD_SIZE; p >= Math.max(0, len - EOCD_SIZE - U16_MAX); p--) {
-      if (view.getUint32(p, true) === SIG_EOCD && p + EOCD_SIZE + view.getUint16(p + 20, true) === len) {
+    // The tail read holds it, its comment and the ZIP64 locator before it.
+    const tailStart = Math.max(0, len - EOCD_SIZE - U16_MAX - ZIP64_LOCATOR_SIZE);
+    const tail = this.src.read(tailStart, len - tailStart);
+    const tv = new DataView(tail.buffer, tail.byteOffset, tail.byteLength);
+    let eocd = -1; // in tail
+    for (let p = tail.length - EOCD_SIZE; p >= Math.max(0, tail.length - EOCD_SIZE - U16_MAX); p--) {
+      if (tv.getUint32(p, true) === SIG_EOCD && tailStart + p + EOCD_SIZE + tv.getUint16(p + 20, true) === len) {
         eocd = p;
         break;
       }
     }
     if (eocd < 0) this.fail("truncated or not a zip archive (no end-of-central-directory record)");
-    if (view.getUint16(eocd + 4, true) !== 0 || view.getUint16(eocd + 6, true) !== 0) {
+    if (tv.getUint16(eocd + 4, true) !== 0 || tv.getUint16(eocd + 6, true) !== 0) {
       this.fail("multi-disk zip archives are not supported");
     }
-    let count = view.getUint16(eocd + 10, true);
-    let cdSize = view.getUint32(eocd + 12, true);
-    let cdOffset = view.getUint32(eocd + 16, true);
-    let cdEnd = eocd;
+    let count = tv.getUint16(eocd + 10, true);
+    let cdSize = tv.getUint32(eocd + 12, true);
+    let cdOffset = tv.getUint32(eocd + 16, true);
+    let cdEnd = tailStart + eocd;
     const loc = eocd - ZIP64_LOCATOR_SIZE;
-    if (loc >= 0 && view.getUint32(loc, true) === SIG_ZIP64_LOCATOR) {
-      const z = readU64(view, loc + 8, "ZIP64 end record offset", (m) => this.fail(m));
-      if (z + ZIP64_EOCD_SIZE > loc || view.getUint32(z, true) !== SIG_ZIP64_EOCD) {
+    if (loc >= 0 && tv.getUint32(loc, true) === SIG_ZIP64_LOCATOR) {
+      const z = readU64(tv, loc + 8, "ZIP64 end record offset", (m) => this.fail(m));
+      const rec = z + ZIP64_EOCD_SIZE <= tailStart + loc ? this.src.read(z, ZIP64_EOCD_SIZE) : new Uint8Array(0);
+      const zv = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+      if (rec.length < ZIP64_EOCD_SIZE || zv.getUint32(0, true) !== SIG_ZIP64_EOCD) {
         this.fail("corrupt ZIP64 end-of-central-directory record");
       }
-      if (view.getUint32(z + 16, true) !== 0 || view.getUint32(z + 20, true) !== 0) {
+      if (zv.getUint32(16, true) !== 0 || zv.getUint32(20, true) !== 0) {
         this.fail("multi-disk zip archives are not supported");
       }
-      count = readU64(view, z + 32, "entry count", (m) => this.fail(m));
-      cdSize = readU64(view, z + 40, "central directory size", (m) => this.fail(m));
-      cdOffset = readU64(view, z + 48, "central directory offset", (m) => this.fail(m));
+      count = readU64(zv, 32, "entry count", (m) => this.fail(m));
+      cdSize = readU64(zv, 40, "central directory size", (m) => this.fail(m));
+      cdOffset = readU64(zv, 48, "central directory offset", (m) => this.fail(m));
       cdEnd = z;
     }
     if (cdOffset + cdSize > cdEnd) {
       this.fail(`corrupt central directory (offset ${cdOffset} + size ${cdSize} runs past byte ${cdEnd}); the file may be truncated`);
     }
 
+    // The central directory (its size is bounded by the file's; real ones are a few KiB).
+    const cd = this.src.read(cdOffset, cdSize);
+    const view = new DataView(cd.buffer, cd.byteOffset, cd.byteLength);
     const decoder = new TextDecoder("utf-8");
-    let p = cdOffset;
+    let p = 0; // in cd
     for (let i = 0; i < count; i++) {
-      if (p + CENTRAL_HEADER_SIZE > cdOffset + cdSize || view.getUint32(p, true) !== SIG_CENTRAL) {
-        this.fail(`corrupt central directory entry ${i} at byte ${p}`);
+      if (p + CENTRAL_HEADER_SIZE > cdSize || view.getUint32(p, true) !== SIG_CENTRAL) {
+        this.fail(`corrupt central directory entry ${i} at byte ${cdOffset + p}`);
       }
       const flags = view.getUint16(p + 8, true);
       const method = view.getUint16(p + 10, true);
@@ -329,8 +439,8 @@ export class ZipArchive {
       const commentLen = view.getUint16(p + 32, true);
       let offset = view.getUint32(p + 42, true);
       const next = p + CENTRAL_HEADER_SIZE + nameLen + extraLen + commentLen;
-      if (next > cdOffset + cdSize) this.fail(`corrupt central directory entry ${i} (runs past the directory)`);
-      const nameBytes = b.subarray(p + CENTRAL_HEADER_SIZE, p + CENTRAL_HEADER_SIZE + nameLen);
+      if (next > cdSize) this.fail(`corrupt central directory entry ${i} (runs past the directory)`);
+      const nameBytes = cd.subarray(p + CENTRAL_HEADER_SIZE, p + CENTRAL_HEADER_SIZE + nameLen);
       const name = decoder.decode(nameBytes);
       // ZIP64: fields set to 0xFFFFFFFF are in the extended-information extra field, in this order.
       if (size === U32_MAX || comp === U32_MAX || offset === U32_MAX) {
@@ -365,30 +475,28 @@ export class ZipArchive {
       if (this.byName.has(name)) this.fail(`duplicate record ${name}`);
 
       // The local header gives where the data starts (its extra field differs from the central one).
-      if (offset + LOCAL_HEADER_SIZE > cdOffset || view.getUint32(offset, true) !== SIG_LOCAL) {
+      const local = offset + LOCAL_HEADER_SIZE <= cdOffset ? this.src.read(offset, LOCAL_HEADER_SIZE + nameLen) : new Uint8Array(0);
+      const lv = new DataView(local.buffer, local.byteOffset, local.byteLength);
+      if (local.length < LOCAL_HEADER_SIZE || lv.getUint32(0, true) !== SIG_LOCAL) {
         this.fail(`record ${name}: no local header at byte ${offset}`);
       }
-      const localNameLen = view.getUint16(offset + 26, true);
-      const localExtraLen = view.getUint16(offset + 28, true);
-      const localName = b.subarray(offset + LOCAL_HEADER_SIZE, offset + LOCAL_HEADER_SIZE + localNameLen);
-      if (localNameLen !== nameLen || !localName.every((x, k) => x === nameBytes[k])) {
+      const localNameLen = lv.getUint16(26, true);
+      const localExtraLen = lv.getUint16(28, true);
+      const localName = local.subarray(LOCAL_HEADER_SIZE, LOCAL_HEADER_SIZE + localNameLen);
+      if (localNameLen !== nameLen || localName.length !== nameLen || !localName.every((x, k) => x === nameBytes[k])) {
         this.fail(`record ${name}: local header names a different record`);
       }
-      if (view.getUint16(offset + 8, true) !== 0) this.fail(`record ${name} is compressed in its local header`);
+      if (lv.getUint16(8, true) !== 0) this.fail(`record ${name} is compressed in its local header`);
       const dataOffset = offset + LOCAL_HEADER_SIZE + localNameLen + localExtraLen;
       if (dataOffset + size > cdOffset) {
         this.fail(`record ${name}: ${size} bytes at byte ${dataOffset} run past the records (truncated or corrupt file)`);
       }
       const entry: ZipEntry = { name, dataOffset, size, crc32: crc };
-      const actual = crc32(b.subarray(dataOffset, dataOffset + size)) >>> 0;
-      if (actual !== crc) {
-        this.fail(`record ${name}: CRC-32 mismatch (stored ${hex(crc)}, computed ${hex(actual)}); the file is corrupt`);
-      }
       this.entries.push(entry);
       this.byName.set(name, entry);
       p = next;
     }
-    if (p !== cdOffset + cdSize) this.fail(`central directory has ${cdOffset + cdSize - p} bytes after its ${count} entries`);
+    if (p !== cdSize) this.fail(`central directory has ${cdSize - p} bytes after its ${count} entries`);
   }
 }
 

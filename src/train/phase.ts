@@ -105,175 +105,176 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
   // Everything is read and checked before anything is written; a signal meanwhile ends the run at once.
   const load = <T>(read: () => T): T => (o.stop.withDefaultAction ? o.stop.withDefaultAction(read) : read());
   let data = load(() => openPhaseData(o.config, o.repoRoot));
-  const start = load(() => decideStart(o));
   const print = (line: string) => o.out.write(`${line}\n`);
-  // A resume continues with the defaults its run started with (a later version may have changed one).
+  // A resume continues with the defaults its run started with (a later version may have changed one):
+  // they decide the model's batch size, so the model opens once the checkpoint's head is read.
   let config = o.config;
-  if (start.trainDefaults !== null) {
-    const continued = withRecordedDefaults(o.config, start.trainDefaults, show(o.repoRoot, start.resumedFrom!));
-    config = continued.config;
+  let kept: string[] = [];
+  const start = load(() =>
+    decideStart(o, (trainDefaults, resumedFrom) => {
+      if (trainDefaults !== null) ({ config, kept } = withRecordedDefaults(o.config, trainDefaults, show(o.repoRoot, resumedFrom!)));
+      return NativeModel.open(config.model, config.train.B, o.device, o.library);
+    }),
+  );
+  const model = start.model;
+  try {
     const dataOf = (c: PhaseConfig) => JSON.stringify([c.sources, c.valSource, c.train.B, c.train.seed, c.train.eval_batches]);
     if (dataOf(config) !== dataOf(o.config)) data = openPhaseData(config, o.repoRoot);
-    if (continued.kept.length > 0) print(`${phase}: continues with the defaults this run started with: ${continued.kept.join(", ")}`);
-  }
+    if (kept.length > 0) print(`${phase}: continues with the defaults this run started with: ${kept.join(", ")}`);
 
-  if (start.step >= config.train.total_steps) {
-    print(`${phase}: already finished (${start.from}; total_steps ${config.train.total_steps}): nothing to do`);
-    return { step: start.step, bestValLoss: start.bestValLoss, bestPath, alreadyFinished: true, freshStart: false, firstValLoss: null };
-  }
-
-  // What a rerun of the same command resumes from, for the messages of a failed write.
-  let onDisk = start.resumedFrom === null ? null : { path: start.resumedFrom, step: start.step };
-  // Files of a newer step written before a later write of the same save failed (latest.pt is written last).
-  let newerWritten: { paths: string[]; step: number } | null = null;
-  const intact = () => (onDisk === null ? "no checkpoint of this run is on disk yet" : `${show(o.repoRoot, onDisk.path)} (step ${onDisk.step}) is intact`);
-  /** What a failed write leaves and how to go on, for its message. */
-  const howToGoOn = () => {
-    const stepFile = newerWritten?.paths.find((p) => p !== bestPath);
-    if (newerWritten === null || newerWritten.paths.length === 0) return `${intact()}: fix the cause and run the same command again`;
-    const written = `${newerWritten.paths.map((p) => show(o.repoRoot, p)).join(" and ")} (step ${newerWritten.step}) ${newerWritten.paths.length > 1 ? "were" : "was"} written before it`;
-    const resume = stepFile ? `; to go on from step ${newerWritten.step} fix the cause and run the same command with --resume ${show(o.repoRoot, stepFile)}` : "";
-    return `${onDisk === null ? "" : `${intact()}; `}${written}${resume || ": fix the cause and run the same command again"}`;
-  };
-
-  const model = NativeModel.open(config.model, config.train.B, o.device, o.library);
-  try {
-    model.setParams(start.params);
-    if (start.opt) model.setOptState(start.opt.m, start.opt.v, start.opt.step);
-    else model.setOptState(null, null, 0);
-
-    writingTo(o.checkpointDir, () => mkdirSync(o.checkpointDir, { recursive: true }));
-    for (const dir of new Set([o.checkpointDir, o.runDir])) {
-      for (const path of removeStaleTempFiles(dir)) print(`removed ${show(o.repoRoot, path)}, left by an interrupted write`);
-    }
-    const resumed = start.step > 0 || start.opt !== null;
-    const metrics = writingTo(metricsPath, () =>
-      MetricsLog.open(metricsPath, {
-        phase,
-        resumeStep: resumed ? start.step : null,
-        dropPhases: !resumed && phase === "pretrain" ? ["sft"] : [],
-        build: o.build,
-      }),
-    );
-    const metricsOut: LoopMetrics = {
-      appendStep: (r) => metrics.appendStep(r),
-      appendTrain: (r) => writingTo(metricsPath, () => metrics.appendTrain(r)),
-      appendEval: (r) => writingTo(metricsPath, () => metrics.appendEval(r)),
-    };
-    const flushMetrics = () => writingTo(metricsPath, () => metrics.flush());
-    const lastEval = metrics.lastEval(phase);
-    const stats = new TrainStats({
-      totalSteps: config.train.total_steps,
-      startStep: start.step,
-      lastValLoss: resumed ? (lastEval?.val_loss ?? null) : null,
-      logEvery: config.train.log_every,
-    });
-    stats.restoreWindow(metrics.unloggedSteps().map((r) => ({ step: r.step, loss: r.train_loss })));
-    const printer = new ProgressPrinter({ phase, stats, out: o.out });
-    printer.print(
-      `${phase}: ${start.from}; model V=${config.model.V} T=${config.model.T} C=${config.model.C} L=${config.model.L} H=${config.model.H} d_ff=${config.model.d_ff} ` +
-        `(${(model.numParams / 1e6).toFixed(2)}M params), B=${config.train.B}, ${describeData(config)}, device ${o.device}, steps ${start.step}..${config.train.total_steps}`,
-    );
-
-    // The val loss before training, so a run shows what it learned (step 0 of the picture).
-    const firstValLoss = resumed ? null : data.evalLoss(model);
-    if (firstValLoss !== null) {
-      metricsOut.appendEval({ step: 0, lr: null, val_loss: firstValLoss });
-      printer.print(`${phase}: val loss before training ${firstValLoss.toFixed(4)} (ln V = ${Math.log(config.model.V).toFixed(4)})`);
+    if (start.step >= config.train.total_steps) {
+      print(`${phase}: already finished (${start.from}; total_steps ${config.train.total_steps}): nothing to do`);
+      return { step: start.step, bestValLoss: start.bestValLoss, bestPath, alreadyFinished: true, freshStart: false, firstValLoss: null };
     }
 
-    const save = (step: number, bestValLoss: number | null, targets: SaveTargets, valLoss: number | null): string[] => {
-      flushMetrics(); // the records of the steps up to this one are on disk before their checkpoint
-      // streamed from the model's buffers, never copied whole (checkpoints of GPT-2 size are 1.5 GB)
-      const state = soundState(model, config.model, step, intact);
-      const ckpt: CheckpointToSave = {
-        modelCfg: config.modelCfgRaw,
-        trainCfg: config.raw,
-        params: state.params,
-        // param_groups' lr is the lr of the last step taken, as torch's scheduler leaves it
-        opt: { m: state.m, v: state.v, step: model.optStep(), hparams: hparamsOf(config.train, learningRate(Math.max(0, step - 1), config.train)), trainDefaults: config.defaulted },
-        step,
-        bestValLoss,
-      };
-      const files: string[] = [];
-      if (targets.best) files.push(bestPath);
-      if (targets.periodic) files.push(join(o.checkpointDir, `step_${String(step).padStart(7, "0")}.pt`));
-      if (targets.periodic || targets.latestOnly) files.push(latestPath);
-      const written: string[] = [];
-      newerWritten = { paths: written, step };
-      let sound: (() => void) | undefined = () => assertFiniteLoss(data, model, step, valLoss, intact());
-      for (const file of files) {
-        saveCheckpoint(file, ckpt, { beforeCommit: sound });
-        sound = undefined; // the first file saw every value and the loss
-        if (file === latestPath) onDisk = { path: latestPath, step };
-        else written.push(file);
-      }
-      newerWritten = null;
-      return files.map((f) => show(o.repoRoot, f));
+    // What a rerun of the same command resumes from, for the messages of a failed write.
+    let onDisk = start.resumedFrom === null ? null : { path: start.resumedFrom, step: start.step };
+    // Files of a newer step written before a later write of the same save failed (latest.pt is written last).
+    let newerWritten: { paths: string[]; step: number } | null = null;
+    const intact = () => (onDisk === null ? "no checkpoint of this run is on disk yet" : `${show(o.repoRoot, onDisk.path)} (step ${onDisk.step}) is intact`);
+    /** What a failed write leaves and how to go on, for its message. */
+    const howToGoOn = () => {
+      const stepFile = newerWritten?.paths.find((p) => p !== bestPath);
+      if (newerWritten === null || newerWritten.paths.length === 0) return `${intact()}: fix the cause and run the same command again`;
+      const written = `${newerWritten.paths.map((p) => show(o.repoRoot, p)).join(" and ")} (step ${newerWritten.step}) ${newerWritten.paths.length > 1 ? "were" : "was"} written before it`;
+      const resume = stepFile ? `; to go on from step ${newerWritten.step} fix the cause and run the same command with --resume ${show(o.repoRoot, stepFile)}` : "";
+      return `${onDisk === null ? "" : `${intact()}; `}${written}${resume || ": fix the cause and run the same command again"}`;
     };
-    const svgPath = join(o.runDir, "loss.svg");
-    const redraw = (bestStep: number | null) =>
-      writingTo(svgPath, () =>
-        writeLossSvg(svgPath, metrics.records(), {
-          pretrainEnd: o.pretrainEnd,
-          title: "train: loss",
-          bestStep: bestStep === null ? {} : { [phase]: bestStep },
-        }),
-      );
 
     try {
-      const result = await trainLoop({
-        model,
-        train: config.train,
-        data,
-        startStep: start.step,
-        bestValLoss: start.bestValLoss,
-        stats,
-        printer,
-        metrics: metricsOut,
-        stop: o.stop,
-        save,
-        afterEval: redraw,
-      });
-      printer.finish();
-      const files = [
-        ["best checkpoint", bestPath],
-        ["latest checkpoint", latestPath],
-        ["metrics", metricsPath],
-        ["loss curve", svgPath],
-      ].map(([label, path]) => ({ label: label!, path: show(o.repoRoot, path!) }));
-      o.out.write(
-        formatSummary({
-          phases: [
-            {
-              phase,
-              startStep: start.step,
-              endStep: result.step,
-              totalSteps: config.train.total_steps,
-              bestValLoss: result.bestValLoss,
-              bestStep: result.bestStep ?? bestEval(metrics.records(), phase)?.step ?? null,
-              lastValLoss: stats.lastValLoss,
-              tokensPerStep: config.train.B * config.model.T,
-              session: stats.session(),
-            },
-          ],
-          wallTimeS: metrics.wallTimeS(),
-          files,
+      writingTo(o.checkpointDir, () => mkdirSync(o.checkpointDir, { recursive: true }));
+      for (const dir of new Set([o.checkpointDir, o.runDir])) {
+        for (const path of removeStaleTempFiles(dir)) print(`removed ${show(o.repoRoot, path)}, left by an interrupted write`);
+      }
+      const resumed = start.step > 0 || start.resumedOptimizer;
+      const metrics = writingTo(metricsPath, () =>
+        MetricsLog.open(metricsPath, {
+          phase,
+          resumeStep: resumed ? start.step : null,
+          dropPhases: !resumed && phase === "pretrain" ? ["sft"] : [],
+          build: o.build,
         }),
       );
-      return { step: result.step, bestValLoss: result.bestValLoss, bestPath, alreadyFinished: false, freshStart: !resumed, firstValLoss };
-    } finally {
-      printer.finish();
-      // Only when the loop failed is anything still buffered (its last step is always logged):
-      // the losses since the last save (before a divergence, say) stay for the reader, a resume
-      // drops them. The loop's own error is the one reported.
+      const metricsOut: LoopMetrics = {
+        appendStep: (r) => metrics.appendStep(r),
+        appendTrain: (r) => writingTo(metricsPath, () => metrics.appendTrain(r)),
+        appendEval: (r) => writingTo(metricsPath, () => metrics.appendEval(r)),
+      };
+      const flushMetrics = () => writingTo(metricsPath, () => metrics.flush());
+      const lastEval = metrics.lastEval(phase);
+      const stats = new TrainStats({
+        totalSteps: config.train.total_steps,
+        startStep: start.step,
+        lastValLoss: resumed ? (lastEval?.val_loss ?? null) : null,
+        logEvery: config.train.log_every,
+      });
+      stats.restoreWindow(metrics.unloggedSteps().map((r) => ({ step: r.step, loss: r.train_loss })));
+      const printer = new ProgressPrinter({ phase, stats, out: o.out });
+      printer.print(
+        `${phase}: ${start.from}; model V=${config.model.V} T=${config.model.T} C=${config.model.C} L=${config.model.L} H=${config.model.H} d_ff=${config.model.d_ff} ` +
+          `(${(model.numParams / 1e6).toFixed(2)}M params), B=${config.train.B}, ${describeData(config)}, device ${o.device}, steps ${start.step}..${config.train.total_steps}`,
+      );
+
+      // The val loss before training, so a run shows what it learned (step 0 of the picture).
+      const firstValLoss = resumed ? null : data.evalLoss(model);
+      if (firstValLoss !== null) {
+        metricsOut.appendEval({ step: 0, lr: null, val_loss: firstValLoss });
+        printer.print(`${phase}: val loss before training ${firstValLoss.toFixed(4)} (ln V = ${Math.log(config.model.V).toFixed(4)})`);
+      }
+
+      const save = (step: number, bestValLoss: number | null, targets: SaveTargets, valLoss: number | null): string[] => {
+        flushMetrics(); // the records of the steps up to this one are on disk before their checkpoint
+        // streamed from the model's buffers, never copied whole (checkpoints of GPT-2 size are 1.5 GB)
+        const state = soundState(model, config.model, step, intact);
+        const ckpt: CheckpointToSave = {
+          modelCfg: config.modelCfgRaw,
+          trainCfg: config.raw,
+          params: state.params,
+          // param_groups' lr is the lr of the last step taken, as torch's scheduler leaves it
+          opt: { m: state.m, v: state.v, step: model.optStep(), hparams: hparamsOf(config.train, learningRate(Math.max(0, step - 1), config.train)), trainDefaults: config.defaulted },
+          step,
+          bestValLoss,
+        };
+        const files: string[] = [];
+        if (targets.best) files.push(bestPath);
+        if (targets.periodic) files.push(join(o.checkpointDir, `step_${String(step).padStart(7, "0")}.pt`));
+        if (targets.periodic || targets.latestOnly) files.push(latestPath);
+        const written: string[] = [];
+        newerWritten = { paths: written, step };
+        let sound: (() => void) | undefined = () => assertFiniteLoss(data, model, step, valLoss, intact());
+        for (const file of files) {
+          saveCheckpoint(file, ckpt, { beforeCommit: sound });
+          sound = undefined; // the first file saw every value and the loss
+          if (file === latestPath) onDisk = { path: latestPath, step };
+          else written.push(file);
+        }
+        newerWritten = null;
+        return files.map((f) => show(o.repoRoot, f));
+      };
+      const svgPath = join(o.runDir, "loss.svg");
+      const redraw = (bestStep: number | null) =>
+        writingTo(svgPath, () =>
+          writeLossSvg(svgPath, metrics.records(), {
+            pretrainEnd: o.pretrainEnd,
+            title: "train: loss",
+            bestStep: bestStep === null ? {} : { [phase]: bestStep },
+          }),
+        );
+
       try {
-        metrics.flush();
-      } catch {}
+        const result = await trainLoop({
+          model,
+          train: config.train,
+          data,
+          startStep: start.step,
+          bestValLoss: start.bestValLoss,
+          stats,
+          printer,
+          metrics: metricsOut,
+          stop: o.stop,
+          save,
+          afterEval: redraw,
+        });
+        printer.finish();
+        const files = [
+          ["best checkpoint", bestPath],
+          ["latest checkpoint", latestPath],
+          ["metrics", metricsPath],
+          ["loss curve", svgPath],
+        ].map(([label, path]) => ({ label: label!, path: show(o.repoRoot, path!) }));
+        o.out.write(
+          formatSummary({
+            phases: [
+              {
+                phase,
+                startStep: start.step,
+                endStep: result.step,
+                totalSteps: config.train.total_steps,
+                bestValLoss: result.bestValLoss,
+                bestStep: result.bestStep ?? bestEval(metrics.records(), phase)?.step ?? null,
+                lastValLoss: stats.lastValLoss,
+                tokensPerStep: config.train.B * config.model.T,
+                session: stats.session(),
+              },
+            ],
+            wallTimeS: metrics.wallTimeS(),
+            files,
+          }),
+        );
+        return { step: result.step, bestValLoss: result.bestValLoss, bestPath, alreadyFinished: false, freshStart: !resumed, firstValLoss };
+      } finally {
+        printer.finish();
+        // Only when the loop failed is anything still buffered (its last step is always logged):
+        // the losses since the last save (before a divergence, say) stay for the reader, a resume
+        // drops them. The loop's own error is the one reported.
+        try {
+          metrics.flush();
+        } catch {}
+      }
+    } catch (e) {
+      if (!(e instanceof FileWriteError)) throw e;
+      throw new FileWriteError(`${e.message}. Training stopped; ${howToGoOn()}`, e.path, e.code, { cause: e });
     }
-  } catch (e) {
-    if (!(e instanceof FileWriteError)) throw e;
-    throw new FileWriteError(`${e.message}. Training stopped; ${howToGoOn()}`, e.path, e.code, { cause: e });
   } finally {
     model.close();
   }

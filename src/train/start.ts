@@ -5,7 +5,8 @@
  */
 import { existsSync, readdirSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
-import { loadCheckpoint, maxCheckpointBytes, type Checkpoint, type CheckpointHead } from "../checkpoint/checkpoint.ts";
+import { loadCheckpoint, loadCheckpointInto, maxCheckpointBytes, type Checkpoint, type CheckpointHead, type LoadedCheckpoint, type LoadIntoOptions, type LoadOptions } from "../checkpoint/checkpoint.ts";
+import type { NativeModel } from "../backend/native.ts";
 import { INIT_FROM_NONE, loadPhaseConfig, phaseOfTrainCfg, PRETRAIN_CHECKPOINT_DIR, type PhaseConfig, type SftConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { modelCfgDifferences } from "../model/config.ts";
@@ -110,12 +111,20 @@ export function resumePathOf(repoRoot: string, path: string): string {
   return abs;
 }
 
+/** Where a checkpoint's tensors go: a model opened once the rest is checked (streamed into it), or none (whole arrays, to check it). */
+export type OpenModel = (head: LoadedCheckpoint, path: string) => NativeModel;
+
+/** loadCheckpoint, or loadCheckpointInto the model `into` opens. */
+function loadInto(into: OpenModel | undefined, path: string, options: LoadIntoOptions): LoadedCheckpoint {
+  return into ? loadCheckpointInto((head) => into(head, path), path, options) : loadCheckpoint(path, undefined, options);
+}
+
 /**
  * A checkpoint of this run's phase and model: the file may be no larger than a checkpoint
  * of the config's model, and model_cfg and train_cfg are checked before any tensor is read.
  */
-function loadCompatible(path: string, o: ResumeOptions, what: string): Checkpoint {
-  return loadCheckpoint(path, undefined, { maxBytes: maxCheckpointBytes(o.config.model), accept: (head) => checkCompatible(head, path, o, what) });
+function loadCompatible(path: string, o: ResumeOptions, what: string, into?: OpenModel): LoadedCheckpoint {
+  return loadInto(into, path, { maxBytes: maxCheckpointBytes(o.config.model), accept: (head) => checkCompatible(head, path, o, what) });
 }
 
 /** The newest step_*.pt files the hint below tries (each is read whole: a bounded number). */
@@ -146,18 +155,19 @@ export interface ResumeOptions {
 
 /**
  * The checkpoint a phase resumes from (--resume PATH, or latest.pt unless --no-resume),
- * checked against the phase and model of the config; null: nothing to resume.
+ * checked against the phase and model of the config, its tensors streamed into the model
+ * `into` opens (without it: read to be checked); null: nothing to resume.
  */
-export function resumeCheckpoint(o: ResumeOptions): { ckpt: Checkpoint; path: string } | null {
+export function resumeCheckpoint(o: ResumeOptions, into?: OpenModel): { ckpt: LoadedCheckpoint; path: string } | null {
   if (o.resume.kind === "path") {
     const path = resumePathOf(o.repoRoot, o.resume.path);
-    return { ckpt: loadCompatible(path, o, "the --resume checkpoint"), path };
+    return { ckpt: loadCompatible(path, o, "the --resume checkpoint", into), path };
   }
   const latest = join(o.checkpointDir, "latest.pt");
   if (o.resume.kind === "none" || !existsSync(latest)) return null;
   let incompatible: unknown = null;
   try {
-    const ckpt = loadCheckpoint(latest, undefined, {
+    const ckpt = loadInto(into, latest, {
       maxBytes: maxCheckpointBytes(o.config.model),
       accept: (head) => {
         try {
@@ -176,8 +186,8 @@ export function resumeCheckpoint(o: ResumeOptions): { ckpt: Checkpoint; path: st
 }
 
 export interface Start {
-  params: Float32Array;
-  opt: Checkpoint["opt"];
+  /** The model, holding the start's weights and optimizer state (the caller closes it). */
+  model: NativeModel;
   step: number;
   bestValLoss: number | null;
   from: string;
@@ -185,34 +195,58 @@ export interface Start {
   resumedFrom: string | null;
   /** The defaults the resumed run started with, as its checkpoint records them (or null). */
   trainDefaults: Readonly<Record<string, unknown>> | null;
+  /** The optimizer state came from the checkpoint (else the optimizer is fresh). */
+  resumedOptimizer: boolean;
 }
 
-/** The checkpoint SFT starts from (init_from), read under the budgets of the run's model and
- *  refused (exit 2, naming it) when its model differs from the config's. */
-export function loadInitCheckpoint(config: PhaseConfig, initFrom: string): Checkpoint {
-  return loadCheckpoint(initFrom, undefined, {
+/** How SFT's init_from is read: under the budgets of the run's model, refused (exit 2,
+ *  naming it) when its model differs from the config's. */
+function initFromOptions(config: PhaseConfig, initFrom: string): LoadOptions {
+  return {
     maxBytes: maxCheckpointBytes(config.model),
     accept: (head) => {
       const diff = modelCfgDifferences(head.modelCfg, config.model);
       if (diff.length > 0) throw new InputError(`${initFrom}: its model differs from ${config.modelCfgFile} (checkpoint vs config: ${diff.join(", ")})`);
     },
-  });
+  };
 }
 
-/** Where a phase starts: a resumed checkpoint, SFT's init_from weights, or a fresh init. */
-export function decideStart(o: ResumeOptions & { initFrom: string | null }): Start {
+/** The checkpoint SFT starts from (init_from), read whole to be checked (initFromOptions). */
+export function loadInitCheckpoint(config: PhaseConfig, initFrom: string): Checkpoint {
+  return loadCheckpoint(initFrom, undefined, initFromOptions(config, initFrom));
+}
+
+/**
+ * Where a phase starts: a resumed checkpoint, SFT's init_from weights, or a fresh init,
+ * in the model that open gives (given the resumed checkpoint's recorded defaults, or null
+ * and null): checkpoints stream into it (src/checkpoint/checkpoint.ts, loadCheckpointInto).
+ */
+export function decideStart(o: ResumeOptions & { initFrom: string | null }, open: (trainDefaults: Readonly<Record<string, unknown>> | null, resumedFrom: string | null) => NativeModel): Start {
   const { config } = o;
-  const resumed = resumeCheckpoint(o);
-  if (resumed !== null) {
-    const { ckpt, path } = resumed;
-    return { params: ckpt.params, opt: ckpt.opt, step: ckpt.step, bestValLoss: ckpt.bestValLoss, from: `resumed from ${show(o.repoRoot, path)} at step ${ckpt.step}`, resumedFrom: path, trainDefaults: ckpt.opt?.trainDefaults ?? null };
+  let model: NativeModel | null = null;
+  try {
+    const resumed = resumeCheckpoint(o, (head, path) => (model = open(head.opt?.trainDefaults ?? null, path)));
+    if (resumed !== null) {
+      const { ckpt, path } = resumed;
+      if (ckpt.opt === null) model!.resetOptState(0);
+      return { model: model!, step: ckpt.step, bestValLoss: ckpt.bestValLoss, from: `resumed from ${show(o.repoRoot, path)} at step ${ckpt.step}`, resumedFrom: path, trainDefaults: ckpt.opt?.trainDefaults ?? null, resumedOptimizer: ckpt.opt !== null };
+    }
+    if (o.initFrom !== null) {
+      if (!existsSync(o.initFrom)) throw missingInitFrom(o.repoRoot, config as SftConfig, o.checkpointDir);
+      const initFrom = o.initFrom;
+      // the weights only: SFT starts with a fresh optimizer
+      const ckpt = loadCheckpointInto(() => (model = open(null, null)), initFrom, { ...initFromOptions(config, initFrom), optimizer: false });
+      model!.resetOptState(0);
+      const defaultInit = config.phase === "sft" && config.initFromDefault;
+      return { model: model!, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}${defaultInit ? "; init_from omitted: the pretrain best" : ""}), fresh optimizer`, resumedFrom: null, trainDefaults: null, resumedOptimizer: false };
+    }
+    const asked = config.phase === "sft" ? ` (init_from "${INIT_FROM_NONE}" in ${show(o.repoRoot, config.file)}: not from pretrained weights)` : "";
+    const fresh: NativeModel = (model = open(null, null));
+    fresh.setParams(initParams(config.model, config.train.seed));
+    fresh.resetOptState(0);
+    return { model: fresh, step: 0, bestValLoss: null, from: `fresh GPT-2 init (seed ${config.train.seed})${asked}`, resumedFrom: null, trainDefaults: null, resumedOptimizer: false };
+  } catch (e) {
+    (model as NativeModel | null)?.close();
+    throw e;
   }
-  if (o.initFrom !== null) {
-    if (!existsSync(o.initFrom)) throw missingInitFrom(o.repoRoot, config as SftConfig, o.checkpointDir);
-    const ckpt = loadInitCheckpoint(config, o.initFrom);
-    const defaultInit = config.phase === "sft" && config.initFromDefault;
-    return { params: ckpt.params, opt: null, step: 0, bestValLoss: null, from: `weights from ${show(o.repoRoot, o.initFrom)} (step ${ckpt.step}${defaultInit ? "; init_from omitted: the pretrain best" : ""}), fresh optimizer`, resumedFrom: null, trainDefaults: null };
-  }
-  const asked = config.phase === "sft" ? ` (init_from "${INIT_FROM_NONE}" in ${show(o.repoRoot, config.file)}: not from pretrained weights)` : "";
-  return { params: initParams(config.model, config.train.seed), opt: null, step: 0, bestValLoss: null, from: `fresh GPT-2 init (seed ${config.train.seed})${asked}`, resumedFrom: null, trainDefaults: null };
 }
