@@ -11,7 +11,9 @@ import * as fs from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { NativeModel } from "../src/backend/native.ts";
-import { saveCheckpoint, type Checkpoint, type FlatSource } from "../src/checkpoint/checkpoint.ts";
+import { loadCheckpoint, loadCheckpointInto, saveCheckpoint, type Checkpoint, type FlatSource } from "../src/checkpoint/checkpoint.ts";
+import { CheckpointError } from "../src/checkpoint/pyvalue.ts";
+import { ZipArchive, zipStoredChunks } from "../src/checkpoint/zip.ts";
 import type { ModelCfg } from "../src/model/config.ts";
 import { initParams } from "../src/model/layout.ts";
 import { AbandonedWrite } from "../src/util/atomic.ts";
@@ -97,5 +99,95 @@ describe("saving streams from the native buffers", () => {
     expect(() => saveCheckpoint(path, { ...ckpt, opt: { ...ckpt.opt!, v: refusing } })).toThrow(new RangeError("value refused"));
     expect(fs.readFileSync(path).equals(before)).toBe(true);
     expect(fs.readdirSync(dir)).toEqual(["latest.pt"]);
+  });
+});
+
+describe("loading streams into the native buffers", () => {
+  let path = "";
+  let want: Checkpoint;
+  beforeAll(() => {
+    fs.mkdirSync(join(root, "load"));
+    path = join(root, "load", "latest.pt");
+    want = wholeCheckpoint();
+    saveCheckpoint(path, want);
+  });
+
+  function expectHolds(other: NativeModel, ckpt: Checkpoint): void {
+    expect(Buffer.from(other.getParams().buffer).equals(Buffer.from(ckpt.params.buffer))).toBe(true);
+    const opt = other.getOptState();
+    expect(opt.step).toBe(ckpt.opt!.step);
+    expect(Buffer.from(opt.m.buffer).equals(Buffer.from(ckpt.opt!.m.buffer))).toBe(true);
+    expect(Buffer.from(opt.v.buffer).equals(Buffer.from(ckpt.opt!.v.buffer))).toBe(true);
+  }
+
+  test("a model loaded from the file holds the saved state to the bit, and the whole-array reader agrees", () => {
+    const other = NativeModel.open(CFG, B, "cpu");
+    try {
+      const head = loadCheckpointInto(other, path);
+      expect(head).toEqual({ modelCfg: CFG, trainCfg: { phase: "pretrain" }, opt: { step: want.opt!.step, hparams: HPARAMS, trainDefaults: null }, step: 2, bestValLoss: 3.5 });
+      expectHolds(other, want);
+      const arrays = loadCheckpoint(path);
+      expect(Buffer.from(arrays.params.buffer).equals(Buffer.from(want.params.buffer))).toBe(true);
+      expect(Buffer.from(arrays.opt!.v.buffer).equals(Buffer.from(want.opt!.v.buffer))).toBe(true);
+    } finally {
+      other.close();
+    }
+  });
+
+  test("a re-zipped file with unaligned records (as zip -0 writes them) loads the same", () => {
+    const zip = ZipArchive.open(fs.readFileSync(path), path);
+    const records = zip.entries.map((e) => ({ name: e.name, data: zip.data(e) }));
+    const unaligned = join(root, "load", "unaligned.pt");
+    fs.writeFileSync(unaligned, Buffer.concat([...zipStoredChunks(records, { align: 1 })]));
+    expect(ZipArchive.open(fs.readFileSync(unaligned), unaligned).entries.some((e) => e.dataOffset % 4 !== 0)).toBe(true);
+    const other = NativeModel.open(CFG, B, "cpu");
+    try {
+      loadCheckpointInto(other, unaligned);
+      expectHolds(other, want);
+    } finally {
+      other.close();
+    }
+  });
+
+  test("weights only (SFT's init_from) leaves the moments alone; another shape is refused before a tensor is read", () => {
+    const other = NativeModel.open(CFG, B, "cpu");
+    try {
+      expect(loadCheckpointInto(other, path, { optimizer: false }).opt).toBeNull();
+      expect(Buffer.from(other.getParams().buffer).equals(Buffer.from(want.params.buffer))).toBe(true);
+      expect(other.getOptState().m.every((x) => x === 0)).toBe(true);
+    } finally {
+      other.close();
+    }
+    const small = NativeModel.open({ ...CFG, V: 64 }, B, "cpu");
+    try {
+      let e: unknown = null;
+      try {
+        loadCheckpointInto(small, path);
+      } catch (err) {
+        e = err;
+      }
+      expect(e).toBeInstanceOf(CheckpointError);
+      expect((e as Error).message).toBe(`${path}: model_cfg: differs from the model it is loaded into (checkpoint vs model: V: 4099 vs 64)`);
+      expect(small.getParams().every((x) => x === 0)).toBe(true);
+    } finally {
+      small.close();
+    }
+  });
+
+  test("a flipped byte in the second chunk of the embedding is named as corruption (CRC-32), not as a value", () => {
+    const bytes = fs.readFileSync(path);
+    const zip = ZipArchive.open(bytes, path);
+    const wte = zip.get("latest/data/0")!;
+    expect(wte.size).toBe(4 * CFG.V * CFG.C);
+    const bad = Buffer.from(bytes);
+    bad[wte.dataOffset + (1 << 22) + 3]! ^= 0x7f; // the exponent byte of a float in chunk 2: a huge value or NaN
+    const file = join(root, "load", "flipped.pt");
+    fs.writeFileSync(file, bad);
+    const other = NativeModel.open(CFG, B, "cpu");
+    try {
+      expect(() => loadCheckpointInto(other, file)).toThrow(`${file}: record latest/data/0: CRC-32 mismatch`);
+    } finally {
+      other.close();
+    }
   });
 });
