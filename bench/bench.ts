@@ -25,6 +25,7 @@ import { parseArgs } from "node:util";
 import { defaultLibraryPath } from "../src/backend/native.ts";
 import { numParams } from "../src/model/layout.ts";
 import { FLOP_CONVENTION, matmulParams, trainFlopsPerToken } from "./flops.ts";
+import { fmt, mb, pct, table } from "./format.ts";
 import { buildGemmBound, measureGemmBound, type GemmBound } from "./gemm-bound.ts";
 import { type ChildRun, middle, rounds, type Rounds } from "./rounds.ts";
 import { SHAPES, shapeNamed, type Shape } from "./shapes.ts";
@@ -150,15 +151,6 @@ async function busyCores(ms: number): Promise<number | null> {
 
 // ---- formatting
 
-function table(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
-  return [line(header), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n");
-}
-
-const fmt = (v: number, digits = 0) => (Number.isFinite(v) ? v.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits }) : "-");
-const mb = (bytes: number) => fmt(bytes / 2 ** 20);
-const pct = (v: number) => `${fmt(100 * v, Math.abs(v) < 0.01 ? 3 : 1)}%`;
 const shapeText = (s: Shape) => `V=${s.cfg.V} T=${s.cfg.T} C=${s.cfg.C} L=${s.cfg.L} H=${s.cfg.H} d_ff=${s.cfg.d_ff} B=${s.B}`;
 
 /** The "name seconds" lines of the native profile (GPT_PROFILE=1). */

@@ -65,7 +65,7 @@ function diverged(step: number, why: string, intact: string): AbandonedWrite {
  * the model into the first file (weights first, then the moments); the loss when they
  * are all written, before the file replaces the old one.
  */
-function soundState(model: NativeModel, cfg: ModelCfg, step: number, intact: () => string): { params: FlatSource; m: FlatSource; v: FlatSource } {
+export function soundState(model: NativeModel, cfg: ModelCfg, step: number, intact: () => string): { params: FlatSource; m: FlatSource; v: FlatSource } {
   const layout = paramLayout(cfg);
   const source = (which: StateBuffer, what: string): FlatSource => ({
     length: model.numParams,
