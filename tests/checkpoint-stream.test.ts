@@ -17,6 +17,7 @@ import { ZipArchive, zipStoredChunks } from "../src/checkpoint/zip.ts";
 import type { ModelCfg } from "../src/model/config.ts";
 import { initParams } from "../src/model/layout.ts";
 import { AbandonedWrite } from "../src/util/atomic.ts";
+import { firstBadFloat } from "../src/util/floats.ts";
 
 // wte is 4099 x 264 = 1.08M floats: two chunks of the 1M-float stream buffer
 const CFG: ModelCfg = { V: 4099, T: 16, C: 264, L: 1, H: 4, d_ff: 96 };
@@ -189,5 +190,26 @@ describe("loading streams into the native buffers", () => {
     } finally {
       other.close();
     }
+  });
+});
+
+describe("firstBadFloat (the scan every streamed value goes through)", () => {
+  test("finds the first NaN or infinity, or with nonNegative the first negative value; -0 and subnormals pass", () => {
+    const values = Float32Array.from({ length: 1000 }, (_, i) => (i % 7) - 3 + i * 1e-3);
+    expect(firstBadFloat(values)).toBe(-1);
+    expect(firstBadFloat(values, true)).toBe(0); // -3 at index 0
+    const positive = Float32Array.from({ length: 1000 }, (_, i) => i * 1e-40); // subnormals
+    positive[10] = -0;
+    expect(firstBadFloat(positive, true)).toBe(-1);
+    for (const bad of [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]) {
+      const v = Float32Array.from(positive);
+      v[700] = bad;
+      v[900] = bad;
+      expect(firstBadFloat(v)).toBe(700);
+      expect(firstBadFloat(v.subarray(701))).toBe(199);
+    }
+    positive[555] = -1e-30;
+    expect(firstBadFloat(positive, true)).toBe(555);
+    expect(firstBadFloat(positive)).toBe(-1);
   });
 });

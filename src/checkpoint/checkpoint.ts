@@ -20,6 +20,7 @@ import { availableMemoryBytes } from "../util/memory.ts";
 import { writeFileAtomic } from "../util/atomic.ts";
 import { decodedBytesBudget, ValueBudget } from "./budget.ts";
 import { formatBytes } from "../util/input-file.ts";
+import { firstBadFloat } from "../util/floats.ts";
 
 /** AdamW hyper-parameters as stored in the optimizer's param_groups. */
 export interface AdamHParams {
@@ -303,12 +304,8 @@ class Reader {
     let bad: { index: number; value: number } | null = null;
     const visit = (offset: number, values: Float32Array) => {
       if (check && bad === null) {
-        for (let i = 0; i < values.length; i++) {
-          if (!check.ok(values[i]!)) {
-            bad = { index: offset + i, value: values[i]! };
-            break;
-          }
-        }
+        const i = firstBadFloat(values, check.nonNegative);
+        if (i >= 0) bad = { index: offset + i, value: values[i]! };
       }
       use(offset, values);
     };
@@ -334,9 +331,9 @@ class Reader {
   }
 }
 
-/** What every value of a tensor must be, and the error naming the first that is not. */
+/** What every value of a tensor must be (finite, and with nonNegative >= 0), and the error naming the first that is not. */
 interface ValueCheck {
-  ok(x: number): boolean;
+  nonNegative: boolean;
   fail(index: number, x: number): never;
 }
 
@@ -379,11 +376,9 @@ class ArraySink implements StateSink {
 }
 
 /** The check that names a tensor's first bad value as the flat buffers' checks always did: `${what}[name][i] is x: ${expected}`. */
-function valueCheck(r: Reader, what: string, name: string, ok: (x: number) => boolean, expected: string): ValueCheck {
-  return { ok, fail: (i, x) => r.fail(`${what}[${name}][${i}] is ${x}`, expected) };
+function valueCheck(r: Reader, what: string, name: string, nonNegative: boolean, expected: string): ValueCheck {
+  return { nonNegative, fail: (i, x) => r.fail(`${what}[${name}][${i}] is ${x}`, expected) };
 }
-
-const isFinite = (x: number) => Number.isFinite(x);
 
 const IGNORED_BUFFER = /^transformer\.h\.\d+\.attn\.(bias|masked_bias)$/; // nanoGPT's causal-mask buffers
 
@@ -404,7 +399,7 @@ function decodeModelState(r: Reader, value: PyValue | undefined, cfg: ModelCfg, 
     const t = get(p.name);
     if (t === undefined) r.fail("model_state", `has no tensor ${p.name} (expected size (${p.shape.join(", ")}) for this model_cfg)`);
     r.streamTensor(t, p.shape, `model_state[${p.name}]`, (off, values) => sink.writeState("params", p.offset + off, values),
-      valueCheck(r, "model_state", p.name, isFinite, "expected finite weights (a diverged or corrupted checkpoint)"));
+      valueCheck(r, "model_state", p.name, false, "expected finite weights (a diverged or corrupted checkpoint)"));
   }
   const head = get(TIED_LM_HEAD.name);
   if (head !== undefined) {
@@ -535,9 +530,9 @@ function decodeOptimizerState(r: Reader, value: PyValue | undefined, cfg: ModelC
       sink.resetOptState(step ?? 0);
       for (const [s, p, where] of entries) {
         r.streamTensor(s.get("exp_avg"), p.shape, `${where}['exp_avg']`, (off, values) => sink.writeState("m", p.offset + off, values),
-          valueCheck(r, "optimizer_state exp_avg", p.name, isFinite, "expected finite moments"));
+          valueCheck(r, "optimizer_state exp_avg", p.name, false, "expected finite moments"));
         r.streamTensor(s.get("exp_avg_sq"), p.shape, `${where}['exp_avg_sq']`, (off, values) => sink.writeState("v", p.offset + off, values),
-          valueCheck(r, "optimizer_state exp_avg_sq", p.name, (x) => Number.isFinite(x) && x >= 0, "expected finite values >= 0 (squared gradients)"));
+          valueCheck(r, "optimizer_state exp_avg_sq", p.name, true, "expected finite values >= 0 (squared gradients)"));
       }
     },
   };

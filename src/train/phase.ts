@@ -7,6 +7,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { NativeModel, type Device, type NativeLibrary, type StateBuffer } from "../backend/native.ts";
 import { AbandonedWrite, FileWriteError, removeStaleTempFiles, writingTo } from "../util/atomic.ts";
+import { firstBadFloat } from "../util/floats.ts";
 import { saveCheckpoint, type CheckpointToSave, type FlatSource } from "../checkpoint/checkpoint.ts";
 import { withRecordedDefaults, type PhaseConfig } from "../config.ts";
 import type { ModelCfg } from "../model/config.ts";
@@ -65,22 +66,13 @@ function diverged(step: number, why: string, intact: string): AbandonedWrite {
  * the model into the first file (weights first, then the moments); the loss when they
  * are all written, before the file replaces the old one.
  */
-/** The index of the first NaN or infinity in values, or -1 (a scan at memory speed: one pass over the exponent bits). */
-function firstNonFinite(values: Float32Array): number {
-  const bits = new Int32Array(values.buffer, values.byteOffset, values.length);
-  let any = 0;
-  for (let i = 0; i < bits.length; i++) any |= ((bits[i]! >> 23) & 0xff) + 1; // 256 only for exponent 255: inf, NaN
-  if ((any & 256) === 0) return -1;
-  return values.findIndex((x) => !Number.isFinite(x));
-}
-
 export function soundState(model: NativeModel, cfg: ModelCfg, step: number, intact: () => string): { params: FlatSource; m: FlatSource; v: FlatSource } {
   const layout = paramLayout(cfg);
   const source = (which: StateBuffer, what: string): FlatSource => ({
     length: model.numParams,
     read(offset, dst) {
       model.readState(which, offset, dst);
-      const i = firstNonFinite(dst);
+      const i = firstBadFloat(dst);
       if (i < 0) return;
       const p = layout.find((q) => offset + i < q.offset + q.size)!;
       throw diverged(step, `${what} ${p.name}[${offset + i - p.offset}] is ${dst[i]}`, intact());
