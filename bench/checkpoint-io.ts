@@ -10,7 +10,7 @@
  * the RSS before the timed call against the peak during it (Linux: /proc/self/clear_refs
  * resets the peak, VmHWM reads it), so the model's own buffers (ours) or the state dict
  * being saved (torch) are not counted, the memory the call needs on top is.
- *   - ours save: saveCheckpoint from the native model's buffers (streamed in 4 MiB ranges,
+ *   - ours save: saveCheckpoint from the native model's buffers (streamed in 1 MiB ranges,
  *     every value checked finite as in a run), temp file, fsync, rename, fsync of the folder.
  *   - ours load: loadCheckpointInto a model whose buffers were already touched.
  *   - torch.save, with and without fsync of the file and its folder; torch.load.

@@ -4,7 +4,7 @@
  * reads the file's records in chunks straight into the model (gpt_write_state), neither
  * holding the whole state or the whole file. The bytes are those of the whole-buffer
  * writer; what loads is what the whole-buffer reader gives. A model whose token embedding
- * is larger than one chunk (4 MiB) makes every tensor path cross chunk boundaries.
+ * is larger than one chunk (1 MiB) makes every tensor path cross chunk boundaries.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
@@ -19,7 +19,7 @@ import { initParams } from "../src/model/layout.ts";
 import { AbandonedWrite } from "../src/util/atomic.ts";
 import { firstBadFloat } from "../src/util/floats.ts";
 
-// wte is 4099 x 264 = 1.08M floats: two chunks of the 1M-float stream buffer
+// wte is 4099 x 264 = 1.08M floats: five chunks of the 256K-float stream buffer
 const CFG: ModelCfg = { V: 4099, T: 16, C: 264, L: 1, H: 4, d_ff: 96 };
 const B = 2;
 const HP = { lr: 1e-3, weightDecay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, gradClip: 1 };
@@ -59,7 +59,7 @@ function rangeSource(which: "params" | "m" | "v", largest: { floats: number }): 
 }
 
 describe("saving streams from the native buffers", () => {
-  test("the file is byte-identical to the whole-array writer's, read through one 4 MiB buffer", () => {
+  test("the file is byte-identical to the whole-array writer's, read through one 1 MiB buffer", () => {
     const whole = join(root, "whole.pt");
     const streamed = join(root, "streamed.pt");
     // the same name inside both archives: write both as "latest.pt" in two folders
@@ -79,7 +79,7 @@ describe("saving streams from the native buffers", () => {
     const b = fs.readFileSync(streamed);
     expect(a.length).toBeGreaterThan(3 * 4 * model.numParams);
     expect(b.equals(a)).toBe(true);
-    expect(largest.floats).toBe(1 << 20); // never the whole buffer, never more than one chunk
+    expect(largest.floats).toBe(1 << 18); // never the whole buffer, never more than one chunk
   });
 
   test("a source that refuses its values (AbandonedWrite) leaves the old file and no temp file", () => {
@@ -175,7 +175,7 @@ describe("loading streams into the native buffers", () => {
     }
   });
 
-  test("a flipped byte in the second chunk of the embedding is named as corruption (CRC-32), not as a value", () => {
+  test("a flipped byte in a later chunk of the embedding is named as corruption (CRC-32), not as a value", () => {
     const bytes = fs.readFileSync(path);
     const zip = ZipArchive.open(bytes, path);
     const wte = zip.get("latest/data/0")!;

@@ -61,8 +61,8 @@ export interface CheckpointToSave extends Omit<Checkpoint, "params" | "opt"> {
   opt: (Omit<OptState, "m" | "v"> & { m: Float32Array | FlatSource; v: Float32Array | FlatSource }) | null;
 }
 
-/** Floats per chunk when a FlatSource is streamed into a file (4 MiB: large writes, small memory). */
-const STREAM_CHUNK_FLOATS = 1 << 20;
+/** Floats per chunk when a FlatSource is streamed into a file (1 MiB: the chunk stays in cache through the check, the CRC-32 and the write; measured faster than 4 MiB). */
+const STREAM_CHUNK_FLOATS = 1 << 18;
 
 export interface Checkpoint {
   /** Written as model_cfg with all of the object's own keys (a verbatim config may have more
@@ -295,7 +295,7 @@ class Reader {
   /**
    * The values of a float tensor of the given shape in row-major order, passed to
    * use(offset, values) in chunks (values are valid only during the call): a contiguous
-   * tensor streams from its storage (a file's record, read in 4 MiB chunks), any other
+   * tensor streams from its storage (a file's record, read in 1 MiB chunks), any other
    * layout is read whole first. The first value failing check.ok is reported by check.fail
    * after the stream ends, so a corrupt record is named by its CRC-32 mismatch first.
    */
@@ -650,7 +650,7 @@ export interface LoadIntoOptions extends LoadOptions {
 
 /**
  * Reads and checks a checkpoint file straight into a model's buffers: its records stream
- * from the file in 4 MiB chunks, so neither the file nor the state is ever held whole
+ * from the file in 1 MiB chunks, so neither the file nor the state is ever held whole
  * (issue 22: 1.5 GB at GPT-2 small). target may be a function that gets (opens) the model
  * once everything but the tensors is read and checked. The checkpoint's model must be the
  * model's shape (checked after options.accept). On failure the model holds part of the checkpoint.

@@ -284,8 +284,8 @@ function fileBytes(fd: number, size: number): ArchiveBytes {
   };
 }
 
-/** Bytes per read when a record streams from a file (4 MiB: large reads, small memory). */
-const STREAM_CHUNK_BYTES = 1 << 22;
+/** Bytes per read when a record streams from a file (1 MiB: the chunk stays in cache through the CRC-32, the check and the copy; a 1.5 GB load took 0.66 s instead of 0.8 s with 4 MiB). */
+const STREAM_CHUNK_BYTES = 1 << 20;
 
 /**
  * A parsed archive. Over a byte buffer (open) every record's CRC-32 is checked at once and
@@ -333,7 +333,7 @@ export class ZipArchive {
   }
 
   /**
-   * The record's bytes [from, to) in chunks of at most 4 MiB, each valid only until the next
+   * The record's bytes [from, to) in chunks of at most 1 MiB, each valid only until the next
    * is taken (one buffer is reused). Reading the whole record checks its CRC-32 after its
    * last chunk.
    */
