@@ -1,9 +1,11 @@
 /**
  * Training-speed benchmark: `bun bench/bench.ts [--shapes S1,S2,S3,S4] [--steps N]
  * [--warmup N] [--min-seconds S] [--rounds N] [--threads N] [--profile] [--scaling] [--no-torch]
- * [--json FILE]`. Timed steps: at least --steps, and at least --min-seconds (default 3) of them,
+ * [--checkpoint S4|...|none] [--json FILE]`. --checkpoint: the checkpoint I/O rows' shape
+ * (bench/checkpoint-io.ts: save and load time and added peak RSS against torch.save /
+ * torch.load; default S4, --rounds rounds). Timed steps: at least --steps, and at least --min-seconds (default 3) of them,
  * so that a shape of 0.1 s steps is not judged on a fraction of a second.
- * CI-sized (proves it runs, measures nothing): --shapes S1 --rounds 1 --warmup 0 --steps 1 --min-seconds 0.
+ * CI-sized (proves it runs, measures nothing): --shapes S1 --rounds 1 --warmup 0 --steps 1 --min-seconds 0 --checkpoint S1.
  *
  * Each shape runs in --rounds rounds (default 3), ours then PyTorch in each, so that a
  * slow phase of a shared machine hits both sides. Each side is judged by its median round
@@ -25,6 +27,7 @@ import { parseArgs } from "node:util";
 import { defaultLibraryPath } from "../src/backend/native.ts";
 import { numParams } from "../src/model/layout.ts";
 import { FLOP_CONVENTION, matmulParams, trainFlopsPerToken } from "./flops.ts";
+import { measureCheckpointIo, printCheckpointIo } from "./checkpoint-io.ts";
 import { fmt, mb, pct, table } from "./format.ts";
 import { buildGemmBound, measureGemmBound, type GemmBound } from "./gemm-bound.ts";
 import { type ChildRun, middle, rounds, type Rounds } from "./rounds.ts";
@@ -44,6 +47,7 @@ interface Options {
   scaling: boolean;
   torch: boolean;
   json: string | null;
+  checkpoint: Shape | null; // the checkpoint I/O rows' shape (bench/checkpoint-io.ts), or none
 }
 
 function parseOptions(argv: string[]): Options {
@@ -60,6 +64,7 @@ function parseOptions(argv: string[]): Options {
       scaling: { type: "boolean", default: false },
       "no-torch": { type: "boolean", default: false },
       json: { type: "string" },
+      checkpoint: { type: "string", default: "S4" },
     },
     strict: true,
   });
@@ -82,6 +87,7 @@ function parseOptions(argv: string[]): Options {
     scaling: values.scaling!,
     torch: !values["no-torch"],
     json: values.json ?? null,
+    checkpoint: values.checkpoint === "none" ? null : shapeNamed(values.checkpoint!),
   };
 }
 
@@ -261,6 +267,7 @@ async function main(): Promise<void> {
   }
 
   const scaling = opt.scaling ? await measureScaling(opt) : [];
+  const checkpointIo = opt.checkpoint ? await measureCheckpointIo({ shape: opt.checkpoint, rounds: opt.rounds, torch: torchVersion !== null }) : null;
 
   // The peak again at the end: a busy moment at the start must not inflate the MFU.
   const sgemmEnd = await runOurs<SgemmResult>(sgemmJob, opt.threads);
@@ -342,6 +349,7 @@ async function main(): Promise<void> {
   }
 
   if (opt.scaling) printScaling(scaling, opt, peak);
+  if (checkpointIo) printCheckpointIo(checkpointIo);
   // The run itself keeps the 1-minute load near the thread count; more means contention.
   const loadAtEnd = load();
   if (loadAtEnd > opt.threads + 0.5) console.log(`\nWARNING: load average ${fmt(loadAtEnd, 2)} at the end (> ${opt.threads} threads + 0.5): other processes competed for the cores`);
@@ -358,6 +366,7 @@ async function main(): Promise<void> {
           rounds: opt.rounds,
           shapes: rows.map((r) => ({ shape: r.shape, ours: r.ours, torch: r.torch, gemmBound: r.bound })),
           scaling,
+          checkpointIo,
         },
         null,
         2,
