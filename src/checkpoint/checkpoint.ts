@@ -296,7 +296,7 @@ class Reader {
    * The values of a float tensor of the given shape in row-major order, passed to
    * use(offset, values) in chunks (values are valid only during the call): a contiguous
    * tensor streams from its storage (a file's record, read in 1 MiB chunks), any other
-   * layout is read whole first. The first value failing check.ok is reported by check.fail
+   * layout is read whole first. The first value failing check is reported by check.fail
    * after the stream ends, so a corrupt record is named by its CRC-32 mismatch first.
    */
   streamTensor(v: PyValue | undefined, shape: readonly number[], where: string, use: (offset: number, values: Float32Array) => void, check?: ValueCheck): void {

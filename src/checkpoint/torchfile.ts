@@ -23,6 +23,7 @@ import type { ZipRecord, ZipWriteOptions } from "./zip.ts";
 const REBUILD_TENSOR = new PyGlobal("torch._utils", "_rebuild_tensor_v2");
 const FORMAT_VERSION = "3\n"; // what torch.save writes (torch 1.6 .. 2.x)
 const MAX_READ_VERSION = 10; // torch 1.13's reader accepts versions 1..10
+const EXPECTED_FILE = "a PyTorch checkpoint (.pt zip archive)"; // what messages say a refused file should be
 
 export interface TorchSaveOptions extends ZipWriteOptions {
   /** Top-level folder of the archive (torch.save uses the file name without extension). */
@@ -115,7 +116,7 @@ export function loadTorchBytes(bytes: Uint8Array, source: string): PyValue {
  */
 export function withTorchFile<T>(path: string, maxBytes: number, verifyAll: boolean, use: (value: PyValue, fileBytes: number) => T): T {
   try {
-    return withInputFile(path, { maxBytes, expected: "a PyTorch checkpoint (.pt zip archive)" }, (fd, size) => {
+    return withInputFile(path, { maxBytes, expected: EXPECTED_FILE }, (fd, size) => {
       const zip = ZipArchive.openFile(fd, size, path);
       const result = use(loadTorchArchive(zip, path, true), size);
       if (verifyAll) zip.verifyUnread();
@@ -249,7 +250,7 @@ function loadTorchArchive(zip: ZipArchive, source: string, streamed: boolean): P
 /** The bytes of a checkpoint file: a regular file of at most maxBytes (src/util/input-file.ts). */
 export function readTorchFile(path: string, maxBytes: number = availableMemoryBytes()): Uint8Array {
   try {
-    return readInputFile(path, { maxBytes, expected: "a PyTorch checkpoint (.pt zip archive)" });
+    return readInputFile(path, { maxBytes, expected: EXPECTED_FILE });
   } catch (e) {
     if (e instanceof InputFileError) throw new CheckpointError(e.message);
     throw e;

@@ -211,7 +211,7 @@ function initFromOptions(config: PhaseConfig, initFrom: string): LoadOptions {
   };
 }
 
-/** The checkpoint SFT starts from (init_from), read whole to be checked (initFromOptions). */
+/** The checkpoint SFT starts from (init_from), read into arrays to be checked before anything moves (initFromOptions). */
 export function loadInitCheckpoint(config: PhaseConfig, initFrom: string): Checkpoint {
   return loadCheckpoint(initFrom, undefined, initFromOptions(config, initFrom));
 }
