@@ -5,8 +5,9 @@
  * it after the training rows (bench.ts --checkpoint SHAPE|none). CI-sized: --shape S1 --rounds 1.
  *
  * Every measurement is its own child process, and the sides alternate within each round
- * (ours save, torch.save, torch.save + fsync, ours load, torch.load) so that a busy moment
- * of a shared machine hits both; each side is judged by its median round. Added peak RSS:
+ * (ours save, torch.save, torch.save + fsync, ours load, torch.load; odd rounds run the
+ * saves and the loads in the reverse order) so that a busy moment of a shared machine hits
+ * both; each side is judged by its median round. Added peak RSS:
  * the RSS before the timed call against the peak during it (Linux: /proc/self/clear_refs
  * resets the peak, VmHWM reads it), so the model's own buffers (ours) or the state dict
  * being saved (torch) are not counted, the memory the call needs on top is.
@@ -134,15 +135,26 @@ export async function measureCheckpointIo(o: CheckpointIoOptions): Promise<Check
   const runs: Partial<Record<Side, Measured[]>> = {};
   const add = (side: Side, m: Measured) => (runs[side] ??= []).push(m);
   try {
+    const run: Record<Side, () => Promise<Measured>> = {
+      "ours save": () => ours({ kind: "save", shape: o.shape.name, to: oursFile }),
+      "torch.save": () => torch({ kind: "save", from: oursFile, to: torchFile, fsync: false }),
+      "torch.save + fsync": () => torch({ kind: "save", from: oursFile, to: torchFile, fsync: true }),
+      "ours load": () => ours({ kind: "load", shape: o.shape.name, from: oursFile }),
+      "torch.load": () => torch({ kind: "load", from: oursFile }),
+    };
+    const sides = (list: Side[]) => list.filter((s) => o.torch || s.startsWith("ours"));
     for (let r = 0; r < o.rounds; r++) {
       process.stderr.write(`checkpoint I/O at ${o.shape.name}: round ${r + 1} of ${o.rounds} ...\n`);
-      add("ours save", await ours({ kind: "save", shape: o.shape.name, to: oursFile }));
-      if (o.torch) {
-        add("torch.save", await torch({ kind: "save", from: oursFile, to: torchFile, fsync: false }));
-        add("torch.save + fsync", await torch({ kind: "save", from: oursFile, to: torchFile, fsync: true }));
+      // The first write after other work is often slow here (the kernel reclaims pages for it):
+      // odd rounds run the saves and the loads the other way round, so no side always goes
+      // first (round 0 starts with ours: the others read the file it writes).
+      const saves = sides(["ours save", "torch.save", "torch.save + fsync"]);
+      const loads = sides(["ours load", "torch.load"]);
+      if (r % 2 === 1) {
+        saves.reverse();
+        loads.reverse();
       }
-      add("ours load", await ours({ kind: "load", shape: o.shape.name, from: oursFile }));
-      if (o.torch) add("torch.load", await torch({ kind: "load", from: oursFile }));
+      for (const side of [...saves, ...loads]) add(side, await run[side]());
     }
     return { shape: o.shape, fileBytes: statSync(oursFile).size, runs };
   } finally {
