@@ -2,6 +2,7 @@
 /**
  * train --phase {pretrain,sft,pipeline} --config PATH [--device mps|cpu] [--resume PATH | --no-resume]
  * train prepare-data text|dolly|oasst1 ...   (src/prepare/command.ts)
+ * train sample --checkpoint PATH [--prompt TEXT] ...   (src/sample/command.ts)
  * train --version | -V                       the build, in one line (src/version.ts)
  *
  * The commands are citty commands; this file only reads the command line and reports how
@@ -15,6 +16,7 @@ import { defaultLibraryPath } from "./backend/native.ts";
 import { exitCodeOf, InputError } from "./errors.ts";
 import { prepareDataCommand } from "./prepare/command.ts";
 import { SELFTEST_ENV, selfTestChild } from "./backend/selftest.ts";
+import { sampleCommand } from "./sample/command.ts";
 import { runTraining, type RunRequest } from "./train/run.ts";
 import { checkoutBuildInfo, versionLine, type BuildInfo } from "./version.ts";
 
@@ -31,8 +33,8 @@ const trainArgs = {
   version: { type: "boolean", alias: "V", description: "print the version, git commit, platform, backends and BLAS of this build, and exit" },
 } as const satisfies ArgsDef;
 
-/** The commands besides training, by their first word (`train sample` comes next). */
-const subCommands: Record<string, CommandDef<any>> = { "prepare-data": prepareDataCommand };
+/** The commands besides training, by their first word. */
+const subCommands: Record<string, CommandDef<any>> = { "prepare-data": prepareDataCommand, sample: sampleCommand };
 
 const trainCommand: CommandDef<typeof trainArgs> = {
   meta: { name: "train", description: "Pretrain and instruction-tune (SFT) a small GPT on token caches." },
