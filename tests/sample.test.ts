@@ -7,7 +7,7 @@
 import { beforeAll, describe, expect, test } from "bun:test";
 import { copyFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { NativeModel } from "../src/backend/native.ts";
+import { deviceAvailable, NativeModel } from "../src/backend/native.ts";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
 import { EOT_ID, USER_ID, ASST_ID } from "../src/data/tokenizer.ts";
 import { generate } from "../src/sample/decoder.ts";
@@ -124,6 +124,7 @@ describe("train sample", () => {
       [["sample", "--checkpoint", sftBest, "--tokenizer", join(root, "configs", "model.json")], /--tokenizer .*model\.json: tokenizer "undefined" is unknown/],
       [["sample", "--checkpoint", sftBest, "--prompt", long, "--chat"], /the prompt is 19 tokens with the chat wrapper/],
     ];
+    if (!deviceAvailable("mps")) cases.push([["sample", "--checkpoint", sftBest, "--device", "mps"], /--device mps: no Metal device in this build or on this machine; use --device cpu/]);
     for (const [args, message] of cases) {
       const r = cli(args, root);
       expect({ args, code: r.code }).toEqual({ args, code: 2 });
