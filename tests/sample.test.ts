@@ -91,6 +91,31 @@ describe("train sample", () => {
     expect(r.out).not.toContain("<|eot|>");
   });
 
+  test("Ctrl-C (SIGINT) ends the streamed line and exits 130", async () => {
+    const p = Bun.spawn([process.execPath, CLI, "sample", "--checkpoint", sftBest, "--prompt", "add", "--max-new-tokens", "100000000", "--temperature", "1"], {
+      cwd: root,
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const reader = p.stdout.getReader();
+    let out = "";
+    while (out.length < 20) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += new TextDecoder().decode(value);
+    }
+    p.kill("SIGINT");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += new TextDecoder().decode(value);
+    }
+    expect(await p.exited).toBe(130);
+    expect(out.length).toBeGreaterThanOrEqual(20); // it streamed before the end
+    expect(out.endsWith("\n")).toBe(true);
+    expect(await new Response(p.stderr).text()).toMatch(/stopped by SIGINT after \d+ tokens/);
+  });
+
   test("without a tokenizer it reads and prints token ids, and says so", () => {
     const lone = join(root, "..", `lone-${process.pid}.pt`);
     copyFileSync(sftBest, lone);
