@@ -158,8 +158,10 @@ int32_t gpt_compute_grads(gpt_t* g, const int32_t* x, const int32_t* y,
  * to go on, the caller slides the window by a new gpt_decode_begin on the last tokens
  * (src/sample/ recomputes from the last T tokens, as nanoGPT crops its input: then
  * every further token costs a prompt pass). The first gpt_decode_begin allocates
- * the cache (CPU: L*T*3C floats and one sequence's activations); a step allocates
- * nothing. gpt_set_params and gpt_train_step empty the cache. */
+ * the cache (CPU: L*T*3C floats and one sequence's activations; MPS: L*T*2C floats,
+ * the (T, V) logits and the decoding graphs); a step allocates nothing. On the CPU the
+ * logits do not depend on the thread count. gpt_set_params and gpt_train_step empty
+ * the cache. */
 int32_t gpt_decode_begin(gpt_t* g, const int32_t* tokens, int32_t n, float* logits, int32_t all);
 int32_t gpt_decode_step(gpt_t* g, int32_t token, float* logits);
 
