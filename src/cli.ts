@@ -149,8 +149,9 @@ function findLeaf(command: CommandDef<any>, argv: string[], before: string, help
   return findLeaf(sub, argv.slice(1), path, help);
 }
 
-/** Runs a subcommand with citty's parser (its options as in scripts/, lenient as there). */
-async function runSubCommand(name: string, argv: string[], help: boolean): Promise<number> {
+/** Runs a subcommand with citty's parser (its options as in scripts/, lenient as there);
+ * the command gets main's options as citty's `data` (the embedded library). */
+async function runSubCommand(name: string, argv: string[], help: boolean, options: MainOptions): Promise<number> {
   const leaf = findLeaf(subCommands[name]!, argv, "train", help);
   if (help) {
     console.log(await usageFor(process.stdout, leaf.command, leaf.parent));
@@ -162,7 +163,7 @@ async function runSubCommand(name: string, argv: string[], help: boolean): Promi
   } catch (e) {
     throw new UsageError(stripVTControlCharacters((e as Error).message), leaf.command, leaf.parent);
   }
-  await leaf.command.run?.({ rawArgs: leaf.argv, args, cmd: leaf.command });
+  await leaf.command.run?.({ rawArgs: leaf.argv, args, cmd: leaf.command, data: options });
   return 0;
 }
 
@@ -210,7 +211,7 @@ export async function main(argv: string[], options: MainOptions = {}): Promise<n
   // output, not the run: without a listener the write error would end the process mid-step.
   for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {});
   try {
-    if (sub !== undefined) return await runSubCommand(sub, argv.slice(1), help);
+    if (sub !== undefined) return await runSubCommand(sub, argv.slice(1), help, options);
     const request = parseRequest(argv);
     return await runTraining(request, { repoRoot: process.cwd(), out: process.stdout, libraryPath: options.embeddedLibrary, version: version() });
   } catch (e) {

@@ -11,6 +11,7 @@ import { deviceAvailable, NativeModel } from "../src/backend/native.ts";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
 import { EOT_ID, USER_ID, ASST_ID } from "../src/data/tokenizer.ts";
 import { generate } from "../src/sample/decoder.ts";
+import { ensureExe, EXE } from "./helpers/exe.ts";
 import { makeTinyRepo } from "./helpers/repo.ts";
 
 const CLI = join(import.meta.dir, "..", "src", "cli.ts");
@@ -116,9 +117,24 @@ describe("train sample", () => {
     expect(await new Response(p.stderr).text()).toMatch(/stopped by SIGINT after \d+ tokens/);
   });
 
+  test("the compiled executable samples with its embedded library, as the checkout does", () => {
+    ensureExe();
+    const args = ["sample", "--checkpoint", sftBest, "--prompt", "add 3 and", "--temperature", "0", "--max-new-tokens", "30"];
+    const p = Bun.spawnSync([EXE, ...args], { cwd: root, stdout: "pipe", stderr: "pipe" });
+    expect(p.stderr.toString()).toBe("");
+    expect(p.exitCode).toBe(0);
+    expect(p.stdout.toString()).toBe(cli(args, root).out);
+  }, 300_000);
+
   test("without a tokenizer it reads and prints token ids, and says so", () => {
     const lone = join(root, "..", `lone-${process.pid}.pt`);
     copyFileSync(sftBest, lone);
+    // --tokenizer names one: text again
+    const meta = join(root, "data", "cache", "sft", "dolly_train.bin.meta.json");
+    const named = cli(["sample", "--checkpoint", lone, "--tokenizer", meta, "--prompt", "add", "--temperature", "0", "--max-new-tokens", "5"], root);
+    expect(named.code).toBe(0);
+    expect(named.err).toBe("");
+    expect(named.out).toBe(cli(["sample", "--checkpoint", sftBest, "--prompt", "add", "--temperature", "0", "--max-new-tokens", "5"], root).out);
     const r = cli(["sample", "--checkpoint", lone, "--prompt", "97 100 100", "--temperature", "0", "--max-new-tokens", "5"], root);
     expect(r.code).toBe(0);
     expect(r.err).toMatch(/no tokenizer is known .*reading and printing token ids/);

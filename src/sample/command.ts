@@ -118,7 +118,15 @@ function promptIds(r: SampleRequest, tok: Tokenizer | null, V: number): Int32Arr
   return Int32Array.from(ids);
 }
 
-export async function runSample(r: SampleRequest, out: { write(s: string): unknown } = process.stdout, err: { write(s: string): unknown } = process.stderr): Promise<number> {
+export interface SampleEnv {
+  libraryPath?: string; // the compiled executable's embedded library (default: the checkout's build)
+  out?: { write(s: string): unknown };
+  err?: { write(s: string): unknown };
+}
+
+export async function runSample(r: SampleRequest, env: SampleEnv = {}): Promise<number> {
+  const out = env.out ?? process.stdout;
+  const err = env.err ?? process.stderr;
   const ckpt = loadCheckpoint(r.checkpoint);
   const cfg = ckpt.modelCfg;
   const tok = findTokenizer(r.checkpoint, r.tokenizerPath, cfg.V);
@@ -127,7 +135,7 @@ export async function runSample(r: SampleRequest, out: { write(s: string): unkno
   if (prompt.length > cfg.T) {
     throw new SampleError(`the prompt is ${prompt.length} tokens${r.chat ? " with the chat wrapper" : ""}, longer than the model's context T=${cfg.T}: shorten --prompt${r.chat ? "" : " (or --prompt-file)"}`);
   }
-  const lib = openLibrary();
+  const lib = openLibrary(env.libraryPath);
   if (r.device === "mps" && !deviceAvailable("mps", lib)) {
     throw new SampleError("--device mps: no Metal device in this build or on this machine; use --device cpu");
   }
@@ -160,7 +168,7 @@ export async function runSample(r: SampleRequest, out: { write(s: string): unkno
 export const sampleCommand = defineCommand({
   meta: { name: "sample", description: "generate text from a checkpoint (KV-cached decoding)" },
   args,
-  async run({ args: a }) {
-    await runSample(sampleRequest(a as Record<string, unknown>));
+  async run({ args: a, data }) {
+    await runSample(sampleRequest(a as Record<string, unknown>), { libraryPath: (data as { embeddedLibrary?: string } | undefined)?.embeddedLibrary });
   },
 });
