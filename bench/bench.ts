@@ -18,7 +18,8 @@
  * bench/torch_bench.py for PyTorch) so that its peak RSS is its own. Reports tokens/s
  * (median of the timed steps after warm-up), GFLOP/s and MFU against the SGEMM peak of
  * the same BLAS measured in the same run with the same thread count, eval tokens/s,
- * the share of a step spent outside the native call, peak RSS, and ours/PyTorch ratios.
+ * the share of a step spent outside the native call, peak RSS, and ours/PyTorch ratios;
+ * then the decode row of S1 and S2 (bench/decode.ts: `train sample`'s tokens/s vs PyTorch's).
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
@@ -30,6 +31,7 @@ import { FLOP_CONVENTION, matmulParams, trainFlopsPerToken } from "./flops.ts";
 import { measureCheckpointIo, printCheckpointIo } from "./checkpoint-io.ts";
 import { fmt, mb, pct, table } from "./format.ts";
 import { buildGemmBound, measureGemmBound, type GemmBound } from "./gemm-bound.ts";
+import { decodeBench } from "./decode.ts";
 import { type ChildRun, middle, rounds, type Rounds } from "./rounds.ts";
 import { SHAPES, shapeNamed, type Shape } from "./shapes.ts";
 import type { Job, SgemmResult, TrainResult } from "./worker.ts";
@@ -338,6 +340,12 @@ async function main(): Promise<void> {
   }
 
   printGemmBound(rows, opt, peak);
+
+  const decodeShapes = opt.shapes.filter((s) => s.name === "S1" || s.name === "S2");
+  if (torchVersion && decodeShapes.length > 0) {
+    console.log(`\nDecode (train sample's KV-cached greedy decoding vs PyTorch ${torchVersion} with a KV cache, interop/torch_decode.py; bench/decode.ts)`);
+    await decodeBench(decodeShapes, opt.rounds, opt.threads);
+  }
 
   if (opt.profile) {
     for (const { shape, ours } of rows) {

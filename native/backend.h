@@ -11,8 +11,8 @@
  * always built) and gpt_mps_backend (native/mps/gpt_mps.m, built on macOS with
  * -DGPT_HAVE_MPS).
  *
- * Room for what comes next: incremental decoding with a KV cache (a prompt pass, then
- * one token per step) will add its entries here, next to eval_loss, on both backends.
+ * Incremental decoding (decode_begin, decode_step) sees valid tokens, 1 <= n <= T and
+ * pos < T: gpt.c keeps the count of cached positions.
  * Device size limits: a backend reports its device's (limits), gpt.c checks every tensor
  * of the model against them before the backend's create (native/limits.c).
  */
@@ -69,6 +69,12 @@ typedef struct gpt_backend {
     int (*compute_grads)(void* self, const int32_t* x, const int32_t* y, float* loss, float* grads, char* err,
                          size_t errlen);
     int32_t (*profile_report)(void* self, char* buf, int32_t buflen);
+    /* gpt_decode_begin: the prompt tokens[0..n) from position 0, logits (n,V) with all,
+     * else (V) of the last position. NULL on a backend without decoding. */
+    int (*decode_begin)(void* self, const int32_t* tokens, int32_t n, float* logits, int32_t all, char* err,
+                        size_t errlen);
+    /* gpt_decode_step: token at position pos (the cache holds 0..pos-1), logits (V). */
+    int (*decode_step)(void* self, int32_t token, int32_t pos, float* logits, char* err, size_t errlen);
 } gpt_backend;
 
 /* native/limits.c: 0 when every tensor a model of spec makes on device fits lim (the

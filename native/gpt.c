@@ -22,6 +22,7 @@ struct gpt {
     const gpt_backend* be;
     void* impl;
     gpt_spec spec; /* what the backend was built from; spec.tensors is owned here */
+    int32_t decoded; /* positions in the KV cache (0: none; new parameters empty it) */
     char err[GPT_ERR_LEN];
 };
 
@@ -329,6 +330,7 @@ EXPORT int32_t gpt_set_threads(gpt_t* g, int32_t n) {
 EXPORT int32_t gpt_set_params(gpt_t* g, const float* src) {
     HANDLE(g);
     if (!src) FAIL(g, "gpt_set_params: parameter buffer is NULL");
+    g->decoded = 0;
     return g->be->set_params(g->impl, src, g->err, sizeof g->err) ? 1 : 0;
 }
 
@@ -382,6 +384,7 @@ EXPORT int32_t gpt_train_step(gpt_t* g, const int32_t* x, const int32_t* y, cons
     HANDLE(g);
     if (!out) FAIL(g, "gpt_train_step: result pointer is NULL");
     if (check_hparams(h, g->err, sizeof g->err) || check_tokens(g, x, y, g->err, sizeof g->err)) return 1;
+    g->decoded = 0;
     return g->be->train_step(g->impl, x, y, h, out, g->err, sizeof g->err) ? 1 : 0;
 }
 
@@ -402,4 +405,46 @@ EXPORT int32_t gpt_compute_grads(gpt_t* g, const int32_t* x, const int32_t* y, f
 EXPORT int32_t gpt_profile_report(gpt_t* g, char* buf, int32_t buflen) {
     if (!g || !buf || buflen <= 0) return 0;
     return g->be->profile_report(g->impl, buf, buflen);
+}
+
+/* ---- incremental decoding ---- */
+
+static int check_decode_token(gpt_t* g, const char* what, int32_t id) {
+    if (id >= 0 && id < g->spec.cfg.V) return 0;
+    gpt_errf(g->err, sizeof g->err, "%s = %d is out of range: expected an id in [0, V=%d)", what, id, g->spec.cfg.V);
+    return 1;
+}
+
+EXPORT int32_t gpt_decode_begin(gpt_t* g, const int32_t* tokens, int32_t n, float* logits, int32_t all) {
+    HANDLE(g);
+    g->decoded = 0;
+    if (!g->be->decode_begin) FAIL(g, "incremental decoding is not available on the %s backend", g->be->name);
+    if (!tokens || !logits) FAIL(g, "gpt_decode_begin: %s buffer is NULL", tokens ? "logits" : "tokens");
+    if (n < 1 || n > g->spec.cfg.T)
+        FAIL(g, "gpt_decode_begin: prompt length %d is invalid: expected 1 to T=%d tokens", n, g->spec.cfg.T);
+    if (all != 0 && all != 1) FAIL(g, "gpt_decode_begin: all=%d is invalid: expected 0 or 1", all);
+    char what[48];
+    for (int32_t i = 0; i < n; i++) {
+        snprintf(what, sizeof what, "prompt token %d", i);
+        if (check_decode_token(g, what, tokens[i])) return 1;
+    }
+    if (g->be->decode_begin(g->impl, tokens, n, logits, all, g->err, sizeof g->err)) return 1;
+    g->decoded = n;
+    return 0;
+}
+
+EXPORT int32_t gpt_decode_step(gpt_t* g, int32_t token, float* logits) {
+    HANDLE(g);
+    if (!g->be->decode_step) FAIL(g, "incremental decoding is not available on the %s backend", g->be->name);
+    if (!logits) FAIL(g, "gpt_decode_step: logits buffer is NULL");
+    if (g->decoded == 0) FAIL(g, "gpt_decode_step: no prompt pass: call gpt_decode_begin first (new parameters or a training step empty the cache)");
+    if (g->decoded >= g->spec.cfg.T)
+        FAIL(g, "gpt_decode_step: the context is full (T=%d positions): slide the window with gpt_decode_begin on the last tokens", g->spec.cfg.T);
+    if (check_decode_token(g, "gpt_decode_step: token", token)) return 1;
+    if (g->be->decode_step(g->impl, token, g->decoded, logits, g->err, sizeof g->err)) {
+        g->decoded = 0;
+        return 1;
+    }
+    g->decoded++;
+    return 0;
 }

@@ -298,7 +298,7 @@ for (kind, recv, member), src in sorted(uses.items(), key=lambda u: (u[0][1], u[
         avail, header, unavail = f
         rows.append((member + "()", "function", header, avail, unavail))
         continue
-    if recv in own or recv in ("MPSGPTGraph", "GPTMPSModel"):
+    if recv in own or recv in ("MPSGPTGraph", "MPSGPTDecodeGraph", "GPTMPSModel"):
         continue
     r = resolve(recv, member, kind)
     if r is None:

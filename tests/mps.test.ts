@@ -2,7 +2,7 @@
  * The Apple GPU backend (native/mps, MPSGraph) against the CPU backend on the same
  * weights and batches: loss and gradients, 10 AdamW steps with clipping and weight
  * decay, run-to-run determinism, the non-finite guard, batches without targets, bad
- * input. Runs only on macOS with a Metal device; elsewhere every test is reported as
+ * input, and KV-cached decoding (logits of every position, greedy ids past T). Runs only on macOS with a Metal device; elsewhere every test is reported as
  * skipped. (On macOS the native library must be built: bun scripts/build-native.ts.)
  *
  * Relative error of a tensor = max |mps - cpu| / max |cpu| over its elements.
@@ -11,7 +11,8 @@ import { describe, expect, test } from "bun:test";
 import { initParams, paramLayout } from "../src/model/layout.ts";
 import { deviceAvailable, NativeError, NativeModel, tensorLimitProblem } from "../src/backend/native.ts";
 import { deviceSelfTest, runSelfTestInChild } from "../src/backend/selftest.ts";
-import { PARITY_HP, randomBatches, relScalar, tensorMismatches, type ParityCase } from "./helpers/compare.ts";
+import { generate } from "../src/sample/decoder.ts";
+import { PARITY_HP, randomBatches, relErr, relScalar, tensorMismatches, type ParityCase } from "./helpers/compare.ts";
 
 const MPS = process.platform === "darwin" && deviceAvailable("mps");
 const SKIP_NOTE = MPS ? "" : " (skipped: needs macOS with a Metal device)";
@@ -259,4 +260,40 @@ describe(`mps self-test and size guard${SKIP_NOTE}`, () => {
 test.skipIf(process.platform === "darwin")("off macOS the library reports no mps device and refuses one", () => {
   expect(deviceAvailable("mps")).toBe(false);
   expect(() => NativeModel.open(CASES[0]!.cfg, 1, "mps")).toThrow(/mps is not available/);
+});
+
+describe(`mps decoding (KV cache) vs cpu${SKIP_NOTE}`, () => {
+  const DECODE_TOL = 1e-4; // relative, logits of one position (the CPU's match PyTorch to 1e-5: tests/native-decode)
+  for (const c of CASES) {
+    test.skipIf(!MPS)(`${c.name}: the prompt pass and every step, to a full context and past it`, () => {
+      const { cfg } = c;
+      const params = initParams(cfg, c.seed).map((v, i) => v * 3 + (((i * 2654435761) % 1000) / 1000 - 0.5) * 0.1);
+      const ids = Int32Array.from({ length: cfg.T }, (_, i) => (i * 37 + c.seed) % cfg.V);
+      const prompt = Math.max(1, Math.floor(cfg.T / 3));
+      const models = (["cpu", "mps"] as const).map((d) => NativeModel.open(cfg, 1, d));
+      try {
+        for (const m of models) m.setParams(params);
+        const [cpu, mps] = models as [NativeModel, NativeModel];
+        const all = [new Float32Array(prompt * cfg.V), new Float32Array(prompt * cfg.V)];
+        cpu.decodeBegin(ids.subarray(0, prompt), all[0]!, true);
+        mps.decodeBegin(ids.subarray(0, prompt), all[1]!, true);
+        for (let t = 0; t < prompt; t++) {
+          const row = (a: Float32Array) => a.subarray(t * cfg.V, (t + 1) * cfg.V);
+          expect({ t, err: relErr(row(all[1]!), row(all[0]!)) < DECODE_TOL }).toEqual({ t, err: true });
+        }
+        const [a, b] = [new Float32Array(cfg.V), new Float32Array(cfg.V)];
+        for (let t = prompt; t < cfg.T; t++) {
+          cpu.decodeStep(ids[t]!, a);
+          mps.decodeStep(ids[t]!, b);
+          expect({ t, err: relErr(b, a) < DECODE_TOL }).toEqual({ t, err: true });
+        }
+        expect(() => mps.decodeStep(0, b)).toThrow(/context is full/);
+        // greedy generation past T (the window slides) makes the same ids on both
+        const made = models.map((m) => generate(m, ids.subarray(0, prompt), { temperature: 0, topK: 0, seed: 0, maxNewTokens: cfg.T + 5 }));
+        expect(made[1]).toEqual(made[0]!);
+      } finally {
+        for (const m of models) m.close();
+      }
+    });
+  }
 });

@@ -34,6 +34,7 @@
 
 #include "../backend.h"
 #include "blas.h"
+#include "decode.h"
 #include "kernels.h"
 #include "pool.h"
 
@@ -151,6 +152,8 @@ typedef struct {
 
     int profile;
     double prof[P_COUNT];
+
+    cpu_decoder* decoder; /* the KV cache and its buffers (decode.c), made by the first prompt pass */
 } cpu_model;
 
 /* ---- profiling ---- */
@@ -471,6 +474,7 @@ static void cpu_destroy(void* self) {
     free(g->acts);
     free(g->work);
     free_threads(g);
+    cpu_decode_free(g->decoder);
     free(g->w.l);
     free(g->a);
     free(g->segs);
@@ -825,6 +829,18 @@ static int32_t cpu_profile_report(void* self, char* buf, int32_t buflen) {
     return used;
 }
 
+static int cpu_decode_begin_(void* self, const int32_t* tokens, int32_t n, float* logits, int32_t all, char* err,
+                             size_t errlen) {
+    cpu_model* g = (cpu_model*)self;
+    return cpu_decode_begin(&g->decoder, g->spec, g->params, g->pool, tokens, n, logits, all, err, errlen);
+}
+
+static int cpu_decode_step_(void* self, int32_t token, int32_t pos, float* logits, char* err, size_t errlen) {
+    (void)err, (void)errlen;
+    cpu_model* g = (cpu_model*)self;
+    return cpu_decode_step(g->decoder, g->params, g->pool, token, pos, logits);
+}
+
 const gpt_backend gpt_cpu_backend = {
     .name = "cpu",
     .available = cpu_available,
@@ -841,4 +857,6 @@ const gpt_backend gpt_cpu_backend = {
     .eval_loss = cpu_eval_loss,
     .compute_grads = cpu_compute_grads,
     .profile_report = cpu_profile_report,
+    .decode_begin = cpu_decode_begin_,
+    .decode_step = cpu_decode_step_,
 };

@@ -38,9 +38,7 @@
  * message from gpt_last_error(). Nothing here aborts the process on bad input.
  * No allocation happens inside gpt_train_step / gpt_eval_loss.
  *
- * Planned, not yet here: incremental decoding with a KV cache (a prompt pass, then one
- * token per step, both backends) will add its functions after gpt_eval_loss, and its
- * cache size to gpt_options.
+ * Decoding (gpt_decode_begin, gpt_decode_step): one sequence at a time with a KV cache.
  */
 #ifndef GPT_H
 #define GPT_H
@@ -160,6 +158,22 @@ int32_t gpt_eval_loss(gpt_t* g, const int32_t* x, const int32_t* y, float* loss)
 /* forward + backward without update; gradients (unclipped) copied to grads if not NULL. */
 int32_t gpt_compute_grads(gpt_t* g, const int32_t* x, const int32_t* y,
                           float* loss, float* grads);
+
+/* Incremental decoding of one sequence with a KV cache (any B; the cache is separate
+ * from the training buffers). gpt_decode_begin runs the prompt tokens[0..n),
+ * 1 <= n <= T, from position 0, keeps every layer's keys and values, and writes logits:
+ * (n, V) for every position when all is 1, else (V) for the last one. gpt_decode_step
+ * then feeds one token at the next position and writes its logits (V); at most T
+ * positions in all. Position embeddings are absolute, so a full context cannot shift:
+ * to go on, the caller slides the window by a new gpt_decode_begin on the last tokens
+ * (src/sample/ recomputes from the last T tokens, as nanoGPT crops its input: then
+ * every further token costs a prompt pass). The first gpt_decode_begin allocates
+ * the cache (CPU: L*T*3C floats and one sequence's activations; MPS: L*T*2C floats,
+ * the (T, V) logits and the decoding graphs); a step allocates nothing. On the CPU the
+ * logits do not depend on the thread count. gpt_set_params and gpt_train_step empty
+ * the cache. */
+int32_t gpt_decode_begin(gpt_t* g, const int32_t* tokens, int32_t n, float* logits, int32_t all);
+int32_t gpt_decode_step(gpt_t* g, int32_t token, float* logits);
 
 /* Per-op time breakdown of the steps run since the last call (per entry point on MPS),
  * as "name seconds\n" lines into buf (NUL-terminated), then resets the counters;

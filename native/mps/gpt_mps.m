@@ -71,6 +71,16 @@ static double now_seconds(void) {
     MPSGraphTensorDataDictionary *_evalFeeds[2], *_evalResults;
     MPSGraphTensorDataDictionary *_gradFeeds[2], *_gradResults;
 
+    /* incremental decoding (one sequence), made by the first gpt_decode_begin: the
+     * graphs of mps_graph.h, every layer's keys and values (T, C) (the cache), the new
+     * rows of a step, the small inputs, and the feeds of both parameter sets */
+    MPSGPTDecodeGraph *_dPrompt, *_dStep;
+    NSArray<id<MTLBuffer>> *_kCache, *_vCache, *_kRow, *_vRow;
+    NSArray<MPSGraphTensorData*> *_kCacheData, *_vCacheData, *_kRowData, *_vRowData;
+    id<MTLBuffer> _dTokens, _dToken, _dPos, _dOneHot, _dMask, _dLogitsAll, _dLogits;
+    MPSGraphTensorData *_dTokensData, *_dTokenData, *_dPosData, *_dOneHotData, *_dMaskData, *_dLogitsAllData, *_dLogitsData;
+    MPSGraphTensorDataDictionary *_dPromptFeeds[2], *_dStepFeeds[2], *_dPromptResults, *_dStepResults;
+
     int _cur;       /* the set holding the current parameters and moments */
     int64_t _step;  /* AdamW updates applied */
     BOOL _profile;
@@ -323,8 +333,15 @@ static void ToHost(NSArray<id<MTLBuffer>>* bufs, const gpt_tensor* layout, int32
          feeds:(MPSGraphTensorDataDictionary*)feeds
        results:(MPSGraphTensorDataDictionary*)results
           what:(const char*)what {
+    return [self runGraph:G.graph feeds:feeds results:results what:what];
+}
+
+- (int32_t)runGraph:(MPSGraph*)graph
+              feeds:(MPSGraphTensorDataDictionary*)feeds
+            results:(MPSGraphTensorDataDictionary*)results
+               what:(const char*)what {
     @try {
-        [G.graph runWithMTLCommandQueue:_queue feeds:feeds targetOperations:nil resultsDictionary:results];
+        [graph runWithMTLCommandQueue:_queue feeds:feeds targetOperations:nil resultsDictionary:results];
     } @catch (NSException* e) {
         return [self fail:"%s: MPSGraph raised %s: %s", what, e.name.UTF8String, e.reason.UTF8String];
     }
@@ -424,6 +441,117 @@ static void ToHost(NSArray<id<MTLBuffer>>* bufs, const gpt_tensor* layout, int32
     *loss = *(const float*)_loss.contents;
     if (grads != NULL) ToHost(_gradBuf, _layout, _K, grads);
     [self addTime:PROF_GRADS since:t0];
+    return 0;
+}
+
+/* ---- incremental decoding ---- */
+
+/* n buffers of floats floats each, with tensor data of shape. */
+- (BOOL)allocateRows:(NSArray<id<MTLBuffer>>* __strong*)bufs
+                data:(NSArray<MPSGraphTensorData*>* __strong*)datas
+               count:(int32_t)n
+              floats:(int64_t)floats
+               shape:(MPSShape*)shape
+               error:(NSString**)error {
+    NSMutableArray<id<MTLBuffer>>* b = [NSMutableArray array];
+    NSMutableArray<MPSGraphTensorData*>* d = [NSMutableArray array];
+    for (int32_t i = 0; i < n; i++) {
+        id<MTLBuffer> buf = nil;
+        MPSGraphTensorData* data = nil;
+        if (![self allocateSmall:&buf data:&data bytes:floats * 4 shape:shape type:MPSDataTypeFloat32 error:error]) return NO;
+        [b addObject:buf];
+        [d addObject:data];
+    }
+    *bufs = b;
+    *datas = d;
+    return YES;
+}
+
+- (int32_t)prepareDecode {
+    if (_dStep != nil) return 0;
+    const gpt_cfg* cfg = &_spec->cfg;
+    const int32_t T = cfg->T, C = cfg->C, V = cfg->V, L = cfg->L;
+    NSString* why = nil;
+    MPSGPTDecodeGraph* prompt = [MPSGPTDecodeGraph graphWithKind:MPSGPTDecodePrompt spec:_spec error:&why];
+    MPSGPTDecodeGraph* step = prompt ? [MPSGPTDecodeGraph graphWithKind:MPSGPTDecodeStep spec:_spec error:&why] : nil;
+    if (step == nil) return [self fail:"gpt_decode_begin: building the decoding graphs failed: %s", why.UTF8String];
+    NSString* err = nil;
+    if (![self allocateRows:&_kCache data:&_kCacheData count:L floats:(int64_t)T * C shape:@[ @(T), @(C) ] error:&err] ||
+        ![self allocateRows:&_vCache data:&_vCacheData count:L floats:(int64_t)T * C shape:@[ @(T), @(C) ] error:&err] ||
+        ![self allocateRows:&_kRow data:&_kRowData count:L floats:C shape:@[ @1, @(C) ] error:&err] ||
+        ![self allocateRows:&_vRow data:&_vRowData count:L floats:C shape:@[ @1, @(C) ] error:&err] ||
+        ![self allocateSmall:&_dTokens data:&_dTokensData bytes:(int64_t)T * 4 shape:@[ @(T) ] type:MPSDataTypeInt32 error:&err] ||
+        ![self allocateSmall:&_dToken data:&_dTokenData bytes:4 shape:@[ @1 ] type:MPSDataTypeInt32 error:&err] ||
+        ![self allocateSmall:&_dPos data:&_dPosData bytes:4 shape:@[ @1 ] type:MPSDataTypeInt32 error:&err] ||
+        ![self allocateSmall:&_dOneHot data:&_dOneHotData bytes:(int64_t)T * 4 shape:@[ @(T), @1 ] type:MPSDataTypeFloat32 error:&err] ||
+        ![self allocateSmall:&_dMask data:&_dMaskData bytes:(int64_t)T * 4 shape:@[ @(T) ] type:MPSDataTypeFloat32 error:&err] ||
+        ![self allocateSmall:&_dLogitsAll data:&_dLogitsAllData bytes:(int64_t)T * V * 4 shape:@[ @(T), @(V) ] type:MPSDataTypeFloat32 error:&err] ||
+        ![self allocateSmall:&_dLogits data:&_dLogitsData bytes:(int64_t)V * 4 shape:@[ @1, @(V) ] type:MPSDataTypeFloat32 error:&err])
+        return [self fail:"gpt_decode_begin: %s", err.UTF8String];
+    for (int s = 0; s < 2; s++) {
+        NSMutableDictionary<MPSGraphTensor*, MPSGraphTensorData*>* fp = [NSMutableDictionary dictionary];
+        NSMutableDictionary<MPSGraphTensor*, MPSGraphTensorData*>* fs = [NSMutableDictionary dictionary];
+        for (int32_t i = 0; i < _K; i++) {
+            fp[prompt.params[(NSUInteger)i]] = _pData[s][(NSUInteger)i];
+            fs[step.params[(NSUInteger)i]] = _pData[s][(NSUInteger)i];
+        }
+        fp[prompt.tokens] = _dTokensData;
+        fs[step.tokens] = _dTokenData;
+        fs[(MPSGraphTensor*)step.position] = _dPosData;
+        fs[(MPSGraphTensor*)step.oneHot] = _dOneHotData;
+        fs[(MPSGraphTensor*)step.mask] = _dMaskData;
+        for (int32_t l = 0; l < L; l++) {
+            fs[((NSArray<MPSGraphTensor*>*)step.kCache)[(NSUInteger)l]] = _kCacheData[(NSUInteger)l];
+            fs[((NSArray<MPSGraphTensor*>*)step.vCache)[(NSUInteger)l]] = _vCacheData[(NSUInteger)l];
+        }
+        _dPromptFeeds[s] = fp;
+        _dStepFeeds[s] = fs;
+    }
+    NSMutableDictionary<MPSGraphTensor*, MPSGraphTensorData*>* rp = [NSMutableDictionary dictionary];
+    NSMutableDictionary<MPSGraphTensor*, MPSGraphTensorData*>* rs = [NSMutableDictionary dictionary];
+    rp[prompt.logits] = _dLogitsAllData;
+    rs[step.logits] = _dLogitsData;
+    for (int32_t l = 0; l < L; l++) {
+        rp[prompt.kOut[(NSUInteger)l]] = _kCacheData[(NSUInteger)l]; /* the prompt's keys and values are the cache */
+        rp[prompt.vOut[(NSUInteger)l]] = _vCacheData[(NSUInteger)l];
+        rs[step.kOut[(NSUInteger)l]] = _kRowData[(NSUInteger)l];
+        rs[step.vOut[(NSUInteger)l]] = _vRowData[(NSUInteger)l];
+    }
+    _dPromptResults = rp;
+    _dStepResults = rs;
+    _dPrompt = prompt;
+    _dStep = step;
+    return 0;
+}
+
+- (int32_t)decodeBegin:(const int32_t*)tokens count:(int32_t)n logits:(float*)out all:(int32_t)all {
+    if ([self prepareDecode] != 0) return 1;
+    const int32_t T = _spec->cfg.T, V = _spec->cfg.V;
+    int32_t* tok = (int32_t*)_dTokens.contents;
+    for (int32_t i = 0; i < T; i++) tok[i] = i < n ? tokens[i] : 0; /* padding: the causal mask hides it */
+    if ([self runGraph:_dPrompt.graph feeds:_dPromptFeeds[_cur] results:_dPromptResults what:"gpt_decode_begin"] != 0) return 1;
+    const float* logits = (const float*)_dLogitsAll.contents;
+    if (all) memcpy(out, logits, (size_t)n * (size_t)V * sizeof(float));
+    else memcpy(out, logits + (size_t)(n - 1) * (size_t)V, (size_t)V * sizeof(float));
+    return 0;
+}
+
+- (int32_t)decodeStep:(int32_t)token position:(int32_t)pos logits:(float*)out {
+    const int32_t T = _spec->cfg.T, C = _spec->cfg.C, V = _spec->cfg.V;
+    *(int32_t*)_dToken.contents = token;
+    *(int32_t*)_dPos.contents = pos;
+    float* onehot = (float*)_dOneHot.contents;
+    float* mask = (float*)_dMask.contents;
+    for (int32_t j = 0; j < T; j++) {
+        onehot[j] = j == pos ? 1.0f : 0.0f;
+        mask[j] = j <= pos ? 0.0f : -1e9f; /* as CausalMask: finite, exp() of it is 0 */
+    }
+    if ([self runGraph:_dStep.graph feeds:_dStepFeeds[_cur] results:_dStepResults what:"gpt_decode_step"] != 0) return 1;
+    for (int32_t l = 0; l < _spec->cfg.L; l++) {
+        memcpy((float*)_kCache[(NSUInteger)l].contents + (size_t)pos * (size_t)C, _kRow[(NSUInteger)l].contents, (size_t)C * sizeof(float));
+        memcpy((float*)_vCache[(NSUInteger)l].contents + (size_t)pos * (size_t)C, _vRow[(NSUInteger)l].contents, (size_t)C * sizeof(float));
+    }
+    memcpy(out, _dLogits.contents, (size_t)V * sizeof(float));
     return 0;
 }
 
@@ -575,6 +703,19 @@ static int32_t mps_profile_report(void* self, char* buf, int32_t buflen) {
     }
 }
 
+static int mps_decode_begin(void* self, const int32_t* tokens, int32_t n, float* logits, int32_t all, char* err,
+                            size_t errlen) {
+    @autoreleasepool {
+        return Status([Model(self) decodeBegin:tokens count:n logits:logits all:all], self, err, errlen);
+    }
+}
+
+static int mps_decode_step(void* self, int32_t token, int32_t pos, float* logits, char* err, size_t errlen) {
+    @autoreleasepool {
+        return Status([Model(self) decodeStep:token position:pos logits:logits], self, err, errlen);
+    }
+}
+
 const gpt_backend gpt_mps_backend = {
     .name = "mps",
     .available = mps_available,
@@ -592,4 +733,6 @@ const gpt_backend gpt_mps_backend = {
     .eval_loss = mps_eval_loss,
     .compute_grads = mps_compute_grads,
     .profile_report = mps_profile_report,
+    .decode_begin = mps_decode_begin,
+    .decode_step = mps_decode_step,
 };

@@ -76,5 +76,37 @@ MPSShape* TensorShape(const gpt_tensor* t);
 
 @end
 
+/* Incremental decoding of one sequence (gpt_decode_begin / gpt_decode_step; the host
+ * side is in gpt_mps.m). Shapes are fixed at T rows, so each graph compiles once:
+ *   prompt: tokens int32 [T] (the prompt, padded) -> logits (T, V) and every layer's
+ *           keys and values (T, C) (row t of position t; the host keeps them: the cache).
+ *   step:   token and position int32 [1], keys and values (T, C) of every layer, the
+ *           position as a one-hot float column (T, 1) and the additive mask float (T)
+ *           (0 up to the position, -1e9 after) -> logits (1, V), the new key and value
+ *           rows (1, C) of every layer (the host writes them into the cache at the
+ *           position: a run never writes what it reads). */
+typedef NS_ENUM(NSInteger, MPSGPTDecodeKind) {
+    MPSGPTDecodePrompt = 0,
+    MPSGPTDecodeStep,
+};
+
+@interface MPSGPTDecodeGraph : NSObject
+@property(nonatomic, readonly) MPSGraph* graph;
+@property(nonatomic, readonly) NSArray<MPSGraphTensor*>* params;   /* one per layout tensor */
+@property(nonatomic, readonly) MPSGraphTensor* tokens;             /* int32 [T] or [1] */
+@property(nonatomic, readonly, nullable) MPSGraphTensor* position; /* step: int32 [1] */
+@property(nonatomic, readonly, nullable) MPSGraphTensor* oneHot;   /* step: float32 (T, 1) */
+@property(nonatomic, readonly, nullable) MPSGraphTensor* mask;     /* step: float32 (T) */
+@property(nonatomic, readonly, nullable) NSArray<MPSGraphTensor*>* kCache; /* step: (T, C) per layer */
+@property(nonatomic, readonly, nullable) NSArray<MPSGraphTensor*>* vCache;
+@property(nonatomic, readonly) MPSGraphTensor* logits;             /* (T, V) or (1, V) */
+@property(nonatomic, readonly) NSArray<MPSGraphTensor*>* kOut;     /* (T, C) or (1, C) per layer */
+@property(nonatomic, readonly) NSArray<MPSGraphTensor*>* vOut;
+
++ (nullable instancetype)graphWithKind:(MPSGPTDecodeKind)kind
+                                  spec:(const gpt_spec*)spec
+                                 error:(NSString* _Nullable* _Nonnull)error;
+@end
+
 NS_ASSUME_NONNULL_END
 #endif /* GPT_MPS_GRAPH_H */

@@ -281,3 +281,94 @@ static NSArray<MPSGraphTensor*>* Gradients(MPSGraph* g, MPSGraphTensor* loss, NS
 }
 
 @end
+
+/* ---- incremental decoding (see mps_graph.h) ---- */
+
+@implementation MPSGPTDecodeGraph
+
+/* softmax(q k^T / sqrt(hd) + mask) v over heads: q (Hq rows of the query, C), k and v
+ * (T, C); rows (number of query rows) as q; mask broadcast to (H, rows, T). */
+static MPSGraphTensor* HeadsAttend(MPSGraph* g, MPSGraphTensor* q, MPSGraphTensor* k, MPSGraphTensor* v,
+                                   MPSGraphTensor* mask, int32_t rows, const gpt_cfg* cfg) {
+    const int32_t T = cfg->T, C = cfg->C, H = cfg->H, hd = C / H;
+    MPSGraphTensor* qh = Transpose(g, Reshape(g, q, @[ @(rows), @(H), @(hd) ]), 0, 1); /* (H, rows, hd) */
+    MPSGraphTensor* kh = Transpose(g, Reshape(g, k, @[ @(T), @(H), @(hd) ]), 0, 1);    /* (H, T, hd) */
+    MPSGraphTensor* vh = Transpose(g, Reshape(g, v, @[ @(T), @(H), @(hd) ]), 0, 1);
+    MPSGraphTensor* s = Mul(g, MatMul(g, qh, Transpose(g, kh, 1, 2)), Const(g, 1.0 / sqrt((double)hd)));
+    MPSGraphTensor* p = [g softMaxWithTensor:Add(g, s, mask) axis:2 name:nil];            /* (H, rows, T) */
+    return Reshape(g, Transpose(g, MatMul(g, p, vh), 0, 1), @[ @(rows), @(C) ]);           /* (rows, C) */
+}
+
+- (instancetype)initWithKind:(MPSGPTDecodeKind)kind spec:(const gpt_spec*)spec {
+    if ((self = [super init]) == nil) return nil;
+    _graph = [MPSGraph new];
+    MPSGraph* g = _graph;
+    const gpt_cfg* cfg = &spec->cfg;
+    const int32_t T = cfg->T, C = cfg->C;
+    const BOOL step = kind == MPSGPTDecodeStep;
+    const int32_t rows = step ? 1 : T;
+    NSArray<MPSGraphTensor*>* P = Placeholders(g, spec);
+    _params = P;
+    _tokens = [g placeholderWithShape:@[ @(rows) ] dataType:MPSDataTypeInt32 name:nil];
+    MPSGraphTensor* wte = P[GPT_L_wte];
+    MPSGraphTensor* h = [g gatherWithUpdatesTensor:wte indicesTensor:_tokens axis:0 batchDimensions:0 name:nil];
+    MPSGraphTensor* mask;
+    NSMutableArray<MPSGraphTensor*>* kc = [NSMutableArray array];
+    NSMutableArray<MPSGraphTensor*>* vc = [NSMutableArray array];
+    if (step) {
+        _position = [g placeholderWithShape:@[ @1 ] dataType:MPSDataTypeInt32 name:nil];
+        _oneHot = [g placeholderWithShape:@[ @(T), @1 ] dataType:MPSDataTypeFloat32 name:nil];
+        _mask = [g placeholderWithShape:@[ @(T) ] dataType:MPSDataTypeFloat32 name:nil];
+        h = Add(g, h, [g gatherWithUpdatesTensor:P[GPT_L_wpe] indicesTensor:_position axis:0 batchDimensions:0 name:nil]);
+        mask = Reshape(g, _mask, @[ @1, @1, @(T) ]);
+        for (int32_t l = 0; l < cfg->L; l++) {
+            [kc addObject:[g placeholderWithShape:@[ @(T), @(C) ] dataType:MPSDataTypeFloat32 name:nil]];
+            [vc addObject:[g placeholderWithShape:@[ @(T), @(C) ] dataType:MPSDataTypeFloat32 name:nil]];
+        }
+        _kCache = kc;
+        _vCache = vc;
+    } else {
+        h = Add(g, h, P[GPT_L_wpe]);
+        mask = CausalMask(g, T);
+    }
+    NSMutableArray<MPSGraphTensor*>* kOut = [NSMutableArray array];
+    NSMutableArray<MPSGraphTensor*>* vOut = [NSMutableArray array];
+    for (int32_t l = 0; l < cfg->L; l++) {
+        MPSGraphTensor* a = LayerNorm(g, h, Param(P, l, GPT_L_ln1w), Param(P, l, GPT_L_ln1b), C);
+        MPSGraphTensor* qkv = Linear(g, a, Param(P, l, GPT_L_qkvw), Param(P, l, GPT_L_qkvb)); /* (rows, 3C) */
+        MPSGraphTensor* q = [g sliceTensor:qkv dimension:1 start:0 length:C name:nil];
+        MPSGraphTensor* k = [g sliceTensor:qkv dimension:1 start:C length:C name:nil];
+        MPSGraphTensor* v = [g sliceTensor:qkv dimension:1 start:2 * C length:C name:nil];
+        [kOut addObject:k];
+        [vOut addObject:v];
+        MPSGraphTensor *kAll = k, *vAll = v;
+        if (step) { /* the cache with this position's row replaced by the new one */
+            MPSGraphTensor* keep = Sub(g, Const(g, 1.0), _oneHot);
+            kAll = Add(g, Mul(g, kc[(NSUInteger)l], keep), Mul(g, _oneHot, k));
+            vAll = Add(g, Mul(g, vc[(NSUInteger)l], keep), Mul(g, _oneHot, v));
+        }
+        MPSGraphTensor* y = HeadsAttend(g, q, kAll, vAll, mask, rows, cfg);
+        h = Add(g, h, Linear(g, y, Param(P, l, GPT_L_projw), Param(P, l, GPT_L_projb)));
+        MPSGraphTensor* m = LayerNorm(g, h, Param(P, l, GPT_L_ln2w), Param(P, l, GPT_L_ln2b), C);
+        m = Gelu(g, Linear(g, m, Param(P, l, GPT_L_fcw), Param(P, l, GPT_L_fcb)));
+        h = Add(g, h, Linear(g, m, Param(P, l, GPT_L_fcprojw), Param(P, l, GPT_L_fcprojb)));
+    }
+    h = LayerNorm(g, h, P[(NSUInteger)gpt_tail_tensor(cfg, GPT_L_lnfw)], P[(NSUInteger)gpt_tail_tensor(cfg, GPT_L_lnfb)], C);
+    _logits = MatMul(g, h, Transpose(g, wte, 0, 1)); /* tied LM head: (rows, V) */
+    _kOut = kOut;
+    _vOut = vOut;
+    return self;
+}
+
++ (nullable instancetype)graphWithKind:(MPSGPTDecodeKind)kind
+                                  spec:(const gpt_spec*)spec
+                                 error:(NSString* _Nullable* _Nonnull)error {
+    @try {
+        return [[MPSGPTDecodeGraph alloc] initWithKind:kind spec:spec];
+    } @catch (NSException* e) {
+        *error = [NSString stringWithFormat:@"%@: %@", e.name, e.reason];
+        return nil;
+    }
+}
+
+@end

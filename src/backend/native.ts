@@ -97,6 +97,8 @@ const SYMBOLS = {
   gpt_compute_grads: { args: [ptr, ptr, ptr, ptr, ptr], returns: i32 },
   gpt_profile_report: { args: [ptr, ptr, i32], returns: i32 },
   gpt_check_limits: { args: [ptr, i32, i32, ptr, ptr, i32], returns: i32 },
+  gpt_decode_begin: { args: [ptr, ptr, i32, ptr, i32], returns: i32 },
+  gpt_decode_step: { args: [ptr, i32, ptr], returns: i32 },
 } as const;
 
 export type NativeLibrary = ReturnType<typeof dlopen<typeof SYMBOLS>>["symbols"];
@@ -315,6 +317,23 @@ export class NativeModel {
     const grads = new Float32Array(this.numParams);
     this.check(this.lib.gpt_compute_grads(this.h, x, y, this.scalar, grads));
     return { loss: this.scalar[0]!, grads };
+  }
+
+  /**
+   * The prompt pass of incremental decoding (gpt_decode_begin): tokens from position 0,
+   * 1 to T of them. Writes the last position's logits into `logits` (V floats), or every
+   * position's with all (n * V floats).
+   */
+  decodeBegin(tokens: Int32Array, logits: Float32Array, all = false): void {
+    const want = (all ? tokens.length : 1) * this.cfg.V;
+    if (logits.length < want) throw new NativeError(`the logits buffer holds ${logits.length} floats, expected ${want}`);
+    this.check(this.lib.gpt_decode_begin(this.h, tokens, tokens.length, logits, all ? 1 : 0));
+  }
+
+  /** One token at the next position (gpt_decode_step): its logits into `logits` (V floats). */
+  decodeStep(token: number, logits: Float32Array): void {
+    if (logits.length < this.cfg.V) throw new NativeError(`the logits buffer holds ${logits.length} floats, expected ${this.cfg.V}`);
+    this.check(this.lib.gpt_decode_step(this.h, token, logits));
   }
 
   profileReport(): string {

@@ -80,6 +80,32 @@ export function makeTask(rng: Rng, words: readonly string[], kind: TaskKind = pi
   }
 }
 
+/** The demo's held-out tasks (JSON lines of kind, instruction, answer), next to its cache root. */
+export const HELDOUT_FILE = "heldout_tasks.jsonl";
+
+/** What makes two tasks the same question (however it is worded: with or without a context). */
+export function taskKey(task: Task): string {
+  return `${task.kind}|${task.instructionWithoutSubject}|${task.subject}`;
+}
+
+/**
+ * n tasks none of which is the same question (taskKey) as a task in `seen` or as another
+ * of them: held-out questions, never in the training data. Throws when the task space is
+ * too small to find n of them.
+ */
+export function heldOutTasks(rng: Rng, words: readonly string[], seen: ReadonlySet<string>, n: number): Task[] {
+  const out: Task[] = [];
+  const keys = new Set(seen);
+  for (let tries = 0; out.length < n; tries++) {
+    if (tries > 100 * n) throw new Error(`only ${out.length} of ${n} held-out tasks found: the generated tasks cover nearly all questions`);
+    const task = makeTask(rng, words);
+    if (keys.has(taskKey(task))) continue;
+    keys.add(taskKey(task));
+    out.push(task);
+  }
+  return out;
+}
+
 /** Whether a model's reply answers the task (surrounding space and a final period ignored). */
 export function checkAnswer(task: Task, reply: string): boolean {
   return reply.trim().replace(/\.$/, "") === task.answer;
