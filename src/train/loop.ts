@@ -135,7 +135,7 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
       }
     } else {
       nonFiniteInARow = 0;
-      const logged = stats.step({ step, loss: result.loss, lr, tokens: tokensPerStep });
+      const logged = stats.step({ step, loss: result.loss, lr, tokens: tokensPerStep, targets: result.nTargets });
       printer.step(logged);
       metrics.appendStep({ step, lr, loss: result.loss });
       if (logged) metrics.appendTrain(logged.log);
