@@ -64,11 +64,12 @@ function reportIssues(issues: readonly LineIssue[], skip: boolean): void {
   console.warn(`warning: skipped ${issues.length} bad input line(s):\n${listed.join("\n")}`);
 }
 
-function report(r: WriteResult, t0: number, unit: string): void {
+function report(r: WriteResult, t0: number, unit: string, more: readonly string[] = []): void {
   const total = r.written.reduce((a, w) => a + w.items, 0) + r.duplicates;
   console.log(`${r.duplicates} of ${total} ${unit} left out as exact duplicates of an earlier one (before the split)`);
   if (r.moved !== null) console.warn(`warning: ${r.moved}`);
   for (const w of r.written) console.log(`${w.path}: ${w.tokens} tokens, ${w.items} ${unit} (${w.split})`);
+  for (const line of more) console.log(line);
   console.log(`done in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
 }
 
@@ -85,8 +86,7 @@ function tableOptions(args: { "context-lengths"?: string; "long-examples"?: stri
 }
 
 function reportSft(r: SftWriteResult, t0: number, table: { ts: readonly number[]; rule: LongExampleRule }): void {
-  report(r, t0, "examples");
-  for (const line of lengthTable(r.examples, table.ts, table.rule)) console.log(line);
+  report(r, t0, "examples", lengthTable(r.examples, table.ts, table.rule));
 }
 
 const text = defineCommand({
