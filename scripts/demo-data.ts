@@ -126,12 +126,17 @@ const main = defineCommand({
       }
       const words = wordList(docs.map((d) => d.text).join("\n"));
       const rngFor = (name: string) => new Rng(seed, 0, hashString(name));
-      written.push(...writeSftCaches(args.out, "dolly", dollyItems(rngFor("dolly"), words, n), plan, "demo-data (generated tasks, Dolly format)").written);
+      const sft = (source: string, items: SftItem[], createdBy: string) => {
+        const r = writeSftCaches(args.out, source, items, plan, createdBy);
+        console.log(`${source}: ${r.duplicates} of ${items.length} generated examples left out as exact duplicates`);
+        written.push(...r.written);
+      };
+      sft("dolly", dollyItems(rngFor("dolly"), words, n), "demo-data (generated tasks, Dolly format)");
       const parsed = parseOasst([{ file: "<demo oasst1>", text: oasstJsonl(rngFor("oasst1"), words, n) }]);
       if (parsed.issues.length > 0) throw new Error(`demo oasst1 data does not parse: ${parsed.issues.slice(0, 3).map(formatIssue).join("; ")}`);
       const { conversations } = oasstConversations(parsed.roots, "best");
-      written.push(...writeSftCaches(args.out, "oasst1", conversations.map((c) => ({ turns: c.turns })), plan, "demo-data (generated tasks, oasst1 trees format)").written);
-      written.push(...writeSftCaches(args.out, "primer", primerItems(rngFor("primer"), words, n), plan, "demo-data (generated tasks)").written);
+      sft("oasst1", conversations.map((c) => ({ turns: c.turns })), "demo-data (generated tasks, oasst1 trees format)");
+      sft("primer", primerItems(rngFor("primer"), words, n), "demo-data (generated tasks)");
       for (const w of written) console.log(`${w.path}: ${w.tokens} tokens, ${w.items} ${w.path.includes("/sft/") ? "examples" : "documents"}`);
       console.log(`demo caches in ${args.out} (${((performance.now() - t0) / 1000).toFixed(2)} s)`);
     } catch (e) {
