@@ -387,6 +387,10 @@ class StreamBatches:
             x[b], y[b] = w[:T], w[1:]
         return x, y
 
+    def targets_before(self, step: int) -> int:
+        """Counted targets of the batches of steps [0, step): every target counts."""
+        return step * self.B * self.T
+
 
 def mask_row(row: np.ndarray, length: int, asst: int, eot: int) -> np.ndarray:
     """y_masked of one row of T+1 tokens (src/data/mask.ts maskRow): target j counts iff the
@@ -452,6 +456,34 @@ class SftBatches:
             raise InputError(f"{c.bin_path}: none of its {len(o) - 1} examples has a target to learn within T+1={T + 1} tokens{why} (an <|asst|> id {self.asst} followed by at least one token)")
         return pool, start[pool]
 
+    def _row_targets(self) -> List[np.ndarray]:
+        """Per source, parallel to its pool: the counted targets of each example's row (computed on first use)."""
+        if getattr(self, "_targets", None) is None:
+            T, out = self.T, []
+            for c, pool, starts in zip(self.caches, self.pools, self.row_starts):
+                counts = np.empty(len(pool), np.int64)
+                for k, (e, off) in enumerate(zip(pool, starts)):
+                    start = int(c.offsets[e]) + int(off)
+                    length = min(int(c.offsets[e + 1]) - start, T + 1)
+                    row = np.full(T + 1, self.pad, np.int64)
+                    row[:length] = c.tokens[start:start + length]
+                    counts[k] = int((mask_row(row, length, self.asst, self.eot) != IGNORE_INDEX).sum())
+                out.append(counts)
+            self._targets = out
+        return self._targets
+
+    def targets_before(self, step: int) -> int:
+        """Counted targets of the batches of steps [0, step) (src/data/sft.ts targetsBefore): the same draws, no rows built."""
+        if step <= 0:
+            return 0
+        counts, total = self._row_targets(), 0
+        for s in range(step):
+            rng = Rng(self.seed, s, self.stream)
+            for _ in range(self.B):
+                si = rng.pick(self.cum)
+                total += int(counts[si][rng.below(len(self.pools[si]))])
+        return total
+
     def batch(self, step: int) -> Tuple[np.ndarray, np.ndarray]:
         """(x, y_masked) of a step, int64 (B, T)."""
         rng = Rng(self.seed, step, self.stream)
@@ -492,6 +524,10 @@ class PhaseData:
 
     def train_batch(self, step: int) -> Tuple[np.ndarray, np.ndarray]:
         return self.train.batch(step)
+
+    def targets_before(self, step: int) -> int:
+        """Counted targets of the training batches of steps [0, step) (a resumed run's count so far)."""
+        return self.train.targets_before(step)
 
 
 def main(argv: Sequence[str]) -> int:

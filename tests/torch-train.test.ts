@@ -169,6 +169,10 @@ async function roundTrip(phase: Phase, roundTripRepo: TinyRepo, straightRepo: Ti
     const b = r[key]!;
     if (Math.abs(a - b) > 1e-3 * Math.abs(b)) throw new Error(`${phase} ${r.kind} step ${r.step}: ${key} ${a} after the round trip vs ${b} uninterrupted`);
   }
+  // target tokens: counted alike by train and torch_train, and carried across both resumes
+  const targets = (rs: typeof ref) => rs.filter((r) => r.kind === "train").map((r) => r.target_tokens);
+  expect(targets(mine)).toEqual(targets(ref));
+  expect(targets(ref).every((t) => typeof t === "number" && t > 0)).toBe(true);
   expect(loadCheckpoint(join(root, "checkpoints/latest.pt")).step).toBe(60);
 }
 
