@@ -22,6 +22,7 @@ import { openCache } from "../src/data/cache.ts";
 import { mixtureOf } from "../src/data/paths.ts";
 import { SFTExampleDataset } from "../src/data/sft.ts";
 import { ASST_ID, decodeTokens, EOT_ID, PAD_ID } from "../src/data/tokenizer.ts";
+import { exitCodeOf } from "../src/errors.ts";
 import { readMetrics } from "../src/train/metrics.ts";
 import { runTraining } from "../src/train/run.ts";
 import { tempRoot } from "./fixtures/data/helpers.ts";
@@ -276,6 +277,15 @@ describe("an SFT run on the fixture (T=128)", () => {
     );
     expect(text).not.toContain("warning:");
   }, 60_000);
+
+  test("an unknown long_examples value: a config error (exit 2) naming the key and the choices", async () => {
+    const repo = repoWithFixture("run-bad-rule");
+    const file = join(repo, "configs", "sft.json");
+    writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, "utf8")), long_examples: "tail" }));
+    const e = await runTraining({ phase: "sft", configPath: "configs/sft.json", device: "cpu", resume: { kind: "auto" } }, { repoRoot: repo, out: captureStream(), stop: { requested: null } }).catch((err: unknown) => err);
+    expect(exitCodeOf(e)).toBe(2);
+    expect((e as Error).message).toContain('/long_examples: expected one of "head", "cut_prompt", "drop", got "tail"');
+  });
 
   test('long_examples "drop": the long examples are skipped, and the warning says what to do', async () => {
     const repo = repoWithFixture("run-drop", "drop");
