@@ -39,6 +39,7 @@ interface Rec {
   train_loss: number | null;
   val_loss: number | null;
   version: string;
+  target_tokens?: number | null;
 }
 
 function metrics(root: string): Rec[] {

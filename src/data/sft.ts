@@ -58,6 +58,7 @@ export class SFTExampleDataset {
     const stats: Record<string, ExampleStats> = {};
     this.rowStart = [];
     this.rowTargets = [];
+    const ids = { asstId: this.asstId, eotId: this.eotId };
     this.pool = sources.map((s) => {
       const { tokens, offsets, numExamples, binPath } = s.cache;
       const o = offsets!;
@@ -67,7 +68,7 @@ export class SFTExampleDataset {
       const rowTargets = new Uint32Array(numExamples);
       let k = 0;
       for (let i = 0; i < numExamples; i++) {
-        const row = classifyExample(st, tokens, o[i], o[i + 1] - o[i], opts.T, this, this.longExamples);
+        const row = classifyExample(st, tokens, o[i], o[i + 1] - o[i], opts.T, ids, this.longExamples);
         if (row === null) continue;
         keep[k] = i;
         rowStart[k] = row.offset;
@@ -105,11 +106,6 @@ export class SFTExampleDataset {
   /** Per source: examples never drawn (nothing to learn in their row, or dropped as too long). */
   get skipped(): Record<string, number> {
     return this.perSource(skippedOf);
-  }
-
-  /** Per source: examples longer than T+1 that are drawn (their row holds part of them). */
-  get truncated(): Record<string, number> {
-    return this.perSource((s) => s.cut);
   }
 
   /** Examples skipped over all sources. */
