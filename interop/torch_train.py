@@ -544,7 +544,7 @@ class Phase:
                     recorder.write(x.astype("<i4").tobytes() + y.astype("<i4").tobytes())
                 loss, norm = self.train_step(ddp, model, optimizer, x, y, lr)
                 step += 1
-                step_targets = int((data_y != IGNORE_INDEX).sum())
+                target_tokens += int((data_y != IGNORE_INDEX).sum())  # seen by the loss, applied or not (as train counts)
                 applied = math.isfinite(loss) and math.isfinite(norm)
                 if not applied:
                     nonfinite_in_a_row += 1
@@ -555,7 +555,6 @@ class Phase:
                                        f"no update was applied, the last checkpoint is intact. Lower base_lr or grad_clip in the config and resume.")
                 else:
                     nonfinite_in_a_row = 0
-                    target_tokens += step_targets
                     now = time.monotonic()
                     win_sum, win_n, win_tokens, win_secs = win_sum + loss, win_n + 1, win_tokens + tokens_per_step, win_secs + now - mark
                     mark = now

@@ -24,6 +24,7 @@ import { SFTExampleDataset } from "../src/data/sft.ts";
 import { ASST_ID, decodeTokens, EOT_ID, PAD_ID } from "../src/data/tokenizer.ts";
 import { exitCodeOf } from "../src/errors.ts";
 import { readMetrics } from "../src/train/metrics.ts";
+import { TrainStats } from "../src/train/stats.ts";
 import { runTraining } from "../src/train/run.ts";
 import { tempRoot } from "./fixtures/data/helpers.ts";
 import { captureStream } from "./helpers/repo.ts";
@@ -357,5 +358,19 @@ describe("the rows each rule draws (T=128)", () => {
     expect(() => SFTExampleDataset.open(cache, mixtureOf({ dolly: 1 }, "sft"), "train", { B: 1, T: 64, seed: 0, modelV: 264, longExamples: "drop" })).toThrow(
       `${join(cache, "sft", "dolly_train.bin")}: none of its 10 examples has a target to learn within T+1=65 tokens (10 of them longer than T+1, dropped by long_examples "drop")`,
     );
+  });
+});
+
+describe("TrainStats: tokens seen and target tokens of a phase", () => {
+  test("counted from the resume point, over every step taken (a step not applied too); the log record carries target_tokens", () => {
+    let t = 0;
+    const stats = new TrainStats({ totalSteps: 10, startStep: 4, logEvery: 2, tokensBefore: 4 * 256, targetsBefore: 300, now: () => (t += 100) });
+    expect(stats.step({ step: 5, loss: 2, lr: 1e-3, tokens: 256, targets: 90 })).toBeNull();
+    stats.notApplied(256, 70); // step 6: a non-finite step, seen all the same
+    const logged = stats.step({ step: 7, loss: 2, lr: 1e-3, tokens: 256, targets: 80 });
+    expect(logged!.log.target_tokens).toBe(300 + 90 + 70 + 80);
+    expect(stats.phaseTokens).toBe(7 * 256);
+    expect(stats.phaseTargets).toBe(540);
+    expect(stats.step({ step: 8, loss: 2, lr: 1e-3, tokens: 256 })!.log.target_tokens).toBe(540 + 256); // default: every target counts
   });
 });

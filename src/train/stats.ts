@@ -19,7 +19,9 @@
  * Tokens: `tokens` of a step is B*T (every position of the batch); its `targets` are the
  * targets the loss counts (all of them in pretrain; in SFT the answers' tokens, not the
  * prompts, padding or what follows <|eot|>). Both are counted for the phase, from the
- * counts before this session (`tokensBefore`, `targetsBefore`).
+ * counts before this session (`tokensBefore`, `targetsBefore`), over every step taken: a
+ * step whose update was not applied (non-finite) is counted by `notApplied`, as the tokens
+ * seen of the summary (steps x B*T) and the count of a resumed run (every step before it) are.
  *
  * Timing: a step's duration is the time since the previous step, or since the end of the
  * last eval or save (`evaluated`, `paused`), or since construction: time spent evaluating
@@ -254,6 +256,12 @@ export class TrainStats {
       };
     }
     return null;
+  }
+
+  /** A step whose update was not applied: its tokens and targets were seen all the same. */
+  notApplied(tokens: number, targets: number): void {
+    this.phaseTok += tokens;
+    this.phaseTgt += targets;
   }
 
   /** An eval ended: its val loss is the last one; the time it took is not training time. */
