@@ -218,7 +218,7 @@ function repoWithFixture(name: string, longExamples?: Rule): string {
   writeFileSync(join(repo, "configs", "model.json"), JSON.stringify(MODEL));
   writeFileSync(
     join(repo, "configs", "sft.json"),
-    JSON.stringify({ model_cfg_path: "configs/model.json", init_from: null, train_cfg: TRAIN, sft_sources: { dolly: 1 }, val_source: "sft", ...(longExamples ? { long_examples: longExamples } : {}) }),
+    JSON.stringify({ model_cfg_path: "configs/model.json", init_from: "none", train_cfg: TRAIN, sft_sources: { dolly: 1 }, val_source: "sft", ...(longExamples ? { long_examples: longExamples } : {}) }),
   );
   return repo;
 }
