@@ -31,6 +31,7 @@ import numpy as np
 IGNORE_INDEX = -100
 STREAM_SOURCES = ("wiki", "roam", "primer")
 SFT_SOURCES = ("dolly", "oasst1", "primer")
+LONG_EXAMPLE_RULES = ("head", "cut_prompt", "drop")  # src/data/long-examples.ts
 CACHE_ROOT = os.path.join("data", "cache")
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32, "int32": np.int32}
 
@@ -192,7 +193,7 @@ class PhaseConfig:
             raise InputError(f"{phase} config {self.file}: expected a JSON object")
         mix_key = "sources" if phase == "pretrain" else "sft_sources"
         other = "sft_sources" if phase == "pretrain" else "sources"
-        allowed = {"model_cfg_path", "train_cfg", mix_key, "val_source"} | ({"init_from"} if phase == "sft" else set())
+        allowed = {"model_cfg_path", "train_cfg", mix_key, "val_source"} | ({"init_from", "long_examples"} if phase == "sft" else set())
         probs = []
         if other in raw and mix_key not in raw:
             probs.append(f"/: this is {'an sft' if phase == 'pretrain' else 'a pretrain'} config (it has \"{other}\"), expected {'a pretrain' if phase == 'pretrain' else 'an sft'} config")
@@ -219,6 +220,9 @@ class PhaseConfig:
             probs.append(f"/init_from: expected a checkpoint path, or \"{INIT_FROM_NONE}\" to start from fresh weights (omit the key to start from {DEFAULT_INIT_FROM}), got {json.dumps(init)}")
         if val_source not in vals:
             probs.append(f"/val_source: expected one of {', '.join(json.dumps(v) for v in vals)}, got {json.dumps(val_source)}")
+        long_examples = raw.get("long_examples", "head")
+        if phase == "sft" and long_examples not in LONG_EXAMPLE_RULES:
+            probs.append(f"/long_examples: expected one of {', '.join(json.dumps(r) for r in LONG_EXAMPLE_RULES)}, got {json.dumps(long_examples)}")
         train = {**TRAIN_DEFAULTS, **tc}
         if not probs and train["min_lr"] > train["base_lr"]:
             probs.append(f"/train_cfg/min_lr: {train['min_lr']} is above base_lr {train['base_lr']}")
@@ -244,6 +248,7 @@ class PhaseConfig:
         self.train = train
         self.sources = normalize(mix)
         self.val_source = val_source
+        self.long_examples = long_examples  # what an SFT row holds of an example longer than T+1
         self.init_from = os.path.abspath(os.path.join(repo_root, init)) if phase == "sft" and init != INIT_FROM_NONE else None
 
 
@@ -382,6 +387,10 @@ class StreamBatches:
             x[b], y[b] = w[:T], w[1:]
         return x, y
 
+    def targets_before(self, step: int) -> int:
+        """Counted targets of the batches of steps [0, step): every target counts."""
+        return step * self.B * self.T
+
 
 def mask_row(row: np.ndarray, length: int, asst: int, eot: int) -> np.ndarray:
     """y_masked of one row of T+1 tokens (src/data/mask.ts maskRow): target j counts iff the
@@ -397,10 +406,11 @@ def mask_row(row: np.ndarray, length: int, asst: int, eot: int) -> np.ndarray:
 
 
 class SftBatches:
-    """SFT: per row a source by the mixture, then a learnable example uniformly; truncated to
-    T+1, padded with <|pad|>; y masked outside the assistant's answers."""
+    """SFT: per row a source by the mixture, then a drawable example uniformly; its row of T+1
+    tokens chosen by the long-example rule (src/data/long-examples.ts: "head", "cut_prompt",
+    "drop"), padded with <|pad|>; y masked outside the assistant's answers."""
 
-    def __init__(self, caches: List[Tuple[float, TokenCache]], B: int, T: int, seed: int, stream: int):
+    def __init__(self, caches: List[Tuple[float, TokenCache]], B: int, T: int, seed: int, stream: int, long_examples: str = "head"):
         self.caches = [c for _, c in caches]
         first = self.caches[0]
         self.asst, self.eot, self.pad = (first.special(n) for n in ("<|asst|>", "<|eot|>", "<|pad|>"))
@@ -408,24 +418,71 @@ class SftBatches:
             for n in ("<|asst|>", "<|eot|>", "<|pad|>"):
                 if c.special(n) != first.special(n):
                     raise InputError(f"{c.meta_path}: special token {n} has id {c.special(n)}, but {first.special(n)} in {first.meta_path}; caches read together must share special ids")
-        self.pools = [self._learnable(c, T) for c in self.caches]
+        self.rule = long_examples
+        self.pools, self.row_starts = zip(*(self._drawable(c, T) for c in self.caches))
         self.cum = cumulative([p for p, _ in caches])
         self.B, self.T, self.seed, self.stream = B, T, seed, stream
 
-    def _learnable(self, c: TokenCache, T: int) -> np.ndarray:
-        """Examples whose first <|asst|> sits at p with p + 1 < min(n, T+1) (firstLearnableAsst)."""
+    def _first_asst(self, c: TokenCache) -> np.ndarray:
+        """Per example: the position of its first <|asst|> in the example, or -1."""
         o = c.offsets
-        keep = np.zeros(len(o) - 1, dtype=bool)
+        first = np.full(len(o) - 1, -1, dtype=np.int64)
         for i in range(0, c.num_tokens, TokenCache.CHUNK):
             pos = i + np.nonzero(c.tokens[i:i + TokenCache.CHUNK] == self.asst)[0]
             ex = np.searchsorted(o, pos, side="right") - 1
-            n = o[ex + 1] - o[ex]
-            ok = pos - o[ex] + 1 < np.minimum(n, T + 1)
-            keep[ex[ok]] = True
-        pool = np.nonzero(keep)[0]
+            ex, at = np.unique(ex, return_index=True)  # positions ascend: the first of each example
+            new = first[ex] < 0
+            first[ex[new]] = pos[at][new] - o[ex[new]]
+        return first
+
+    def _drawable(self, c: TokenCache, T: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The examples that can be drawn and where their rows start (long-examples.ts rowOffset)."""
+        o = c.offsets.astype(np.int64)
+        n = o[1:] - o[:-1]
+        p = self._first_asst(c)
+        fits = n <= T + 1
+        head_ok = (p >= 0) & (p + 1 < np.minimum(n, T + 1))
+        if self.rule == "head":
+            ok, start = head_ok, np.zeros_like(n)
+        elif self.rule == "drop":
+            ok, start = head_ok & fits, np.zeros_like(n)
+        else:  # cut_prompt: the prompt keeps at least its last T//2 tokens, the answer the rest of the row
+            ok = np.where(fits, head_ok, (p >= 0) & (p + 1 < n))
+            start = np.where(fits, 0, np.maximum(0, np.minimum(p - T // 2, n - (T + 1))))
+        pool = np.nonzero(ok)[0]
         if len(pool) == 0:
-            raise InputError(f"{c.bin_path}: none of its {len(o) - 1} examples has a target to learn within T+1={T + 1} tokens (an <|asst|> id {self.asst} followed by at least one token)")
-        return pool
+            dropped = int((~fits).sum()) if self.rule == "drop" else 0
+            why = f" ({dropped} of them longer than T+1, dropped by long_examples \"drop\")" if dropped else ""
+            raise InputError(f"{c.bin_path}: none of its {len(o) - 1} examples has a target to learn within T+1={T + 1} tokens{why} (an <|asst|> id {self.asst} followed by at least one token)")
+        return pool, start[pool]
+
+    def _row_targets(self) -> List[np.ndarray]:
+        """Per source, parallel to its pool: the counted targets of each example's row (computed on first use)."""
+        if getattr(self, "_targets", None) is None:
+            T, out = self.T, []
+            for c, pool, starts in zip(self.caches, self.pools, self.row_starts):
+                counts = np.empty(len(pool), np.int64)
+                for k, (e, off) in enumerate(zip(pool, starts)):
+                    start = int(c.offsets[e]) + int(off)
+                    length = min(int(c.offsets[e + 1]) - start, T + 1)
+                    row = np.full(T + 1, self.pad, np.int64)
+                    row[:length] = c.tokens[start:start + length]
+                    counts[k] = int((mask_row(row, length, self.asst, self.eot) != IGNORE_INDEX).sum())
+                out.append(counts)
+            self._targets = out
+        return self._targets
+
+    def targets_before(self, step: int) -> int:
+        """Counted targets of the batches of steps [0, step) (src/data/sft.ts targetsBefore): the same draws, no rows built."""
+        if step <= 0:
+            return 0
+        counts, total = self._row_targets(), 0
+        for s in range(step):
+            rng = Rng(self.seed, s, self.stream)
+            for _ in range(self.B):
+                si = rng.pick(self.cum)
+                total += int(counts[si][rng.below(len(self.pools[si]))])
+        return total
 
     def batch(self, step: int) -> Tuple[np.ndarray, np.ndarray]:
         """(x, y_masked) of a step, int64 (B, T)."""
@@ -437,8 +494,9 @@ class SftBatches:
         for b in range(self.B):
             si = rng.pick(self.cum)
             c, pool = self.caches[si], self.pools[si]
-            e = int(pool[rng.below(len(pool))])
-            start = int(c.offsets[e])
+            k = rng.below(len(pool))
+            e = int(pool[k])
+            start = int(c.offsets[e]) + int(self.row_starts[si][k])
             length = min(int(c.offsets[e + 1]) - start, T + 1)
             row[:length] = c.tokens[start:start + length]
             row[length:] = self.pad
@@ -457,15 +515,19 @@ class PhaseData:
         if cfg.phase == "pretrain":
             self.train = StreamBatches(open_mixture(root, "streams", cfg.sources, "train", V), B, T, seed, RNG_STREAM["train"])
         else:
-            self.train = SftBatches(open_mixture(root, "sft", cfg.sources, "train", V), B, T, seed, RNG_STREAM["train"])
+            self.train = SftBatches(open_mixture(root, "sft", cfg.sources, "train", V), B, T, seed, RNG_STREAM["train"], cfg.long_examples)
         if cfg.val_source == "sft":
-            ev = SftBatches(open_mixture(root, "sft", cfg.sources, "val", V), B, T, seed, RNG_STREAM["eval"])
+            ev = SftBatches(open_mixture(root, "sft", cfg.sources, "val", V), B, T, seed, RNG_STREAM["eval"], cfg.long_examples)
         else:
             ev = StreamBatches(open_mixture(root, "streams", {cfg.val_source: 1}, "val", V), B, T, seed, RNG_STREAM["eval"])
         self.eval_batches = [ev.batch(i) for i in range(tc["eval_batches"])]
 
     def train_batch(self, step: int) -> Tuple[np.ndarray, np.ndarray]:
         return self.train.batch(step)
+
+    def targets_before(self, step: int) -> int:
+        """Counted targets of the training batches of steps [0, step) (a resumed run's count so far)."""
+        return self.train.targets_before(step)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -162,6 +162,8 @@ def remove_stale_temp_files(folder: str) -> List[str]:
 
 
 METRIC_KEYS = ("phase", "kind", "step", "lr", "train_loss", "val_loss", "tokens_per_s", "wall_time_s", "time")
+# written too; absent in files written before it existed (read as None)
+OPTIONAL_METRIC_KEYS = ("target_tokens",)
 
 
 def version_line() -> str:
@@ -227,15 +229,15 @@ class Metrics:
 
     @staticmethod
     def _line(r: dict) -> str:
-        keys = METRIC_KEYS + (("version",) if r["kind"] == "run" else ())
-        return json.dumps({k: r[k] for k in keys}, separators=(",", ":")) + "\n"
+        keys = METRIC_KEYS[:7] + OPTIONAL_METRIC_KEYS + METRIC_KEYS[7:] + (("version",) if r["kind"] == "run" else ())  # train's key order
+        return json.dumps({k: r.get(k) for k in keys}, separators=(",", ":")) + "\n"
 
-    def _record(self, kind: str, step: int, lr: Optional[float], train_loss=None, val_loss=None, tokens_per_s=None) -> dict:
+    def _record(self, kind: str, step: int, lr: Optional[float], train_loss=None, val_loss=None, tokens_per_s=None, target_tokens=None) -> dict:
         wall = self.wall_offset + time.monotonic() - self.t0
         now = datetime.datetime.now(datetime.timezone.utc)
         return {"phase": self.phase, "kind": kind, "step": step, "lr": _finite_or_none(lr),
                 "train_loss": _finite_or_none(train_loss), "val_loss": _finite_or_none(val_loss),
-                "tokens_per_s": _finite_or_none(tokens_per_s), "wall_time_s": round(wall, 3),
+                "tokens_per_s": _finite_or_none(tokens_per_s), "target_tokens": target_tokens, "wall_time_s": round(wall, 3),
                 "time": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"}
 
     def _write(self, records: List[dict]) -> None:
@@ -245,8 +247,8 @@ class Metrics:
             os.fsync(f.fileno())
         self.records += records
 
-    def append(self, kind: str, step: int, lr: Optional[float], train_loss=None, val_loss=None, tokens_per_s=None) -> None:
-        records = self.pending + [self._record(kind, step, lr, train_loss, val_loss, tokens_per_s)]
+    def append(self, kind: str, step: int, lr: Optional[float], train_loss=None, val_loss=None, tokens_per_s=None, target_tokens=None) -> None:
+        records = self.pending + [self._record(kind, step, lr, train_loss, val_loss, tokens_per_s, target_tokens)]
         self._write(records)
         self.pending = []
 
@@ -511,6 +513,7 @@ class Phase:
             signal.signal(s, on_signal)
 
         tokens_per_step = tc["B"] * m["T"]
+        target_tokens = data.targets_before(step)  # the phase's counted targets so far (metrics' target_tokens)
         log_every = tc["log_every"]
         reported = step
         win_sum, win_n, win_secs, win_tokens = 0.0, 0, 0.0, 0
@@ -535,12 +538,13 @@ class Phase:
                         raise Interrupted(stop["signame"])
                     return {"step": step, "best": best, "fresh": not is_resumed, "stopped": True}
                 lr = learning_rate(step, tc)
-                x, y = data.train_batch(step)
-                x, y = x[self.rows], y[self.rows]
+                x, data_y = data.train_batch(step)
+                x, y = x[self.rows], data_y[self.rows]
                 if recorder is not None:
                     recorder.write(x.astype("<i4").tobytes() + y.astype("<i4").tobytes())
                 loss, norm = self.train_step(ddp, model, optimizer, x, y, lr)
                 step += 1
+                target_tokens += int((data_y != IGNORE_INDEX).sum())  # seen by the loss, applied or not (as train counts)
                 applied = math.isfinite(loss) and math.isfinite(norm)
                 if not applied:
                     nonfinite_in_a_row += 1
@@ -559,9 +563,9 @@ class Phase:
                     if step // log_every > reported // log_every or step == total:
                         mean = win_sum / win_n
                         tps = win_tokens / win_secs if win_secs > 0 else 0.0
-                        self.print(f"{phase} step {step}/{total} | loss {mean:.4f} | lr {exponential(lr)} | {tps:,.0f} tok/s")
+                        self.print(f"{phase} step {step}/{total} | loss {mean:.4f} | lr {exponential(lr)} | {tps:,.0f} tok/s | target tokens {target_tokens:,}")
                         if d.main:
-                            metrics.append("train", step, lr, train_loss=mean, tokens_per_s=tps)
+                            metrics.append("train", step, lr, train_loss=mean, tokens_per_s=tps, target_tokens=target_tokens)
                         win_sum, win_n, win_tokens, win_secs = 0.0, 0, 0, 0.0
                     reported = step
 

@@ -135,16 +135,21 @@ const main = defineCommand({
       for (const source of ["wiki", "roam", "primer"] as const) {
         const mine = docs.filter((d) => STREAM_OF_CATEGORY[d.category] === source);
         if (mine.length === 0) throw new DataError(`no Brown documents for the ${source} stream`, brownDir);
-        written.push(...writeStreamCaches(args.out, source, mine.length, mine.map((d) => encodeText(`${d.text}\n`)), plan, `demo-data (Brown corpus: ${[...new Set(mine.map((d) => d.category))].join(", ")})`));
+        written.push(...writeStreamCaches(args.out, source, () => mine.map((d) => encodeText(`${d.text}\n`)), plan, `demo-data (Brown corpus: ${[...new Set(mine.map((d) => d.category))].join(", ")})`).written);
       }
       const words = wordList(docs.map((d) => d.text).join("\n"));
       const rngFor = (name: string) => new Rng(seed, 0, hashString(name));
-      written.push(...writeSftCaches(args.out, "dolly", dollyItems(rngFor("dolly"), words, n), plan, "demo-data (generated tasks, Dolly format)"));
+      const sft = (source: string, items: SftItem[], createdBy: string) => {
+        const r = writeSftCaches(args.out, source, items, plan, createdBy);
+        console.log(`${source}: ${r.duplicates} of ${items.length} generated examples left out as exact duplicates`);
+        written.push(...r.written);
+      };
+      sft("dolly", dollyItems(rngFor("dolly"), words, n), "demo-data (generated tasks, Dolly format)");
       const parsed = parseOasst([{ file: "<demo oasst1>", text: oasstJsonl(rngFor("oasst1"), words, n) }]);
       if (parsed.issues.length > 0) throw new Error(`demo oasst1 data does not parse: ${parsed.issues.slice(0, 3).map(formatIssue).join("; ")}`);
       const { conversations } = oasstConversations(parsed.roots, "best");
-      written.push(...writeSftCaches(args.out, "oasst1", conversations.map((c) => ({ turns: c.turns, group: c.treeId })), plan, "demo-data (generated tasks, oasst1 trees format)"));
-      written.push(...writeSftCaches(args.out, "primer", primerItems(rngFor("primer"), words, n), plan, "demo-data (generated tasks)"));
+      sft("oasst1", conversations.map((c) => ({ turns: c.turns })), "demo-data (generated tasks, oasst1 trees format)");
+      sft("primer", primerItems(rngFor("primer"), words, n), "demo-data (generated tasks)");
       const nHeld = Number(args.heldout);
       if (!Number.isSafeInteger(nHeld) || nHeld < 0) throw new DataError(`--heldout ${args.heldout}: expected an integer >= 0`);
       const held = heldOutTasks(rngFor("heldout"), words, trainingTasks, nHeld);

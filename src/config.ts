@@ -8,6 +8,7 @@ import { Value, ValueErrorType } from "@sinclair/typebox/value";
 import { parse as parseJsonc, printParseErrorCode, visit, type ParseError } from "jsonc-parser";
 import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { DEFAULT_LONG_EXAMPLES, LONG_EXAMPLE_RULES, type LongExampleRule } from "./data/long-examples.ts";
 import { type Mixture, mixtureOf, mixtureProblems, SFT_SOURCES, STREAM_SOURCES, type StreamSource } from "./data/paths.ts";
 import { InputError } from "./errors.ts";
 import { INT32_MAX, modelCfgDifferences, modelCfgProblems, type ModelCfg } from "./model/config.ts";
@@ -133,6 +134,7 @@ const SftSchema = Type.Object(
     train_cfg: TrainCfgSchema,
     sft_sources: probsSchema(SFT_SOURCES),
     val_source: Type.Optional(Type.Union([...STREAM_SOURCES, "sft" as const].map((s) => Type.Literal(s)))),
+    long_examples: Type.Optional(Type.Union(LONG_EXAMPLE_RULES.map((r) => Type.Literal(r)))),
   },
   { additionalProperties: false },
 );
@@ -236,6 +238,7 @@ export interface SftConfig extends PhaseConfigBase {
   initFrom: string | null;
   /** init_from was omitted: initFrom is the default, PHASE_DEFAULTS.init_from. */
   initFromDefault: boolean;
+  longExamples: LongExampleRule; // what a row holds of an example longer than T+1 (src/data/long-examples.ts)
 }
 
 export type PhaseConfig = PretrainConfig | SftConfig;
@@ -496,6 +499,7 @@ function checkPhaseConfig(
     valSource: (obj.val_source as StreamSource | "sft" | undefined) ?? PHASE_DEFAULTS.val_source,
     initFrom: initFrom === INIT_FROM_NONE ? null : resolve(repoRoot, initFrom),
     initFromDefault: obj.init_from === undefined,
+    longExamples: (obj.long_examples as LongExampleRule | undefined) ?? DEFAULT_LONG_EXAMPLES,
   };
   return { config, sections: [] };
 }

@@ -6,7 +6,7 @@ import { untagDocument, untagSentence } from "../src/prepare/brown.ts";
 import { openCache } from "../src/data/cache.ts";
 import { dollyTurns, formatIssue, oasstConversations, parseDolly, parseOasst, readJsonlFile } from "../src/prepare/formats.ts";
 import { SFTExampleDataset } from "../src/data/sft.ts";
-import { assignVal } from "../src/prepare/split.ts";
+import { assignByHash, splitHash } from "../src/prepare/split.ts";
 import { StreamDataset } from "../src/data/stream.ts";
 import { Rng } from "../src/util/random.ts";
 import { checkAnswer, makeTask, TASK_KINDS } from "../src/prepare/tasks.ts";
@@ -24,6 +24,11 @@ afterAll(() => cleanup());
 function run(script: string, args: string[]): { code: number; stdout: string; stderr: string } {
   const p = Bun.spawnSync([BUN, join(import.meta.dir, "..", "scripts", script), ...args], { stdout: "pipe", stderr: "pipe" });
   return { code: p.exitCode ?? -1, stdout: p.stdout.toString(), stderr: p.stderr.toString() };
+}
+
+/** Nothing on stderr but, for these tiny inputs, the note that the hash split left one side empty. */
+function onlyTinySplitWarning(stderr: string): boolean {
+  return /^(warning: the hash put all \d+ examples into (train|val); moved \d+ [^\n]*\n)?$/.test(stderr);
 }
 
 function examples(bin: string): string[] {
@@ -56,12 +61,12 @@ describe("Dolly", () => {
   test("CLI: caches that open and validate; bad lines stop it with exit 2 unless --skip-bad", () => {
     const out = join(root, "dolly-cli");
     const ok = run("prepare-data.ts", ["dolly", join(FIX, "dolly.jsonl"), "--source", "dolly", "--out", out, "--val-fraction", "0.2"]);
-    expect(ok.stderr).toBe("");
+    expect(onlyTinySplitWarning(ok.stderr)).toBe(true);
     expect(ok.code).toBe(0);
     const train = examples(join(out, "sft", "dolly_train.bin"));
     const val = examples(join(out, "sft", "dolly_val.bin"));
-    expect(train.length).toBe(4);
-    expect(val.length).toBe(1);
+    expect(train.length + val.length).toBe(5); // how many go to val: the hash decides (tests/sft-real-data.test.ts)
+    expect(val.length).toBeGreaterThan(0);
     expect([...train, ...val].sort()).toContain("<|user|>Name three primary colors.<|asst|>Red, yellow and blue.<|eot|>");
 
     const bad = run("prepare-data.ts", ["dolly", join(FIX, "dolly-bad.jsonl"), "--out", join(root, "bad")]);
@@ -138,7 +143,7 @@ describe("oasst1", () => {
     expect(readJsonlFile(gz)).toBe(readFileSync(join(FIX, "oasst1-trees.jsonl"), "utf8"));
     const out = join(root, "oasst-cli");
     const r = run("prepare-data.ts", ["oasst1", gz, "--out", out, "--paths", "all", "--val-fraction", "0.4"]);
-    expect(r.stderr).toBe("");
+    expect(onlyTinySplitWarning(r.stderr)).toBe(true);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("3 trees (trees layout): 3 conversations");
     const train = examples(join(out, "sft", "oasst1_train.bin"));
@@ -176,8 +181,8 @@ describe("plain text", () => {
     expect(r.code).toBe(0);
     const train = openCache(join(out, "streams", "roam_train.bin"), { kind: "streams", modelV: 261 });
     const val = openCache(join(out, "streams", "roam_val.bin"), { kind: "streams", modelV: 261 });
-    expect(train.meta.num_documents).toBe(8);
-    expect(val.meta.num_documents).toBe(2);
+    expect((train.meta.num_documents as number) + (val.meta.num_documents as number)).toBe(10);
+    expect(val.meta.num_documents).toBeGreaterThan(0);
     const all = decodeTokens(train.tokens) + decodeTokens(val.tokens);
     for (let i = 0; i < 10; i++) expect(all).toContain(`${`Document number ${i}. `.repeat(5)}<|endoftext|>`);
     expect(train.tokens[train.numTokens - 1]).toBe(ENDOFTEXT_ID);
@@ -193,15 +198,24 @@ describe("plain text", () => {
     expect(none.stderr).toContain("not found");
   });
 
-  test("train/val assignment: exact count, deterministic, seed-dependent", () => {
+  test("train/val assignment by hash: about the fraction, per item, seed-dependent; one split by --split", () => {
     const plan = { mode: "auto" as const, valFraction: 0.1, seed: 3 };
-    const a = assignVal(1000, plan);
-    expect(a.reduce((s, v) => s + v, 0)).toBe(100);
-    expect(assignVal(1000, plan)).toEqual(a);
-    expect(assignVal(1000, { ...plan, seed: 4 })).not.toEqual(a);
-    expect(assignVal(3, { ...plan, valFraction: 0.01 }).reduce((s, v) => s + v, 0)).toBe(1);
-    expect(assignVal(3, { ...plan, valFraction: 0.99 }).reduce((s, v) => s + v, 0)).toBe(2);
-    expect(Array.from(assignVal(4, { ...plan, mode: "val" }))).toEqual([1, 1, 1, 1]);
+    const hashes = Array.from({ length: 1000 }, (_, i) => splitHash(`document ${i}`, plan.seed));
+    const a = assignByHash(hashes, plan).val;
+    const nVal = a.reduce((s, v) => s + v, 0);
+    expect(nVal).toBeGreaterThan(70); // binomial(1000, 0.1): 100 +- 9.5
+    expect(nVal).toBeLessThan(130);
+    // an item's side depends on its own hash only: the first 500 alone get the same sides
+    expect(assignByHash(hashes.slice(0, 500), plan).val).toEqual(a.subarray(0, 500));
+    const other = Array.from({ length: 1000 }, (_, i) => splitHash(`document ${i}`, 4));
+    expect(assignByHash(other, { ...plan, seed: 4 }).val).not.toEqual(a);
+    // a tiny input the hash puts on one side: the nearest item is moved, and that is said
+    const three = [splitHash("a", 0), splitHash("b", 0), splitHash("c", 0)];
+    const tiny = assignByHash(three, { ...plan, valFraction: 0.001 });
+    expect(tiny.val.reduce((s, v) => s + v, 0)).toBe(1);
+    expect(tiny.moved).toContain("moved 1 (the smallest hash) to val");
+    expect(() => assignByHash([three[0]!, three[0]!], plan)).toThrow("all 2 items have the same split key");
+    expect(Array.from(assignByHash(three, { ...plan, mode: "val" }).val)).toEqual([1, 1, 1]);
   });
 });
 

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, test } from "bun:test";
-import { appendFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { MetricsLog, bestEval, readMetrics, type MetricsRecord } from "../src/train/metrics";
 import { InputError } from "../src/errors";
 
@@ -23,7 +23,7 @@ function clock(start = 0) {
 function session(m: MetricsLog, c: ReturnType<typeof clock>, from: number, to: number): void {
   for (let s = from + 1; s <= to; s++) {
     c.advance(1000);
-    if (s % 50 === 0) m.appendTrain({ step: s, lr: 1e-3 / s, train_loss: 10 - s / 100, tokens_per_s: 1234.5 });
+    if (s % 50 === 0) m.appendTrain({ step: s, lr: 1e-3 / s, train_loss: 10 - s / 100, tokens_per_s: 1234.5, target_tokens: 300 * s });
     if (s % 100 === 0) m.appendEval({ step: s, lr: 1e-3 / s, val_loss: 10.5 - s / 100 });
   }
 }
@@ -47,12 +47,27 @@ describe("metrics.jsonl", () => {
       train_loss: null,
       val_loss: 9.5,
       tokens_per_s: null,
+      target_tokens: null,
       wall_time_s: 100,
       time: "2025-01-02T03:04:05.000Z",
     });
-    expect(JSON.parse(lines[0]!)).toMatchObject({ kind: "train", step: 50, train_loss: 9.5, val_loss: null, tokens_per_s: 1234.5, wall_time_s: 50 });
+    expect(JSON.parse(lines[0]!)).toMatchObject({ kind: "train", step: 50, train_loss: 9.5, val_loss: null, tokens_per_s: 1234.5, target_tokens: 15000, wall_time_s: 50 });
     expect(readMetrics(path)).toEqual(m.records());
     expect(m.lastEval()?.val_loss).toBe(9.5);
+  });
+
+  test("a file written before target_tokens existed reads (target_tokens null) and is resumed", () => {
+    const old = { phase: "sft", kind: "train", step: 50, lr: 1e-3, train_loss: 2, val_loss: null, tokens_per_s: 99, wall_time_s: 5, time: "2025-01-01T00:00:00.000Z" };
+    mkdirSync(dirname(path), { recursive: true });
+    writeFileSync(path, `${JSON.stringify(old)}\n`);
+    expect(readMetrics(path)[0]!.target_tokens).toBeNull();
+    const m = MetricsLog.open(path, { phase: "sft", resumeStep: 50 });
+    m.appendTrain({ step: 100, lr: 1e-3, train_loss: 1.5, tokens_per_s: 99, target_tokens: 1234 });
+    expect(readMetrics(path).map((r) => r.target_tokens)).toEqual([null, 1234]);
+    expect(() => {
+      writeFileSync(path, `${JSON.stringify({ ...old, target_tokens: "many" })}\n{}\n`);
+      readMetrics(path);
+    }).toThrow("target_tokens must be a number or null");
   });
 
   test("resume: later records dropped, torn last line dropped, every step exactly once", () => {

@@ -130,11 +130,11 @@ describe("ProgressReporter", () => {
     // After finish(), the terminal shows exactly the plain lines, in order, intact.
     const shown = screen(text).filter((l) => l !== "");
     expect(shown).toHaveLength(5);
-    expect(shown[0]).toMatch(/^\[pretrain\] step  50\/120 \| lr 3\.00e-4 \| train_loss \d\.\d{4} \| tokens\/s 5120 \| elapsed 5s \| eta 7s$/);
+    expect(shown[0]).toMatch(/^\[pretrain\] step  50\/120 \| lr 3\.00e-4 \| train_loss \d\.\d{4} \| tokens\/s 5120 \| tokens 25\.6k \| elapsed 5s \| eta 7s$/);
     expect(shown[1]).toMatch(/^\[pretrain\] step 100\/120 \| /);
     expect(shown[2]).toBe("[pretrain] eval step 100/120 | val_loss 1.2345 | best 1.2345 (new best) | 3.0s");
     expect(shown[3]).toBe("[pretrain] checkpoint step 100/120 -> checkpoints/step_0000100.pt, checkpoints/latest.pt");
-    expect(shown[4]).toMatch(/^\[pretrain\] step 120\/120 \| .*last_val_loss 1\.2345 \| tokens\/s 5120 \| elapsed \d+s$/);
+    expect(shown[4]).toMatch(/^\[pretrain\] step 120\/120 \| .*last_val_loss 1\.2345 \| tokens\/s 5120 \| tokens 61\.4k \| elapsed \d+s$/);
   });
 
   test("not a terminal: no live output at all, the same plain lines", () => {

@@ -14,6 +14,7 @@ import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from "
 import { join } from "node:path";
 import { loadCheckpoint } from "../src/checkpoint/checkpoint.ts";
 import { loadPhaseConfig } from "../src/config.ts";
+import { SFTExampleDataset } from "../src/data/sft.ts";
 import { openPhaseData } from "../src/train/phase-data.ts";
 import { runTraining } from "../src/train/run.ts";
 import type { StopSignal } from "../src/train/stop.ts";
@@ -38,6 +39,7 @@ interface Rec {
   train_loss: number | null;
   val_loss: number | null;
   version: string;
+  target_tokens?: number | null;
 }
 
 function metrics(root: string): Rec[] {
@@ -168,6 +170,10 @@ async function roundTrip(phase: Phase, roundTripRepo: TinyRepo, straightRepo: Ti
     const b = r[key]!;
     if (Math.abs(a - b) > 1e-3 * Math.abs(b)) throw new Error(`${phase} ${r.kind} step ${r.step}: ${key} ${a} after the round trip vs ${b} uninterrupted`);
   }
+  // target tokens: counted alike by train and torch_train, and carried across both resumes
+  const targets = (rs: typeof ref) => rs.filter((r) => r.kind === "train").map((r) => r.target_tokens);
+  expect(targets(mine)).toEqual(targets(ref));
+  expect(targets(ref).every((t) => typeof t === "number" && t > 0)).toBe(true);
   expect(loadCheckpoint(join(root, "checkpoints/latest.pt")).step).toBe(60);
 }
 
@@ -176,8 +182,17 @@ beforeAll(() => {
 });
 
 describe("the sampler port", () => {
-  test.each(["pretrain", "sft"] as const)("draws train's %s batches (200 steps and the eval batches)", (phase) => {
-    const repo = makeTinyRepo({ sft: true, pretrain: { eval_batches: 5 }, sftTrain: { eval_batches: 5 } });
+  const cases = [
+    ["pretrain", "unset"],
+    ["sft", "unset"],
+    ["sft", "head"],
+    ["sft", "cut_prompt"],
+    ["sft", "drop"],
+  ] as const;
+  test.each(cases)("draws train's %s batches (long_examples %s; 200 steps and the eval batches)", (phase, rule) => {
+    const longExamples = rule === "unset" ? undefined : rule;
+    // with a rule: examples of every length around T, so the rules draw different rows
+    const repo = makeTinyRepo({ sft: true, pretrain: { eval_batches: 5 }, sftTrain: { eval_batches: 5 }, sftLong: longExamples !== undefined, longExamples });
     const config = loadPhaseConfig(`configs/${phase}.json`, phase, repo.root);
     const data = openPhaseData(config, repo.root);
     const dir = makeTempDir("torch-data-");
@@ -206,6 +221,13 @@ describe("the sampler port", () => {
       expect([k, fromPython.subarray(at, at + 2 * n)]).toEqual([k, expected.subarray(at, at + 2 * n)]);
     }
     if (phase === "sft") expect(expected.includes(-100)).toBe(true);
+    if (longExamples !== undefined) {
+      // the rule is in effect: some examples are cut (head, cut_prompt) or dropped (drop)
+      const sftData = SFTExampleDataset.open(join(repo.root, "data/cache"), config.sources, "train", { B: 1, T: config.model.T, seed: 0, modelV: config.model.V, longExamples });
+      const s = sftData.stats.dolly!;
+      if (longExamples === "drop") expect(s.tooLong).toBeGreaterThan(0);
+      else expect(s.cut).toBeGreaterThan(0);
+    }
   }, SLOW);
 });
 

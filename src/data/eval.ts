@@ -7,6 +7,7 @@
  */
 import type { DatasetOptions } from "./dataset.ts";
 import { DataError } from "./errors.ts";
+import type { LongExampleRule } from "./long-examples.ts";
 import { mixtureOf, type PhaseDataSpec, STREAM_SOURCES } from "./paths.ts";
 import { RNG_STREAM } from "../util/random.ts";
 import { SFTExampleDataset } from "./sft.ts";
@@ -31,6 +32,8 @@ export interface EvalOptions {
   modelV: number;
   /** eval_batches of the config. */
   count: number;
+  /** The rule for SFT examples longer than T+1 (val_source "sft"). */
+  longExamples?: LongExampleRule;
 }
 
 /** Builds the eval batches (fresh arrays, kept for the whole run). */
@@ -42,7 +45,7 @@ export function evalBatches(opts: EvalOptions): EvalBatch[] {
   const out: EvalBatch[] = [];
   if (opts.spec.valSource === "sft") {
     if (opts.spec.phase !== "sft") throw new DataError('val_source "sft" is only allowed in the sft phase');
-    const ds = SFTExampleDataset.open(opts.root, opts.spec.sources, "val", dsOpts);
+    const ds = SFTExampleDataset.open(opts.root, opts.spec.sources, "val", { ...dsOpts, longExamples: opts.longExamples });
     for (let i = 0; i < opts.count; i++) {
       const b = ds.getBatch(i);
       out.push({ x: b.x.slice(), y: b.yMasked.slice(), nTargets: b.nTargets });

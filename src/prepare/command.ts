@@ -3,8 +3,10 @@
  *   train prepare-data text   --source wiki  --out data/cache [--docs file|line|blank-line] FILES...
  *   train prepare-data dolly  --source dolly --out data/cache databricks-dolly-15k.jsonl
  *   train prepare-data oasst1 --source oasst1 --out data/cache 2023-04-12_oasst_ready.trees.jsonl.gz
- * Common: --val-fraction 0.05 (whole documents / examples / trees), --split auto|train|val,
- * --seed N (of the split). Bad input lines are listed as file:line and stop the run
+ * Common: --val-fraction 0.05, --split auto|train|val, --seed N (of the split). Exact
+ * duplicates are left out (and counted); the split is by a hash of the content (split.ts),
+ * SFT examples by their prompt, so an oasst1 tree stays on one side. dolly and oasst1 print
+ * a length table against model T values (--context-lengths, --long-examples). Bad input lines are listed as file:line and stop the run
  * (exit 2) unless --skip-bad. A DataError reaches the CLI (src/cli.ts), which prints it
  * and exits 2.
  */
@@ -13,7 +15,9 @@ import { existsSync, statSync } from "node:fs";
 import { DataError } from "../data/errors.ts";
 import { DEFAULT_CACHE_ROOT, SFT_SOURCES, STREAM_SOURCES } from "../data/paths.ts";
 import { dollyTurns, formatIssue, type LineIssue, oasstConversations, type OasstPaths, parseDolly, parseOasst, readJsonlFile } from "./formats.ts";
-import { type SftItem, type WrittenCache, writeSftCaches, writeStreamCaches } from "./prepare.ts";
+import { DEFAULT_TABLE_T, lengthTable, parseTs } from "./lengths.ts";
+import { type SftItem, type SftWriteResult, type WriteResult, writeSftCaches, writeStreamCaches } from "./prepare.ts";
+import { LONG_EXAMPLE_RULES, type LongExampleRule } from "../data/long-examples.ts";
 import type { SplitPlan } from "./split.ts";
 import { DOC_MODES, type DocMode, fileDocuments } from "./text.ts";
 
@@ -60,9 +64,29 @@ function reportIssues(issues: readonly LineIssue[], skip: boolean): void {
   console.warn(`warning: skipped ${issues.length} bad input line(s):\n${listed.join("\n")}`);
 }
 
-function report(written: readonly WrittenCache[], t0: number, unit: string): void {
-  for (const w of written) console.log(`${w.path}: ${w.tokens} tokens, ${w.items} ${unit} (${w.split})`);
+function report(r: WriteResult, t0: number, unit: string, more: readonly string[] = []): void {
+  const total = r.written.reduce((a, w) => a + w.items, 0) + r.duplicates;
+  console.log(`${r.duplicates} of ${total} ${unit} left out as exact duplicates of an earlier one (before the split)`);
+  if (r.moved !== null) console.warn(`warning: ${r.moved}`);
+  for (const w of r.written) console.log(`${w.path}: ${w.tokens} tokens, ${w.items} ${unit} (${w.split})`);
+  for (const line of more) console.log(line);
   console.log(`done in ${((performance.now() - t0) / 1000).toFixed(2)} s`);
+}
+
+const lengthArgs = {
+  "context-lengths": { type: "string" as const, description: `model T values to compare the example lengths with, comma-separated (default ${DEFAULT_TABLE_T.join(",")})` },
+  "long-examples": { type: "enum" as const, options: [...LONG_EXAMPLE_RULES], description: "the long_examples rule of the table (as in the sft config)", default: "head" },
+};
+
+/** Checks the length-table flags before any work. */
+function tableOptions(args: { "context-lengths"?: string; "long-examples"?: string }): { ts: readonly number[]; rule: LongExampleRule } {
+  const ts = args["context-lengths"] === undefined ? DEFAULT_TABLE_T : parseTs(args["context-lengths"]);
+  if (typeof ts === "string") throw new DataError(ts);
+  return { ts, rule: (args["long-examples"] ?? "head") as LongExampleRule };
+}
+
+function reportSft(r: SftWriteResult, t0: number, table: { ts: readonly number[]; rule: LongExampleRule }): void {
+  report(r, t0, "examples", lengthTable(r.examples, table.ts, table.rule));
 }
 
 const text = defineCommand({
@@ -78,13 +102,11 @@ const text = defineCommand({
     const files = inputFiles(args._, "plain text files (UTF-8)");
     const mode = args.docs as DocMode;
     const p = plan(args);
-    let count = 0;
-    for (const f of files) for (const _ of fileDocuments(f, mode)) count++;
-    if (count === 0) throw new DataError(`no documents in ${files.join(", ")} (all empty)`);
-    const docs = (function* () {
+    const docs = function* () {
       for (const f of files) yield* fileDocuments(f, mode);
-    })();
-    report(writeStreamCaches(args.out, source, count, docs, p, `prepare-data text --docs ${mode}`), t0, "documents");
+    };
+    if (docs().next().done) throw new DataError(`no documents in ${files.join(", ")} (all empty)`);
+    report(writeStreamCaches(args.out, source, docs, p, `prepare-data text --docs ${mode}`), t0, "documents");
   },
 });
 
@@ -95,6 +117,7 @@ const dolly = defineCommand({
   args: {
     source: { type: "string", description: `one of ${SFT_SOURCES.join(", ")}`, default: "dolly" },
     "skip-bad": skipBad,
+    ...lengthArgs,
     ...common,
   },
   run: ({ args }) => {
@@ -102,6 +125,7 @@ const dolly = defineCommand({
     const source = checkSource(args.source, SFT_SOURCES, "SFT");
     const files = inputFiles(args._, "Dolly JSONL files");
     const p = plan(args);
+    const table = tableOptions(args);
     const items: SftItem[] = [];
     const issues: LineIssue[] = [];
     for (const f of files) {
@@ -111,7 +135,7 @@ const dolly = defineCommand({
     }
     reportIssues(issues, args["skip-bad"]);
     if (items.length === 0) throw new DataError(`no examples in ${files.join(", ")}`);
-    report(writeSftCaches(args.out, source, items, p, "prepare-data dolly"), t0, "examples");
+    reportSft(writeSftCaches(args.out, source, items, p, "prepare-data dolly"), t0, table);
   },
 });
 
@@ -122,6 +146,7 @@ const oasst1 = defineCommand({
     paths: { type: "enum", options: ["best", "all"], description: "best: the best-ranked thread of each tree; all: every thread", default: "best" },
     lang: { type: "string", description: "comma-separated languages of the initial prompt to keep (e.g. en); empty = all", default: "" },
     "skip-bad": skipBad,
+    ...lengthArgs,
     ...common,
   },
   run: ({ args }) => {
@@ -129,6 +154,7 @@ const oasst1 = defineCommand({
     const source = checkSource(args.source, SFT_SOURCES, "SFT");
     const files = inputFiles(args._, "oasst1 JSONL files (.jsonl or .jsonl.gz)");
     const p = plan(args);
+    const table = tableOptions(args);
     const parsed = parseOasst(files.map((f) => ({ file: f, text: readJsonlFile(f) })));
     reportIssues(parsed.issues, args["skip-bad"]);
     if (parsed.orphans > 0) console.warn(`warning: ${parsed.orphans} message(s) reply to a message not in the input (left out with their replies)`);
@@ -136,8 +162,8 @@ const oasst1 = defineCommand({
     const { conversations, stats } = oasstConversations(parsed.roots, args.paths as OasstPaths, langs);
     console.log(`${stats.trees} trees (${[...parsed.layouts].join(" + ")} layout): ${stats.conversations} conversations, ${stats.otherLang} trees of other languages, ${stats.unanswered} without a kept answer`);
     if (conversations.length === 0) throw new DataError(`no conversation with an assistant answer in ${files.join(", ")}`);
-    const items = conversations.map((c) => ({ turns: c.turns, group: c.treeId }));
-    report(writeSftCaches(args.out, source, items, p, `prepare-data oasst1 --paths ${args.paths}`), t0, "examples");
+    const items = conversations.map((c) => ({ turns: c.turns }));
+    reportSft(writeSftCaches(args.out, source, items, p, `prepare-data oasst1 --paths ${args.paths}`), t0, table);
   },
 });
 

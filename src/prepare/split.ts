@@ -1,6 +1,21 @@
-/** Deterministic train/val assignment of documents, examples or conversation trees. */
+/**
+ * Train/val assignment by a hash of the content, and exact-duplicate removal.
+ *
+ * The side of an item depends on its split key and the seed only, never on its position or
+ * on the other items: a record lands on the same side in every run, in any input order,
+ * and when more data is added. The hash (documented in docs/cache-format.md):
+ *
+ *   h = the first 8 bytes of SHA-256( "train-split-v1:" + seed + ":" + key ), big-endian
+ *   val  iff  h < floor(val_fraction * 2^64)
+ *
+ * e.g. in Python: int.from_bytes(hashlib.sha256(b"train-split-v1:0:" + key).digest()[:8], "big")
+ * < int(0.05 * 2**64). About val_fraction of the items go to val (a binomial count, not an
+ * exact one). Tiny inputs only: when the rule leaves one side empty, the item with the
+ * smallest hash goes to val (or the one with the largest to train, with any item sharing its
+ * key), and `moved` says so.
+ */
+import { createHash } from "node:crypto";
 import { DataError } from "../data/errors.ts";
-import { mix32 } from "../util/random.ts";
 
 /** How items are split: both splits by a fraction, or all of them into one split. */
 export interface SplitPlan {
@@ -11,33 +26,56 @@ export interface SplitPlan {
   seed: number;
 }
 
-/** A 32-bit FNV-1a hash of a string (stable keys for items such as tree ids). */
+/** A 32-bit FNV-1a hash of a string (stable keys for items such as generator names). */
 export function hashString(s: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
   return h >>> 0;
 }
 
-/**
- * Flags (1 = val) for n items. Mode auto: exactly clamp(round(f*n), 1, n-1) items go to
- * val, those with the smallest mix(seed, key), so the choice is spread over the input
- * and does not depend on its order when keys are content-based. keys[i] defaults to i.
- */
-export function assignVal(n: number, plan: SplitPlan, keys?: ArrayLike<number>, what = "items"): Uint8Array {
-  const flags = new Uint8Array(n);
-  if (plan.mode === "val") return flags.fill(1);
-  if (plan.mode === "train") return flags;
+/** The split hash of a key (bytes, or a string as UTF-8) under a seed: a 64-bit integer. */
+export function splitHash(key: Uint8Array | Uint16Array | string, seed: number): bigint {
+  const h = createHash("sha256").update(`train-split-v1:${seed}:`);
+  h.update(typeof key === "string" ? key : new Uint8Array(key.buffer, key.byteOffset, key.byteLength));
+  return h.digest().readBigUInt64BE(0);
+}
+
+/** An identity of content for duplicate detection: its SHA-256, hex. */
+export function contentDigest(bytes: Uint8Array | Uint16Array): string {
+  return createHash("sha256").update(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)).digest("hex");
+}
+
+export interface Assignment {
+  /** Per item: 1 = val. */
+  val: Uint8Array;
+  /** Set when a tiny input left one side empty and an item was moved (see top). */
+  moved: string | null;
+}
+
+/** The side of each item from its split hash (see top). */
+export function assignByHash(hashes: readonly bigint[], plan: SplitPlan, what = "items"): Assignment {
+  const n = hashes.length;
+  const val = new Uint8Array(n);
+  if (plan.mode === "val") return { val: val.fill(1), moved: null };
+  if (plan.mode === "train") return { val, moved: null };
   if (!(plan.valFraction > 0 && plan.valFraction < 1)) {
     throw new DataError(`val fraction ${plan.valFraction} must be in (0, 1) to split into train and val`);
   }
   if (n < 2) {
     throw new DataError(`${n} ${what}: at least 2 are needed to split into train and val; give more input, or write one split with --split train|val`);
   }
-  const nVal = Math.min(n - 1, Math.max(1, Math.round(plan.valFraction * n)));
-  const seedMix = mix32((plan.seed >>> 0) ^ 0x5bd1e995);
-  const score = new Float64Array(n);
-  for (let i = 0; i < n; i++) score[i] = mix32(((keys ? keys[i] : i) >>> 0) ^ seedMix) * 4294967296 + i;
-  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => score[a] - score[b]);
-  for (let k = 0; k < nVal; k++) flags[order[k]] = 1;
-  return flags;
+  const threshold = BigInt(Math.floor(plan.valFraction * 2 ** 64));
+  let nVal = 0;
+  for (let i = 0; i < n; i++) if (hashes[i] < threshold) (val[i] = 1), nVal++;
+  if (nVal > 0 && nVal < n) return { val, moved: null };
+  // one side is empty: move the item nearest to the threshold
+  let k = 0;
+  for (let i = 1; i < n; i++) if (nVal === 0 ? hashes[i] < hashes[k] : hashes[i] > hashes[k]) k = i;
+  if (hashes.every((h) => h === hashes[k])) {
+    throw new DataError(`all ${n} ${what} have the same split key, so they cannot be split into train and val; write one split with --split train|val`);
+  }
+  let moved = 0; // every item of that key, so items sharing a key stay on one side
+  for (let i = 0; i < n; i++) if (hashes[i] === hashes[k]) (val[i] = nVal === 0 ? 1 : 0), moved++;
+  const to = nVal === 0 ? "val" : "train";
+  return { val, moved: `the hash put all ${n} ${what} into ${nVal === 0 ? "train" : "val"}; moved ${moved} (the ${nVal === 0 ? "smallest" : "largest"} hash) to ${to} (a tiny input: give more, or choose the split with --split)` };
 }

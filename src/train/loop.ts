@@ -123,6 +123,7 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
 
     if (!result.applied) {
       nonFiniteInARow++;
+      stats.notApplied(tokensPerStep, result.nTargets);
       const which = Number.isFinite(result.loss) ? `gradient norm ${result.gradNorm}` : `loss ${result.loss}`;
       printer.print(
         `step ${step}: non-finite ${which} at lr ${lr.toExponential(3)}: update skipped (${nonFiniteInARow} in a row, limit ${train.max_nonfinite_steps})`,
@@ -135,7 +136,7 @@ export async function trainLoop(ctx: LoopContext): Promise<LoopResult> {
       }
     } else {
       nonFiniteInARow = 0;
-      const logged = stats.step({ step, loss: result.loss, lr, tokens: tokensPerStep });
+      const logged = stats.step({ step, loss: result.loss, lr, tokens: tokensPerStep, targets: result.nTargets });
       printer.step(logged);
       metrics.appendStep({ step, lr, loss: result.loss });
       if (logged) metrics.appendTrain(logged.log);

@@ -3,7 +3,7 @@
  * loss, a train record per logged step, and every eval.
  *
  *   {"phase":"pretrain","kind":"train","step":50,"lr":0.000075,"train_loss":6.21,"val_loss":null,
- *    "tokens_per_s":11834.2,"wall_time_s":41.3,"time":"2025-01-01T10:00:41.300Z"}
+ *    "tokens_per_s":11834.2,"target_tokens":409600,"wall_time_s":41.3,"time":"2025-01-01T10:00:41.300Z"}
  *
  * Every key above is always present. A record carries only its own measurement, the rest is null:
  *   run:   the build that writes the records after it, in one more key, "version" (the line
@@ -12,8 +12,10 @@
  *          differs from the phase's last run record (a resume by the same build adds nothing).
  *   step:  one per applied optimizer step: lr, train_loss (that step's loss).
  *   train: lr, train_loss (the mean of the step records since the previous train record, see
- *          stats.ts), tokens_per_s.
- *   eval:  lr (of that step), val_loss; train_loss and tokens_per_s null.
+ *          stats.ts), tokens_per_s, target_tokens (the targets the loss counted in the phase
+ *          through this step: every token in pretrain, the answers' tokens in SFT).
+ *   eval:  lr (of that step), val_loss; train_loss, tokens_per_s and target_tokens null.
+ * target_tokens is null in every other record, and in files written before it existed.
  * Readers that draw or compare curves take the kinds they know ("train", "eval") and skip the rest.
  * A non-finite loss (divergence) is stored as null. `wall_time_s` counts seconds since the run's
  * first start and continues across resumes (time between a crash and the resume is not counted).
@@ -64,6 +66,8 @@ export interface MetricsRecord {
   train_loss: number | null;
   val_loss: number | null;
   tokens_per_s: number | null;
+  /** Always written; optional for records built by hand (then null). */
+  target_tokens?: number | null;
   wall_time_s: number;
   time: string;
   /** Run records only: the build's version line. */
@@ -90,6 +94,8 @@ export interface TrainRecordInput {
   lr: number;
   train_loss: number;
   tokens_per_s: number;
+  /** Optional for callers that do not count targets (then null). */
+  target_tokens?: number;
 }
 
 export interface StepRecordInput {
@@ -123,6 +129,8 @@ function toRecord(v: unknown): MetricsRecord | string {
   for (const k of ["lr", "train_loss", "val_loss", "tokens_per_s"] as const) {
     if (o[k] !== null && typeof o[k] !== "number") return `${k} must be a number or null, got ${JSON.stringify(o[k])}`;
   }
+  const targets = o.target_tokens ?? null; // absent in files written before it existed
+  if (targets !== null && typeof targets !== "number") return `target_tokens must be a number or null, got ${JSON.stringify(targets)}`;
   if (typeof o.wall_time_s !== "number" || !(o.wall_time_s >= 0)) return `wall_time_s must be a number >= 0, got ${JSON.stringify(o.wall_time_s)}`;
   if (typeof o.time !== "string") return `time must be an ISO date string, got ${JSON.stringify(o.time)}`;
   return {
@@ -133,6 +141,7 @@ function toRecord(v: unknown): MetricsRecord | string {
     train_loss: o.train_loss as number | null,
     val_loss: o.val_loss as number | null,
     tokens_per_s: o.tokens_per_s as number | null,
+    target_tokens: targets as number | null,
     wall_time_s: o.wall_time_s,
     time: o.time,
     ...(o.kind === "run" ? { version: o.version as string } : {}),
@@ -215,6 +224,7 @@ function serialize(r: MetricsRecord): string {
     train_loss: numOrNull(r.train_loss),
     val_loss: numOrNull(r.val_loss),
     tokens_per_s: numOrNull(r.tokens_per_s),
+    target_tokens: numOrNull(r.target_tokens),
     wall_time_s: Math.round(r.wall_time_s * 1000) / 1000,
     time: r.time,
     ...(r.kind === "run" ? { version: r.version } : {}),
@@ -310,7 +320,7 @@ export class MetricsLog {
   }
 
   appendTrain(t: TrainRecordInput): MetricsRecord {
-    return this.write(this.record("train", { lr: t.lr, train_loss: t.train_loss, val_loss: null, tokens_per_s: t.tokens_per_s }, t.step));
+    return this.write({ ...this.record("train", { lr: t.lr, train_loss: t.train_loss, val_loss: null, tokens_per_s: t.tokens_per_s }, t.step), target_tokens: numOrNull(t.target_tokens) });
   }
 
   appendEval(e: EvalRecordInput): MetricsRecord {
@@ -356,6 +366,7 @@ export class MetricsLog {
       train_loss: numOrNull(v.train_loss),
       val_loss: numOrNull(v.val_loss),
       tokens_per_s: numOrNull(v.tokens_per_s),
+      target_tokens: null,
       wall_time_s: Math.round(this.wallTimeS() * 1000) / 1000,
       time: new Date(this.epochMs()).toISOString(),
     };

@@ -12,12 +12,17 @@ import { assertCachesPresent, DEFAULT_CACHE_ROOT } from "../data/paths.ts";
 import { RNG_STREAM } from "../util/random.ts";
 import { evalBatches } from "../data/eval.ts";
 import { SFTExampleDataset } from "../data/sft.ts";
+import { sftStartLines } from "../data/sft-report.ts";
 import { StreamDataset } from "../data/stream.ts";
 import { evaluate, type PhaseData } from "./loop.ts";
 
 export interface OpenedPhaseData extends PhaseData {
   /** Mean loss of the model on the eval batches. */
   evalLoss(model: NativeModel): number;
+  /** Counted targets of the training batches of steps [0, step) (a resumed run's count so far). */
+  targetsBefore(step: number): number;
+  /** What the run prints about its data before it starts (SFT: sft-report.ts), and warnings. */
+  startLines: string[];
 }
 
 export function openPhaseData(config: PhaseConfig, repoRoot: string): OpenedPhaseData {
@@ -29,17 +34,23 @@ export function openPhaseData(config: PhaseConfig, repoRoot: string): OpenedPhas
 
   const trainOptions = { B, T, seed, modelV: V, rngStream: RNG_STREAM.train };
   let trainBatch: (step: number) => Batch;
+  let targetsBefore = (step: number) => step * B * T; // pretrain: every target counts
+  const startLines: string[] = [];
+  const longExamples = config.phase === "sft" ? config.longExamples : undefined;
   if (config.phase === "pretrain") {
     const ds = StreamDataset.open(root, config.sources, "train", trainOptions);
     trainBatch = (step) => ds.getBatch(step);
   } else {
     // SFT trains on y_masked: the targets outside assistant answers are -100
-    const ds = SFTExampleDataset.open(root, config.sources, "train", trainOptions);
+    const ds = SFTExampleDataset.open(root, config.sources, "train", { ...trainOptions, longExamples });
     trainBatch = (step) => {
       const b = ds.getBatch(step);
       return { x: b.x, y: b.yMasked };
     };
+    targetsBefore = (step) => ds.targetsBefore(step);
+    const { lines, warnings } = sftStartLines(ds.stats, T, ds.longExamples);
+    startLines.push(...lines, ...warnings);
   }
-  const fixedEval = evalBatches({ root, spec, B, T, seed, modelV: V, count: eval_batches });
-  return { trainBatch, evalBatches: fixedEval, evalLoss: (model) => evaluate(model, fixedEval) };
+  const fixedEval = evalBatches({ root, spec, B, T, seed, modelV: V, count: eval_batches, longExamples });
+  return { trainBatch, evalBatches: fixedEval, evalLoss: (model) => evaluate(model, fixedEval), targetsBefore, startLines };
 }

@@ -167,6 +167,8 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
         startStep: start.step,
         lastValLoss: resumed ? (lastEval?.val_loss ?? null) : null,
         logEvery: config.train.log_every,
+        tokensBefore: start.step * config.train.B * config.model.T,
+        targetsBefore: data.targetsBefore(start.step),
       });
       stats.restoreWindow(metrics.unloggedSteps().map((r) => ({ step: r.step, loss: r.train_loss })));
       const printer = new ProgressPrinter({ phase, stats, out: o.out });
@@ -174,6 +176,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
         `${phase}: ${start.from}; model V=${config.model.V} T=${config.model.T} C=${config.model.C} L=${config.model.L} H=${config.model.H} d_ff=${config.model.d_ff} ` +
           `(${(model.numParams / 1e6).toFixed(2)}M params), B=${config.train.B}, ${describeData(config)}, device ${o.device}, steps ${start.step}..${config.train.total_steps}`,
       );
+      for (const line of data.startLines) printer.print(`${phase}: ${line}`);
 
       // The val loss before training, so a run shows what it learned (step 0 of the picture).
       const firstValLoss = resumed ? null : data.evalLoss(model);
@@ -254,6 +257,7 @@ export async function runPhase(o: PhaseOptions): Promise<PhaseOutcome> {
                 bestStep: result.bestStep ?? bestEval(metrics.records(), phase)?.step ?? null,
                 lastValLoss: stats.lastValLoss,
                 tokensPerStep: config.train.B * config.model.T,
+                targetTokens: stats.phaseTargets,
                 session: stats.session(),
               },
             ],

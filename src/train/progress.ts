@@ -155,6 +155,7 @@ export class ProgressPrinter {
     if (nonFinite > 0) parts.push(`non-finite losses ${nonFinite}`);
     if (l.last_val_loss !== null) parts.push(`last_val_loss ${fmtLoss(l.last_val_loss)}`);
     parts.push(`tokens/s ${Math.round(l.tokens_per_s)}`);
+    parts.push(fmtTokens(this.stats.phaseTokens, l.target_tokens));
     parts.push(`elapsed ${fmtDuration(this.stats.elapsedSeconds(t))}`);
     const eta = this.stats.etaSeconds(t);
     if (eta !== null && l.step < this.stats.totalSteps) parts.push(`eta ${fmtDuration(eta)}`);
@@ -227,6 +228,24 @@ export function fmtRate(v: number): string {
   if (v >= 1e4) return (v / 1e3).toFixed(1) + "k";
   if (v >= 1e3) return (v / 1e3).toFixed(2) + "k";
   return v.toFixed(0);
+}
+
+/**
+ * Tokens seen and, when fewer, the targets the loss counted: "tokens 1.28M" or
+ * "tokens 1.28M (targets 481k, 37.6 %)".
+ */
+export function fmtTokens(tokens: number, targets: number): string {
+  if (targets === tokens) return `tokens ${fmtCount(tokens)}`;
+  const share = tokens > 0 ? ((100 * targets) / tokens).toFixed(1) : "0.0";
+  return `tokens ${fmtCount(tokens)} (targets ${fmtCount(targets)}, ${share} %)`;
+}
+
+/** 950 -> "950", 12345 -> "12.3k", 1234567 -> "1.23M", 2.5e9 -> "2.50G". */
+export function fmtCount(v: number): string {
+  if (v >= 1e9) return (v / 1e9).toFixed(2) + "G";
+  if (v >= 1e6) return (v / 1e6).toFixed(2) + "M";
+  if (v >= 1e3) return (v / 1e3).toFixed(1) + "k";
+  return String(Math.round(v));
 }
 
 /** Seconds with one decimal below a minute, else as a duration. */

@@ -16,6 +16,13 @@
  * increase; a step the loop does not report (an update skipped for a non-finite gradient)
  * is allowed, its time then counts toward the next reported step.
  *
+ * Tokens: `tokens` of a step is B*T (every position of the batch); its `targets` are the
+ * targets the loss counts (all of them in pretrain; in SFT the answers' tokens, not the
+ * prompts, padding or what follows <|eot|>). Both are counted for the phase, from the
+ * counts before this session (`tokensBefore`, `targetsBefore`), over every step taken: a
+ * step whose update was not applied (non-finite) is counted by `notApplied`, as the tokens
+ * seen of the summary (steps x B*T) and the count of a resumed run (every step before it) are.
+ *
  * Timing: a step's duration is the time since the previous step, or since the end of the
  * last eval or save (`evaluated`, `paused`), or since construction: time spent evaluating
  * or saving is not training time. The ETA uses wall time (evals included): remaining steps x
@@ -31,6 +38,10 @@ export interface StatsOptions {
   lastValLoss?: number | null;
   /** A log record every this many steps (and at the last step). Default 50. */
   logEvery?: number;
+  /** Tokens of the phase's steps before this session (startStep x B*T). Default 0. */
+  tokensBefore?: number;
+  /** Counted targets of the phase's steps before this session. Default 0. */
+  targetsBefore?: number;
   /** Monotonic clock in milliseconds. Default performance.now. */
   now?: () => number;
 }
@@ -44,6 +55,8 @@ export interface TrainLog {
   /** Val loss of the most recent eval, null if none yet. */
   last_val_loss: number | null;
   tokens_per_s: number;
+  /** Targets the loss counted in the phase so far (through this step). */
+  target_tokens: number;
 }
 
 export interface StepInfo {
@@ -55,6 +68,8 @@ export interface StepInfo {
   lr: number;
   /** Tokens processed by this step (B*T). */
   tokens: number;
+  /** Targets the loss counted in this step. Default: `tokens` (every target counts). */
+  targets?: number;
 }
 
 /** A step that is logged: its metrics record, and the non-finite losses left out of its mean. */
@@ -68,6 +83,7 @@ export interface SessionStats {
   steps: number;
   /** Tokens processed in this session. */
   tokens: number;
+
   /** Training time of this session (evals and saves excluded), seconds. */
   trainSeconds: number;
   /** Wall time since the statistics began (this session), seconds. */
@@ -168,6 +184,8 @@ export class TrainStats {
   private lastVal: number | null;
   private sessTokens = 0;
   private sessTrainSecs = 0;
+  private phaseTok: number;
+  private phaseTgt: number;
 
   constructor(o: StatsOptions) {
     const int = (v: number, name: string, min: number): number => {
@@ -183,6 +201,8 @@ export class TrainStats {
     this.window = new Window(this.logEvery);
     this.lastVal = o.lastValLoss ?? null;
     this.curStep = this.startStep;
+    this.phaseTok = o.tokensBefore ?? 0;
+    this.phaseTgt = o.targetsBefore ?? 0;
     this.t0 = this.now();
     this.mark = this.t0;
   }
@@ -223,17 +243,25 @@ export class TrainStats {
     this.interval.add(s.loss, s.tokens, dt);
     this.sessTokens += s.tokens;
     this.sessTrainSecs += dt;
+    this.phaseTok += s.tokens;
+    this.phaseTgt += s.targets ?? s.tokens;
 
     // Log when a multiple of logEvery is reached (or passed, if a step went unreported).
     if (Math.floor(s.step / this.logEvery) > Math.floor(prev / this.logEvery) || s.step === this.totalSteps) {
       const iv = this.interval;
       this.interval = new Interval();
       return {
-        log: { step: s.step, lr: s.lr, train_loss: iv.meanLoss(), last_val_loss: this.lastVal, tokens_per_s: iv.tokensPerSecond() },
+        log: { step: s.step, lr: s.lr, train_loss: iv.meanLoss(), last_val_loss: this.lastVal, tokens_per_s: iv.tokensPerSecond(), target_tokens: this.phaseTgt },
         nonFiniteLosses: iv.nonFinite,
       };
     }
     return null;
+  }
+
+  /** A step whose update was not applied: its tokens and targets were seen all the same. */
+  notApplied(tokens: number, targets: number): void {
+    this.phaseTok += tokens;
+    this.phaseTgt += targets;
   }
 
   /** An eval ended: its val loss is the last one; the time it took is not training time. */
@@ -270,6 +298,16 @@ export class TrainStats {
   /** Tokens per second of training time over the sliding window. */
   get windowTokensPerSecond(): number {
     return this.window.tokensPerSecond();
+  }
+
+  /** Tokens of the phase so far (every position of every batch). */
+  get phaseTokens(): number {
+    return this.phaseTok;
+  }
+
+  /** Targets the loss counted in the phase so far. */
+  get phaseTargets(): number {
+    return this.phaseTgt;
   }
 
   get lastValLoss(): number | null {

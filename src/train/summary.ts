@@ -19,6 +19,7 @@
  *     pretrain  steps 0 -> 20000 of 20000 (resumed at 12000)
  *               best val_loss 3.2145 at step 18000 (last 3.2201)
  *               tokens seen 163,840,000 (20000 steps x 8,192)
+ *               target tokens 61,440,000 (37.5 % of tokens seen: the ones the loss counts)   (SFT)
  *               throughput 12,345 tok/s (mean over this session's 8000 steps, evals and saves excluded)
  *     wall time 3h12m (whole run, time stopped between resumes not counted)
  *     files
@@ -42,6 +43,8 @@ export interface PhaseSummary {
   lastValLoss: number | null;
   /** Tokens per optimizer step (B*T); tokens seen = endStep x this. */
   tokensPerStep: number;
+  /** Targets the loss counted over the phase's endStep steps (TrainStats.phaseTargets); omitted: all. */
+  targetTokens?: number;
   /** This session's figures, from TrainStats.session(). */
   session: SessionStats;
 }
@@ -80,7 +83,12 @@ export function formatSummary(s: RunSummary): string {
       const last = p.lastValLoss !== null ? ` (last ${loss(p.lastValLoss)})` : "";
       lines.push(`${ind}best val_loss ${loss(p.bestValLoss)}${at}${last}`);
     }
-    lines.push(`${ind}tokens seen ${int(p.endStep * p.tokensPerStep)} (${p.endStep} steps x ${int(p.tokensPerStep)})`);
+    const seen = p.endStep * p.tokensPerStep;
+    lines.push(`${ind}tokens seen ${int(seen)} (${p.endStep} steps x ${int(p.tokensPerStep)})`);
+    if (p.targetTokens !== undefined && p.targetTokens !== seen) {
+      const share = seen > 0 ? ((100 * p.targetTokens) / seen).toFixed(1) : "0.0";
+      lines.push(`${ind}target tokens ${int(p.targetTokens)} (${share} % of tokens seen: the ones the loss counts)`);
+    }
     const ss = p.session;
     if (ss.steps > 0 && ss.trainSeconds > 0) {
       lines.push(

@@ -68,6 +68,17 @@ export interface TinyRepoOptions {
   pretrain?: Partial<typeof TINY_TRAIN>;
   sftTrain?: Partial<typeof TINY_TRAIN>;
   sftVal?: "wiki" | "sft";
+  /** Also SFT examples of every length around T (long prompts, long answers). */
+  sftLong?: boolean;
+  /** long_examples of the sft config (absent: the default). */
+  longExamples?: "head" | "cut_prompt" | "drop";
+}
+
+/** Examples from a few tokens to several times T=16: prompts and answers of 1..60 bytes. */
+function longExamples(n: number, salt: number): Array<[string, string]> {
+  const words = "the quick brown fox jumps over the lazy dog and keeps running far away".split(" ");
+  const text = (len: number, k: number) => Array.from({ length: len }, (_, j) => words[(k + j) % words.length]![j % 3]).join("");
+  return Array.from({ length: n }, (_, i) => [`q${text(1 + ((i * 7 + salt) % 60), i)}`, text(1 + ((i * 13 + salt) % 40), i + 3)]);
 }
 
 /** All tiny repos of this test process live under one folder, removed when it exits. */
@@ -99,8 +110,8 @@ export function makeTinyRepo(o: TinyRepoOptions = {}): TinyRepo {
     const examples = (n: number, salt: number): Array<[string, string]> =>
       Array.from({ length: n }, (_, i) => [`add ${i % 7} and ${(i + salt) % 5}`, `${(i % 7) + ((i + salt) % 5)}`]);
     for (const source of ["dolly", "oasst1", "primer"]) {
-      writeSft(root, source, "train", examples(200, 1));
-      writeSft(root, source, "val", examples(40, 3));
+      writeSft(root, source, "train", [...examples(200, 1), ...(o.sftLong ? longExamples(200, 1) : [])]);
+      writeSft(root, source, "val", [...examples(40, 3), ...(o.sftLong ? longExamples(40, 3) : [])]);
     }
   }
   writeConfig("model.json", { ...TINY_MODEL, ...o.model });
@@ -116,6 +127,7 @@ export function makeTinyRepo(o: TinyRepoOptions = {}): TinyRepo {
     train_cfg: { ...TINY_TRAIN, ...o.sftTrain },
     sft_sources: { dolly: 0.5, oasst1: 0.4, primer: 0.1 },
     val_source: o.sftVal ?? "sft",
+    ...(o.longExamples ? { long_examples: o.longExamples } : {}),
   });
   writeConfig("pipeline.json", { pretrain_config_path: "configs/pretrain.json", sft_config_path: "configs/sft.json" });
   return { root, writeConfig };
