@@ -6,7 +6,8 @@
  *
  * Each argument is a list of environment settings (the native options, read by
  * nativeOptions in src/backend/native.ts), where LIB=path instead picks the native
- * library file (another build of it). Both models are created in this process,
+ * library file (another build of it) and THREADS=n the model's thread count (a thread
+ * count's speed-up: "THREADS=1" "THREADS=2"). Both models are created in this process,
  * then train on the same batches with their steps alternating A, B, A, B, ... so that
  * slow phases of the machine hit both alike. Prints the median step time of each (with its
  * best and worst instance) and B/A of the medians. (At S4 an instance holds 2 GB of parameters,
@@ -36,9 +37,11 @@ const instances = Number(arg("instances", "3"));
 function open(setting: string): NativeModel {
   const all = setting.split(/\s+/).filter((s) => s !== "").map((s) => s.split("=") as [string, string]);
   const lib = all.find(([k]) => k === "LIB")?.[1];
-  const pairs = all.filter(([k]) => k !== "LIB");
+  const threads = all.find(([k]) => k === "THREADS")?.[1];
+  const pairs = all.filter(([k]) => k !== "LIB" && k !== "THREADS");
   const options = nativeOptions({ ...process.env, ...Object.fromEntries(pairs) });
   const m = NativeModel.open(shape.cfg, shape.B, "cpu", lib ? openLibrary(lib) : undefined, options);
+  if (threads !== undefined) m.setThreads(Number(threads));
   m.setParams(initParams(shape.cfg, 1));
   m.setOptState(null, null, 0);
   return m;

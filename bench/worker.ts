@@ -97,6 +97,7 @@ function runTrain(job: TrainJob): TrainResult {
     model.setThreads(job.threads);
     model.setParams(initParams(cfg, 1));
     model.setOptState(null, null, 0);
+    Bun.gc(true); // the initial weights were copied into the model: free them, as src/train/phase.ts does
     const data = syntheticStream(cfg.V, B, cfg.T);
 
     const stepTimes: number[] = [];

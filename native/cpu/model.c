@@ -40,8 +40,13 @@
 
 /* Refuse models whose buffers would exceed this many bytes (the allocation would fail anyway). */
 #define MAX_BYTES (1ull << 42)
-/* Logits kept at once (floats): the LM head runs over the rows in chunks of this size. */
+/* Logits kept at once (floats): the LM head runs over the rows in chunks of this size,
+ * but of at least HEAD_MIN_ROWS rows (a lane's): its three GEMMs each stream the whole
+ * V x C weight (or its gradient) once a chunk, and at a large V (GPT-2's 50257: 16 MB
+ * of logits is 83 rows) thin chunks made them half as fast as the layers' GEMMs; 256
+ * rows of 50257 logits are 51 MB (measured: bench/ab.ts, docs/performance.md). */
 #define HEAD_CHUNK_FLOATS (4 << 20)
+#define HEAD_MIN_ROWS 256
 /* Recomputable activations are kept while all layers' copies take at most this (floats). */
 #define KEEP_FLOATS (16 << 20)
 
@@ -125,6 +130,7 @@ typedef struct {
     int nsegs;
 
     float* acts; /* every saved activation */
+    int64_t acts_floats, work_floats; /* the sizes of acts and work */
     float* encoded;
     layer_a* a;
     float *lnf_mean, *lnf_rstd, *losses;
@@ -149,6 +155,7 @@ typedef struct {
     lane* lanes;
     float* lane_buf;     /* the lanes' gradient buffers (but lane 0's), logits, scratch */
     float* att_scratch;  /* k_attention_scratch(T, C, nthreads) */
+    int64_t lane_floats, att_floats; /* their sizes */
 
     int profile;
     double prof[P_COUNT];
@@ -190,23 +197,63 @@ static inline void timer_lap(timer* tm, int op) {
 
 /* ---- memory ---- */
 
-/* Buffers of this size and more sit on 2 MiB boundaries and ask for transparent huge
+/* Buffers of this size and more are mapped straight from the OS (anonymous pages: zero,
+ * and not resident until first written, so a model costs no memory before its first step
+ * and the AdamW moments none before their first update; at GPT-2 small the four
+ * parameter-sized buffers are 2 GB), on 2 MiB boundaries, asking for transparent huge
  * pages (Linux with THP in "madvise" mode): the GEMMs' packing walks activations and
- * weights with strides of a few KiB, one 4 KiB page (and TLB entry) per row otherwise. */
+ * weights with strides of a few KiB, one 4 KiB page (and TLB entry) per row otherwise.
+ * Smaller ones come from the heap, zeroed. */
 #define HUGE_BYTES ((size_t)2 << 20)
 
-static void* alloc_floats(int64_t n) {
-    void* p = NULL;
-    size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(float);
-    bytes = (bytes + 63) & ~(size_t)63;
-    const int huge = bytes >= HUGE_BYTES;
-    if (huge) bytes = (bytes + HUGE_BYTES - 1) & ~(HUGE_BYTES - 1);
-    if (posix_memalign(&p, huge ? HUGE_BYTES : 64, bytes) != 0) return NULL;
+static size_t floats_bytes(int64_t n) {
+    const size_t bytes = ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) & ~(size_t)63;
+    return bytes >= HUGE_BYTES ? (bytes + HUGE_BYTES - 1) & ~(HUGE_BYTES - 1) : bytes;
+}
+
+static void advise_huge(void* p, size_t bytes) {
 #if defined(MADV_HUGEPAGE)
-    if (huge) (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: without THP nothing changes */
+    (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: without THP nothing changes */
+#else
+    (void)p, (void)bytes;
 #endif
+}
+
+/* n zero floats; free them with free_floats(p, n) */
+static float* alloc_floats(int64_t n) {
+    const size_t bytes = floats_bytes(n);
+    if (bytes < HUGE_BYTES) {
+        void* p = NULL;
+        if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+        return (float*)memset(p, 0, bytes);
+    }
+    /* map 2 MiB more, keep the aligned middle */
+    char* raw = (char*)mmap(NULL, bytes + HUGE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == (char*)MAP_FAILED) return NULL;
+    char* p = (char*)(((uintptr_t)raw + HUGE_BYTES - 1) & ~(uintptr_t)(HUGE_BYTES - 1));
+    if (p > raw) munmap(raw, (size_t)(p - raw));
+    if (raw + HUGE_BYTES > p) munmap(p + bytes, (size_t)(raw + HUGE_BYTES - p));
+    advise_huge(p, bytes);
+    return (float*)p;
+}
+
+static void free_floats(float* p, int64_t n) {
+    if (!p) return;
+    const size_t bytes = floats_bytes(n);
+    if (bytes < HUGE_BYTES) free(p);
+    else munmap(p, bytes);
+}
+
+/* p[0:n) = 0 for a buffer of alloc_floats(n): a mapped one gets fresh zero pages (what it
+ * held stops being resident) */
+static void zero_floats(float* p, int64_t n) {
+    const size_t bytes = floats_bytes(n);
+    if (bytes >= HUGE_BYTES &&
+        mmap(p, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
+        advise_huge(p, bytes);
+        return;
+    }
     memset(p, 0, bytes);
-    return p;
 }
 
 /* Carves consecutive sub-buffers (64-byte aligned) out of one allocation: a first pass
@@ -261,7 +308,7 @@ static void layout_work(cpu_model* g, carver* c) {
 static double estimate_floats(const gpt_cfg* cfg, int B, double P) {
     const double N = (double)B * cfg->T, C = cfg->C, F = cfg->d_ff, T = cfg->T, V = cfg->V;
     const double per_layer = N * (6 * C + 2 * F + 4 + 2.0 * cfg->H) + (double)B * cfg->H * T * T;
-    const double head = fmin(N, fmax(64.0, (double)HEAD_CHUNK_FLOATS / V));
+    const double head = fmin(N, fmax((double)HEAD_MIN_ROWS, (double)HEAD_CHUNK_FLOATS / V));
     return 4 * P + N * C + cfg->L * per_layer + head * (V + 2 * C) + 3 * N + N * (5 * C + 2 * F + 2) +
            4.0 * (T * T) * 256;
 }
@@ -320,7 +367,7 @@ static void layout_lanes(const cpu_model* g, lane* lanes, int nl, carver* c) {
     /* LM head rows per chunk: logits of about HEAD_CHUNK_FLOATS over all lanes, whole GEMM
      * row tiles; option head_chunk_rows overrides it (tests/native-lmhead.test.ts) */
     int64_t chunk = HEAD_CHUNK_FLOATS / V / nl / 64 * 64;
-    if (chunk < 64) chunk = 64;
+    if (chunk < HEAD_MIN_ROWS) chunk = HEAD_MIN_ROWS;
     if (g->spec->opt.head_chunk_rows > 0) chunk = g->spec->opt.head_chunk_rows;
     for (int i = 0; i < nl; i++) {
         lane* L = &lanes[i];
@@ -341,8 +388,8 @@ static void free_threads(cpu_model* g) {
     gpt_pool_destroy(g->pool);
     gpt_team_destroy(g->team);
     g->team = NULL;
-    free(g->att_scratch);
-    free(g->lane_buf);
+    free_floats(g->att_scratch, g->att_floats);
+    free_floats(g->lane_buf, g->lane_floats);
     if (g->lanes) free(g->lanes[0].gw.l);
     free(g->lanes);
     g->pool = NULL;
@@ -357,17 +404,19 @@ static int setup_threads(cpu_model* g, int n) {
     lane* lanes = (lane*)calloc((size_t)nl, sizeof(lane));
     if (lanes) layout_lanes(g, lanes, nl, &c);
     layer_w* views = (layer_w*)calloc((size_t)nl * (size_t)g->cfg.L, sizeof(layer_w));
-    float* buf = alloc_floats(c.used);
+    const int64_t buf_floats = c.used;
+    float* buf = alloc_floats(buf_floats);
     /* attention scratch: the pool's threads (one lane), or two threads a lane */
     const int64_t att_lane = k_attention_scratch(g->cfg.T, g->cfg.C, 2);
-    float* att = alloc_floats(nl == 1 ? k_attention_scratch(g->cfg.T, g->cfg.C, n) : nl * att_lane);
+    const int64_t att_floats = nl == 1 ? k_attention_scratch(g->cfg.T, g->cfg.C, n) : nl * att_lane;
+    float* att = alloc_floats(att_floats);
     gpt_pool* pool = gpt_pool_create(n);
     gpt_team* team = nl > 1 ? gpt_team_create(nl, help_mode(g)) : NULL;
     if (!lanes || !views || !buf || !att || !pool || (nl > 1 && !team)) {
         free(lanes);
         free(views);
-        free(buf);
-        free(att);
+        free_floats(buf, buf_floats);
+        free_floats(att, att_floats);
         gpt_pool_destroy(pool);
         gpt_team_destroy(team);
         return 1;
@@ -387,7 +436,9 @@ static int setup_threads(cpu_model* g, int n) {
     g->pool = pool;
     g->team = team;
     g->att_scratch = att;
+    g->att_floats = att_floats;
     g->lane_buf = buf;
+    g->lane_floats = buf_floats;
     g->lanes = lanes;
     g->nlanes = nl;
     g->nthreads = n;
@@ -444,6 +495,8 @@ static void* cpu_create(const gpt_spec* spec, char* err, size_t errlen) {
     layout_acts(g, &ca);
     layout_work(g, &cw);
     g->act_floats = ca.used + cw.used;
+    g->acts_floats = ca.used;
+    g->work_floats = cw.used;
     g->acts = alloc_floats(ca.used);
     g->work = alloc_floats(cw.used);
     if (!g->params || !g->grads || !g->m || !g->v || !g->acts || !g->work) goto oom;
@@ -467,12 +520,12 @@ oom:
 static void cpu_destroy(void* self) {
     cpu_model* g = (cpu_model*)self;
     if (!g) return;
-    free(g->params);
-    free(g->grads);
-    free(g->m);
-    free(g->v);
-    free(g->acts);
-    free(g->work);
+    free_floats(g->params, g->P);
+    free_floats(g->grads, g->P);
+    free_floats(g->m, g->P);
+    free_floats(g->v, g->P);
+    free_floats(g->acts, g->acts_floats);
+    free_floats(g->work, g->work_floats);
     free_threads(g);
     cpu_decode_free(g->decoder);
     free(g->w.l);
@@ -514,8 +567,8 @@ static int cpu_set_opt_state(void* self, const float* m, const float* v, int64_t
         memcpy(g->m, m, sizeof(float) * (size_t)g->P);
         memcpy(g->v, v, sizeof(float) * (size_t)g->P);
     } else {
-        memset(g->m, 0, sizeof(float) * (size_t)g->P);
-        memset(g->v, 0, sizeof(float) * (size_t)g->P);
+        zero_floats(g->m, g->P);
+        zero_floats(g->v, g->P);
     }
     g->step = step;
     return 0;

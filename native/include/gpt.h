@@ -90,7 +90,7 @@ typedef struct {
     int32_t recompute;       /* CPU, GPT_RECOMPUTE_*: keep or recompute GELU outputs and
                                 attention probabilities in backward (auto: recompute once
                                 all layers' copies would pass 64 MB) */
-    int32_t head_chunk_rows; /* CPU: LM head rows per chunk of logits (0: about 16 MB) */
+    int32_t head_chunk_rows; /* CPU: LM head rows per chunk of logits (0: about 16 MB, at least 256 rows) */
     int32_t lanes;           /* CPU, GPT_LANES_*: see gpt_set_threads */
     int32_t lane_help;       /* CPU, GPT_LANE_HELP_*: see gpt_set_threads */
     int32_t mps_embedding;   /* MPS, GPT_EMBEDDING_*: read the token embedding with a
@@ -107,7 +107,8 @@ enum { GPT_EMBEDDING_ONEHOT = 0, GPT_EMBEDDING_GATHER = 1 };
 
 /* Create a model for batches of B rows with options opt (NULL: the defaults).
  * Parameters start at zero: set them with gpt_set_params. All memory of the model is
- * allocated here (and its worker threads started). On failure returns NULL and writes
+ * allocated here (and its worker threads started; the CPU backend's large buffers are
+ * mapped zero pages, resident once first written). On failure returns NULL and writes
  * a message into err (err may be NULL). The CPU backend saves few activations:
  * LayerNorm outputs are always recomputed in backward, GELU outputs and attention
  * probabilities as opt->recompute says, and the LM head runs over rows in chunks of
