@@ -559,22 +559,19 @@ export interface LoadedCheckpoint extends Omit<Checkpoint, "params" | "opt"> {
   opt: OptMeta | null;
 }
 
+/** A checkpoint's head, checked, and what decodes its tensors afterwards. */
+interface DecodedHead {
+  head: LoadedCheckpoint;
+  /** Decodes model_state (and with withOptimizer the moments) into sink. */
+  stream(sink: StateSink): void;
+}
+
 /**
- * The checkpoint in a torch.load result, its floats decoded into the sink that sinkFor gives
- * for its model_cfg (moments only when withOptimizer). Tensors are checked by name, size
- * and dtype against the checkpoint's own model_cfg; with expected, the model_cfg must also
- * match it on the shape keys; options.accept sees model_cfg and train_cfg before any
- * tensor is decoded. Weights and moments must be finite, checked as they stream. Errors
- * name source and the key; after one, the sink holds part of the checkpoint.
+ * Everything of a torch.load result but its tensors, checked: model_cfg (against expected
+ * on the shape keys, when given), train_cfg (options.accept sees both first), the
+ * optimizer's hyper-parameters and step, step, best_val_loss. Reads data.pkl only.
  */
-function decodeCheckpoint(
-  value: PyValue,
-  source: string,
-  expected: ModelCfg | undefined,
-  options: DecodeOptions,
-  sinkFor: (head: LoadedCheckpoint, r: Reader) => StateSink,
-  withOptimizer = true,
-): LoadedCheckpoint {
+function decodeHead(value: PyValue, source: string, expected: ModelCfg | undefined, options: DecodeOptions, withOptimizer: boolean): DecodedHead {
   const r = new Reader(source);
   if (!(value instanceof PyDict)) return r.fail("checkpoint", `is a ${pyTypeName(value)}, expected a dict with keys ${TOP_KEYS.join(", ")}`);
   const missing = ["model_cfg", "train_cfg", "model_state", "step"].filter((k) => !value.has(k));
@@ -596,7 +593,6 @@ function decodeCheckpoint(
   if (options.fileBytes !== undefined && decodedBytes > decodedBytesBudget(options.fileBytes)) {
     r.fail("model_cfg", `declares a model of ${numParamsOf(cfg)} parameters (${formatBytes(decodedBytes)} of float32 with its optimizer state), more than a file of ${options.fileBytes} bytes holds; the file is not a checkpoint of that model`);
   }
-  // Everything but the tensors first: the sink may depend on it (a resume's recorded defaults).
   const optimizer = decodeOptimizerState(r, value.get("optimizer_state"), cfg);
   const step = r.int(value.get("step"), "step");
   if (step < 0) r.fail("step", `is ${step}, expected >= 0`);
@@ -606,10 +602,35 @@ function decodeCheckpoint(
     r.fail("best_val_loss", `is ${bestValLoss}, expected a finite loss >= 0 or None`);
   }
   const head: LoadedCheckpoint = { modelCfg: cfg, trainCfg, opt: withOptimizer ? (optimizer?.meta ?? null) : null, step, bestValLoss };
-  const sink = sinkFor(head, r);
-  decodeModelState(r, value.get("model_state"), cfg, sink);
-  if (withOptimizer) optimizer?.stream(sink);
-  return head;
+  return {
+    head,
+    stream(sink) {
+      decodeModelState(r, value.get("model_state"), cfg, sink);
+      if (withOptimizer) optimizer?.stream(sink);
+    },
+  };
+}
+
+/**
+ * The checkpoint in a torch.load result, its floats decoded into the sink that sinkFor gives
+ * for its head (decodeHead; moments only when withOptimizer). Tensors are checked by name,
+ * size and dtype against the checkpoint's own model_cfg. Weights and moments must be
+ * finite, checked as they stream. Errors name source and the key; after one, the sink
+ * holds part of the checkpoint.
+ */
+function decodeCheckpoint(
+  value: PyValue,
+  source: string,
+  expected: ModelCfg | undefined,
+  options: DecodeOptions,
+  sinkFor: (head: LoadedCheckpoint, fail: (what: string, expected: string) => never) => StateSink,
+  withOptimizer = true,
+): LoadedCheckpoint {
+  // Everything but the tensors first: the sink may depend on it (a resume's recorded defaults).
+  const decoded = decodeHead(value, source, expected, options, withOptimizer);
+  const r = new Reader(source);
+  decoded.stream(sinkFor(decoded.head, (what, exp) => r.fail(what, exp)));
+  return decoded.head;
 }
 
 /** The file size a checkpoint of cfg may have: its float32 weights and moments plus room for the pickle. */
@@ -658,12 +679,23 @@ export interface LoadIntoOptions extends LoadOptions {
 export function loadCheckpointInto(target: LoadTarget | ((head: LoadedCheckpoint) => LoadTarget), path: string, options: LoadIntoOptions = {}): LoadedCheckpoint {
   const maxBytes = options.maxBytes ?? (typeof target === "function" ? availableMemoryBytes() : maxCheckpointBytes(target.cfg));
   return withTorchFile(path, maxBytes, true, (value, fileBytes) =>
-    decodeCheckpoint(value, path, undefined, { fileBytes, accept: options.accept }, (head, r) => {
+    decodeCheckpoint(value, path, undefined, { fileBytes, accept: options.accept }, (head, fail) => {
       const model = typeof target === "function" ? target(head) : target;
       const diff = modelCfgDifferences(head.modelCfg, model.cfg);
-      if (diff.length > 0) r.fail("model_cfg", `differs from the model it is loaded into (checkpoint vs model: ${diff.join(", ")})`);
+      if (diff.length > 0) fail("model_cfg", `differs from the model it is loaded into (checkpoint vs model: ${diff.join(", ")})`);
       return model;
     }, options.optimizer !== false),
+  );
+}
+
+/**
+ * What a checkpoint file says about itself (model_cfg, train_cfg, the optimizer's
+ * hyper-parameters and recorded defaults, step, best_val_loss), checked as a load checks
+ * them, without reading a tensor: data.pkl only (the hand-off between phases, `sample`).
+ */
+export function readCheckpointHead(path: string, options: LoadOptions = {}): LoadedCheckpoint {
+  return withTorchFile(path, options.maxBytes ?? availableMemoryBytes(), false, (value, fileBytes) =>
+    decodeHead(value, path, undefined, { fileBytes, accept: options.accept }, true).head,
   );
 }
 

@@ -11,7 +11,7 @@
 import { defineCommand } from "citty";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { deviceAvailable, NativeModel, openLibrary } from "../backend/native.ts";
-import { loadCheckpoint } from "../checkpoint/checkpoint.ts";
+import { loadCheckpointInto, readCheckpointHead } from "../checkpoint/checkpoint.ts";
 import { InputError, Interrupted } from "../errors.ts";
 import { Generation } from "./decoder.ts";
 import { findTokenizer, type Tokenizer } from "./tokenizer.ts";
@@ -127,8 +127,9 @@ export interface SampleEnv {
 export async function runSample(r: SampleRequest, env: SampleEnv = {}): Promise<number> {
   const out = env.out ?? process.stdout;
   const err = env.err ?? process.stderr;
-  const ckpt = loadCheckpoint(r.checkpoint);
-  const cfg = ckpt.modelCfg;
+  // The head first (data.pkl): the weights stream into the model once it is open, and the
+  // moments are never read (a GPT-2-small checkpoint is 1.5 GB, its weights a third).
+  const cfg = readCheckpointHead(r.checkpoint).modelCfg;
   const tok = findTokenizer(r.checkpoint, r.tokenizerPath, cfg.V);
   if (tok === null) err.write(`note: no tokenizer is known for ${r.checkpoint} (no data/cache/**/*.meta.json in its run folder; --tokenizer PATH names one): reading and printing token ids\n`);
   const prompt = promptIds(r, tok, cfg.V);
@@ -144,7 +145,7 @@ export async function runSample(r: SampleRequest, env: SampleEnv = {}): Promise<
   const onSigint = () => (stopped = true);
   process.on("SIGINT", onSigint);
   try {
-    model.setParams(ckpt.params);
+    loadCheckpointInto(model, r.checkpoint, { optimizer: false });
     const g = new Generation(model, prompt, r);
     const text = tok?.streamDecoder();
     const stopId = r.chat ? tok!.specials.eot : undefined;

@@ -16,7 +16,7 @@
  */
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { loadCheckpoint, type Checkpoint } from "../checkpoint/checkpoint.ts";
+import { readCheckpointHead, type LoadedCheckpoint } from "../checkpoint/checkpoint.ts";
 import { phaseOfTrainCfg, TRAIN_DEFAULTS, type SftConfig } from "../config.ts";
 import { InputError } from "../errors.ts";
 import { removeStaleTempFiles, writeTextAtomic, writingTo } from "../util/atomic.ts";
@@ -84,7 +84,7 @@ function finishMove(from: string, to: string, names: readonly string[]): string[
 }
 
 /** A run's total_steps: its config's own, else the default it recorded, else today's default. */
-function totalStepsOf(ckpt: Checkpoint): number {
+function totalStepsOf(ckpt: LoadedCheckpoint): number {
   type WithTrainCfg = { train_cfg?: { total_steps?: unknown } } | null | undefined;
   for (const t of [(ckpt.trainCfg as WithTrainCfg)?.train_cfg?.total_steps, (ckpt.opt?.trainDefaults as WithTrainCfg)?.train_cfg?.total_steps]) {
     if (typeof t === "number") return t;
@@ -148,7 +148,7 @@ export function movePretrainRunAside(o: HandoffOptions): void {
   const latest = join(from, "latest.pt");
   if (!names.includes("latest.pt")) {
     const best = join(from, "best.pt");
-    if (names.includes("best.pt") && phaseOfTrainCfg(loadCheckpoint(best).trainCfg) === "pretrain") {
+    if (names.includes("best.pt") && phaseOfTrainCfg(readCheckpointHead(best).trainCfg) === "pretrain") {
       throw new InputError(
         `${best} is a pretrain checkpoint, but ${latest} is missing, so train cannot tell whether that pretrain run finished; ` +
           `${o.by === "sft" ? "SFT" : "the pipeline's SFT"} writes its own best.pt there and moves nothing it cannot check. Move the pretrain run yourself (${handMove(o.repoRoot, from, to, names)}), then run the same command again`,
@@ -156,16 +156,18 @@ export function movePretrainRunAside(o: HandoffOptions): void {
     }
     return;
   }
-  let ckpt: Checkpoint;
+  // Heads only (data.pkl): a GPT-2-small run's checkpoints are GBs, and the tensors are
+  // checked by the resume or init_from that reads them.
+  let ckpt: LoadedCheckpoint;
   try {
-    ckpt = loadCheckpoint(latest);
+    ckpt = readCheckpointHead(latest);
   } catch (e) {
     if (e instanceof InputError) return; // unreadable: nothing moves; the resume says what to do
     throw e;
   }
   if (phaseOfTrainCfg(ckpt.trainCfg) !== "pretrain") return; // SFT's own latest.pt: a resume
   if (names.includes("best.pt")) {
-    const bestPhase = phaseOfTrainCfg(loadCheckpoint(join(from, "best.pt")).trainCfg);
+    const bestPhase = phaseOfTrainCfg(readCheckpointHead(join(from, "best.pt")).trainCfg);
     if (bestPhase !== "pretrain") {
       throw new InputError(
         `${latest} is a pretrain checkpoint, but ${join(from, "best.pt")} is ${bestPhase === null ? "of no known phase" : `an ${bestPhase} checkpoint`}: ` +
