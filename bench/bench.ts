@@ -424,7 +424,7 @@ interface ScalingGrid {
 /** S2's width over a B x T grid, and GPT-2 small (S4) at B = 4 (memory and speed at 4x S4's batch). */
 const SCALING_GRIDS: ScalingGrid[] = [
   { base: SHAPES.S2!, B: [4, 8, 16, 32], T: [64, 128, 256, 512] },
-  { base: SHAPES.S4!, B: [4], T: [1024] },
+  { base: SHAPES.S4!, B: [1, 2, 4], T: [256, 512, 1024] }, // issue 22: GPT-2 small, no cliff up to its context
 ];
 
 interface ScalingRow {
